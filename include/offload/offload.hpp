@@ -1,0 +1,18 @@
+#pragma once
+/// \file
+/// Umbrella header of offload: every public concept. Test doubles (mock devices, sized components,
+/// simulation) are in offload/testing/ and included separately.
+
+#include <offload/component.hpp>
+#include <offload/concepts.hpp>
+#include <offload/device.hpp>
+#include <offload/errors.hpp>
+#include <offload/executor.hpp>
+#include <offload/offloadable.hpp>
+#include <offload/placement_policy.hpp>
+#include <offload/plan.hpp>
+#include <offload/stage.hpp>
+#include <offload/stage_scheduler.hpp>
+#include <offload/tensor_registry.hpp>
+#include <offload/trace.hpp>
+#include <offload/units.hpp>

@@ -1,0 +1,86 @@
+#pragma once
+/// \file
+/// `offloadable<M>`: a LibTorch module wrapped as a placeable component that knows every tensor it
+/// owns — parameters, buffers and declared auxiliary tensors — and moves them all in one call.
+///
+/// A thin typed facade: discovery and forwarding only; the registry (tensor_registry.hpp) does the
+/// work without depending on M.
+///
+/// **Example**
+/// \code
+/// wan::WanVAE vae = ...;                                   // wrapper with mean/std beside the module
+/// offload::offloadable vae_c("vae", vae.model);
+/// vae_c.register_aux("mean", vae.mean).register_aux("std", vae.std);
+/// vae_c.place_on(gpu);                                     // model + mean + std
+/// \endcode
+
+#include <offload/component.hpp>
+#include <offload/concepts.hpp>
+#include <offload/tensor_registry.hpp>
+
+#include <string>
+#include <utility>
+
+namespace offload {
+
+/// Options of an offloadable component.
+struct offloadable_options {
+  /// Storage dtype: converts floating weights (and aux declared dtype_rule::follow) on wrapping.
+  std::optional<c10::ScalarType> dtype;
+};
+
+/// Primary template: reached only when M is not a module handle.
+template <class M>
+class offloadable {
+  static_assert(detail::dependent_false<M>,
+                "offload::offloadable<M>: M must be a torch::nn::ModuleHolder (a TORCH_MODULE type "
+                "such as torch::nn::Linear) or std::shared_ptr<T> with T derived from "
+                "torch::nn::Module");
+};
+
+template <class M>
+  requires OffloadableModule<M>
+class offloadable<M> final : public component {
+public:
+  /// Wraps `module` (which must be on the host) under `name` and discovers its tensors.
+  offloadable(std::string name, M module, offloadable_options options = {})
+      : name_(std::move(name)), module_(std::move(module)), registry_(name_) {
+    registry_.discover(*detail::module_pointer(module_));
+    if (options.dtype) registry_.convert(*options.dtype);
+  }
+
+  /// Declares an auxiliary tensor (see tensor_registry::add_aux). Chainable.
+  offloadable& register_aux(std::string aux_name, at::Tensor& slot, dtype_rule rule = dtype_rule::follow,
+                            mutability mut = mutability::immutable) {
+    registry_.add_aux(std::move(aux_name), slot, rule, mut);
+    return *this;
+  }
+
+  [[nodiscard]] M& module() noexcept { return module_; }
+  [[nodiscard]] const M& module() const noexcept { return module_; }
+  [[nodiscard]] tensor_registry& tensors() noexcept { return registry_; }
+  [[nodiscard]] const tensor_registry& tensors() const noexcept { return registry_; }
+
+  /// Converts the component's storage dtype (see tensor_registry::convert).
+  void convert(c10::ScalarType dtype) { registry_.convert(dtype); }
+
+  [[nodiscard]] const std::string& name() const override { return name_; }
+  [[nodiscard]] std::int64_t bytes() const override { return registry_.bytes(); }
+  [[nodiscard]] device_id location() const override { return registry_.location(); }
+  void place_on(device& target) override { registry_.place_on(target); }
+  void audit(device_id expected, const stage_context& where) const override {
+    registry_.audit(expected, where);
+  }
+
+private:
+  std::string name_;
+  M module_;
+  tensor_registry registry_;
+};
+
+template <class M>
+offloadable(std::string, M) -> offloadable<M>;
+template <class M>
+offloadable(std::string, M, offloadable_options) -> offloadable<M>;
+
+} // namespace offload

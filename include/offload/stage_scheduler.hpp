@@ -1,0 +1,366 @@
+#pragma once
+/// \file
+/// The stage scheduler: from stages (in order), components (with sizes), devices and a policy, an
+/// explicit plan with every onload and eviction, the resident set and the peak per device.
+///
+/// Evictions are derived, not hand-written: `after_use` and `when_idle` rules come from the policy;
+/// with `evict_on_demand`, a stage that lacks room evicts the resident components needed latest
+/// (Belady's rule), then keeps back any of them that turn out not to be needed (minimal set). The
+/// seed's fix "the DiT leaves the GPU before T5 arrives" falls out of that rule.
+///
+/// **Example**
+/// \code
+/// auto p = offload::schedule(stages, {{"t5", 10.58_GiB}, {"dit", 5.29_GiB}, {"vae", 0.47_GiB}},
+///                            offload::parse_policy("offload_model"),
+///                            {.accelerator = offload::device_id::mock(0),
+///                             .devices = {{offload::device_id::mock(0), 11.49_GiB}}});
+/// if (!p.fits()) std::cerr << p.failure_message();   // names text_encode, suggests a policy
+/// std::cout << p.table();
+/// \endcode
+
+#include <offload/errors.hpp>
+#include <offload/placement_policy.hpp>
+#include <offload/plan.hpp>
+#include <offload/stage.hpp>
+#include <offload/units.hpp>
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <limits>
+#include <map>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+namespace offload {
+
+/// Capacity and bandwidth of one device, for planning.
+struct device_spec {
+  device_id id;
+  std::optional<std::int64_t> capacity; ///< nullopt = unlimited
+  double h2d_bytes_per_second = 0;      ///< 0 = transfers cost no predicted time
+  double d2h_bytes_per_second = 0;
+};
+
+struct schedule_options {
+  /// The device `cuda`/`gpu` in a policy means: a real `cuda:N` or a `mock:N`.
+  device_id accelerator = device_id::cuda(0);
+  /// Capacities of the devices; a device the policy uses but not listed here is unlimited.
+  std::vector<device_spec> devices;
+  /// Look for a policy that fits when this one does not (plan::suggestion).
+  bool suggest = true;
+};
+
+namespace detail {
+
+class scheduler {
+public:
+  scheduler(const std::vector<stage>& stages, const std::vector<component_info>& comps,
+            const placement_policy& policy, const schedule_options& opt)
+      : stages_(stages), comps_(comps), policy_(policy), opt_(opt) {}
+
+  plan run() {
+    validate();
+    plan p;
+    p.policy = policy_;
+    p.accelerator = opt_.accelerator;
+    p.capacity[device_id::cpu()] = std::nullopt;
+    for (const auto& c : comps_) {
+      const device_id d = exec(c.name);
+      p.execute_on[c.name] = d;
+      p.component_bytes[c.name] = c.bytes;
+      if (!d.is_host()) p.capacity[d] = capacity_of(d);
+      total_bytes_ += c.bytes;
+    }
+    for (const auto& [d, cap] : p.capacity) used_[d] = 0;
+    used_[device_id::cpu()] = total_bytes_; // host masters always stay
+
+    // init: components loaded at the start.
+    plan_step init;
+    init.stage = "init";
+    running_ = used_;
+    for (const auto& c : comps_) {
+      const auto& cp = policy_.of(c.name);
+      const device_id d = exec(c.name);
+      if (!d.is_host() && cp.load == load_rule::init) onload(p, init, c.name, "init", "loaded at init");
+    }
+    snapshot(init);
+    finish_step(p, init, {});
+    p.steps.push_back(std::move(init));
+
+    for (std::size_t i = 0; i < stages_.size(); ++i) {
+      const stage& s = stages_[i];
+      plan_step step;
+      step.stage = s.name;
+      step.repeat = s.repeat;
+      step.seconds = s.seconds;
+      step.uses = s.uses;
+      running_ = used_;
+      // when_idle components that are on a device but not used here leave first.
+      for (const auto& c : comps_)
+        if (on_device(c.name) && !uses(s, c.name) && policy_.of(c.name).evict == evict_rule::when_idle)
+          evict(p, step.before, c.name, fmt::format("when_idle: not used by '{}'", s.name));
+      // Workspace per device.
+      std::map<device_id, std::int64_t> ws;
+      for (const auto& w : s.workspace) ws[exec(w.component)] += w.bytes;
+      if (policy_.evict_on_demand) make_room(p, step, i, ws);
+      for (const auto& name : s.uses)
+        if (!exec(name).is_host() && loc_[name] != exec(name))
+          onload(p, step, name, s.name, fmt::format("used by '{}'", s.name));
+      step.workspace_bytes = ws;
+      for (const auto& [d, b] : ws) {
+        const auto cap = d.is_host() ? std::nullopt : capacity_of(d);
+        if (cap && used_[d] + b > *cap) record_failure(p, s.name, d, "workspace", used_[d] + b, *cap);
+        running_[d] = std::max(running_[d], used_[d] + b);
+      }
+      p.predicted_seconds += s.seconds * s.repeat;
+      snapshot(step);
+      // after: evict what the next stage does not use.
+      const stage* next = i + 1 < stages_.size() ? &stages_[i + 1] : nullptr;
+      for (const auto& name : s.uses) {
+        const auto rule = policy_.of(name).evict;
+        if (on_device(name) && (rule == evict_rule::after_use || rule == evict_rule::when_idle) &&
+            !(next && uses(*next, name)))
+          evict(p, step.after, name,
+                next ? fmt::format("{}: not used by '{}'", detail::to_string(rule), next->name)
+                     : fmt::format("{}: last stage", detail::to_string(rule)));
+      }
+      finish_step(p, step, ws);
+      p.steps.push_back(std::move(step));
+    }
+    return p;
+  }
+
+private:
+  void validate() const {
+    std::set<std::string> names;
+    for (const auto& c : comps_) {
+      if (c.bytes < 0)
+        throw config_error("offload.config.negative_size",
+                           fmt::format("component '{}' has size {} bytes; expected >= 0", c.name, c.bytes));
+      if (!names.insert(c.name).second)
+        throw config_error("offload.config.duplicate_component",
+                           fmt::format("component '{}' is given twice; name each component once", c.name));
+    }
+    auto known = [&] {
+      std::string s;
+      for (const auto& n : names) s += (s.empty() ? "" : ", ") + n;
+      return s;
+    };
+    for (const auto& s : stages_) {
+      for (const auto& u : s.uses)
+        if (!names.count(u))
+          throw config_error("offload.config.unknown_component",
+                             fmt::format("stage '{}' uses component '{}', which is not declared "
+                                         "(components: {}); declare it or fix the stage",
+                                         s.name, u, known()));
+      for (const auto& w : s.workspace)
+        if (!names.count(w.component))
+          throw config_error("offload.config.unknown_component",
+                             fmt::format("stage '{}' declares workspace on component '{}', which is "
+                                         "not declared (components: {})",
+                                         s.name, w.component, known()));
+      if (s.repeat < 1)
+        throw config_error("offload.config.repeat",
+                           fmt::format("stage '{}' repeats {} times; expected >= 1", s.name, s.repeat));
+    }
+    for (const auto& n : policy_.explicit_names)
+      if (!names.count(n))
+        throw config_error("offload.config.unknown_component",
+                           fmt::format("policy '{}' names component '{}', which this pipeline does "
+                                       "not have (components: {}); fix the policy",
+                                       policy_.label(), n, known()));
+  }
+
+  [[nodiscard]] device_id exec(const std::string& name) const {
+    return policy_.of(name).execute_on.resolve(opt_.accelerator);
+  }
+  [[nodiscard]] std::optional<std::int64_t> capacity_of(device_id d) const {
+    for (const auto& s : opt_.devices)
+      if (s.id == d) return s.capacity;
+    return std::nullopt;
+  }
+  [[nodiscard]] const device_spec* spec_of(device_id d) const {
+    for (const auto& s : opt_.devices)
+      if (s.id == d) return &s;
+    return nullptr;
+  }
+  [[nodiscard]] std::int64_t bytes_of(const std::string& name) const {
+    for (const auto& c : comps_)
+      if (c.name == name) return c.bytes;
+    return 0;
+  }
+  [[nodiscard]] bool on_device(const std::string& name) const {
+    const auto it = loc_.find(name);
+    return it != loc_.end() && !it->second.is_host();
+  }
+  static bool uses(const stage& s, const std::string& name) {
+    return std::find(s.uses.begin(), s.uses.end(), name) != s.uses.end();
+  }
+  /// Index of the first stage after `i` that uses `name`, or infinity.
+  [[nodiscard]] std::size_t next_use(std::size_t i, const std::string& name) const {
+    for (std::size_t j = i + 1; j < stages_.size(); ++j)
+      if (uses(stages_[j], name)) return j;
+    return std::numeric_limits<std::size_t>::max();
+  }
+
+  void onload(plan& p, plan_step& step, const std::string& name, const std::string& stage_name,
+              std::string reason) {
+    const device_id d = exec(name);
+    const std::int64_t b = bytes_of(name);
+    used_[d] += b;
+    running_[d] = std::max(running_[d], used_[d]);
+    if (const auto cap = capacity_of(d); cap && used_[d] > *cap)
+      record_failure(p, stage_name, d, fmt::format("onload {}", name), used_[d], *cap);
+    loc_[name] = d;
+    step.before.push_back({action_kind::onload, name, d, b, std::move(reason)});
+    p.bytes_to_devices += b;
+    if (const auto* s = spec_of(d); s && s->h2d_bytes_per_second > 0)
+      p.predicted_seconds += static_cast<double>(b) / s->h2d_bytes_per_second;
+  }
+
+  void evict(plan& p, std::vector<action>& into, const std::string& name, std::string reason) {
+    (void)p;
+    const device_id d = loc_[name];
+    used_[d] -= bytes_of(name);
+    loc_[name] = device_id::cpu();
+    into.push_back({action_kind::evict, name, d, bytes_of(name), std::move(reason)});
+  }
+
+  /// Evict-on-demand: before the onloads of stage i, free room on every device that would
+  /// overflow, evicting resident components not used by the stage, needed latest first, then
+  /// keeping back those that are not needed after all.
+  void make_room(plan& p, plan_step& step, std::size_t i, const std::map<device_id, std::int64_t>& ws) {
+    const stage& s = stages_[i];
+    std::map<device_id, std::int64_t> demand = ws;
+    for (const auto& name : s.uses)
+      if (!exec(name).is_host() && loc_[name] != exec(name)) demand[exec(name)] += bytes_of(name);
+    for (const auto& [d, need] : demand) {
+      const auto cap = d.is_host() ? std::nullopt : capacity_of(d);
+      if (!cap || used_[d] + need <= *cap) continue;
+      std::vector<std::string> candidates;
+      for (const auto& c : comps_)
+        if (loc_[c.name] == d && !uses(s, c.name)) candidates.push_back(c.name);
+      std::stable_sort(candidates.begin(), candidates.end(), [&](const auto& a, const auto& b) {
+        return next_use(i, a) > next_use(i, b);
+      });
+      std::vector<std::string> victims;
+      std::int64_t freed = 0;
+      for (const auto& c : candidates) {
+        if (used_[d] - freed + need <= *cap) break;
+        victims.push_back(c);
+        freed += bytes_of(c);
+      }
+      if (used_[d] - freed + need > *cap) continue; // cannot fit even so: the onload records it
+      // Minimality: keep back victims (soonest needed first) while it still fits.
+      for (auto it = victims.rbegin(); it != victims.rend();) {
+        if (used_[d] - freed + bytes_of(*it) + need <= *cap) {
+          freed -= bytes_of(*it);
+          it = std::make_reverse_iterator(victims.erase(std::next(it).base()));
+        } else {
+          ++it;
+        }
+      }
+      for (const auto& v : victims) {
+        const auto nu = next_use(i, v);
+        evict(p, step.before, v,
+              fmt::format("on demand: room for '{}' on {}; {}", s.name, d.str(),
+                          nu == std::numeric_limits<std::size_t>::max()
+                              ? std::string("not needed again")
+                              : fmt::format("needed again at '{}'", stages_[nu].name)));
+      }
+    }
+  }
+
+  void record_failure(plan& p, const std::string& stage, device_id d, std::string during,
+                      std::int64_t needed, std::int64_t available) {
+    if (!p.failure) p.failure = plan_failure{stage, d, std::move(during), needed, available};
+  }
+
+  /// The resident sets while the stage runs (before its after-actions).
+  void snapshot(plan_step& step) {
+    for (const auto& c : comps_) {
+      const device_id d = loc_.count(c.name) ? loc_[c.name] : device_id::cpu();
+      step.resident[d].push_back(c.name);
+    }
+    for (const auto& [d, b] : used_) step.resident_bytes[d] = b;
+    step.resident_bytes[device_id::cpu()] = total_bytes_;
+  }
+
+  void finish_step(plan& p, plan_step& step, const std::map<device_id, std::int64_t>& ws) {
+    for (auto& [d, r] : running_) {
+      const std::int64_t during = step.resident_bytes.count(d) ? step.resident_bytes.at(d) : used_[d];
+      const std::int64_t peak = std::max(r, during + (ws.count(d) ? ws.at(d) : 0));
+      step.peak_bytes[d] = peak;
+      p.peak_bytes[d] = std::max(p.peak_bytes[d], peak);
+    }
+    for (auto& [d, b] : used_) running_[d] = b;
+  }
+
+  const std::vector<stage>& stages_;
+  const std::vector<component_info>& comps_;
+  const placement_policy& policy_;
+  const schedule_options& opt_;
+  std::map<std::string, device_id> loc_;
+  std::map<device_id, std::int64_t> used_, running_;
+  std::int64_t total_bytes_ = 0;
+};
+
+} // namespace detail
+
+plan schedule(const std::vector<stage>& stages, const std::vector<component_info>& components,
+              const placement_policy& policy, const schedule_options& options = {});
+
+namespace detail {
+
+/// The policy text that stands for `p` plus one change: the label when it parses back to `p`.
+inline std::string with_change(const placement_policy& p, const std::string& change) {
+  std::string base = p.str();
+  try {
+    if (placement_policy::parse(p.label()) == p) base = p.label();
+  } catch (const config_error&) {
+  }
+  return base + "," + change;
+}
+
+/// Candidate changes, least disruptive first: evict on demand; one component on demand; one
+/// component on the host; two components on demand.
+inline std::string suggest(const std::vector<stage>& stages, const std::vector<component_info>& comps,
+                           const placement_policy& policy, schedule_options opt) {
+  opt.suggest = false;
+  auto try_text = [&](const std::string& text) {
+    try {
+      const auto cand = placement_policy::parse(text);
+      return schedule(stages, comps, cand, opt).fits();
+    } catch (const config_error&) {
+      return false;
+    }
+  };
+  std::vector<std::string> tries;
+  if (!policy.evict_on_demand) tries.push_back(with_change(policy, "evict_on_demand"));
+  auto accel = [&](const std::string& n) { return !policy.of(n).execute_on.is_host(); };
+  for (const auto& c : comps)
+    if (accel(c.name) && policy.of(c.name).evict != evict_rule::when_idle)
+      tries.push_back(with_change(policy, fmt::format("{}={}:on_demand", c.name,
+                                                      policy.of(c.name).execute_on.k == target::kind::named
+                                                          ? policy.of(c.name).execute_on.id.str()
+                                                          : std::string("cuda"))));
+  for (const auto& c : comps)
+    if (accel(c.name)) tries.push_back(with_change(policy, fmt::format("{}=cpu", c.name)));
+  for (const auto& t : tries)
+    if (try_text(t)) return t;
+  return {};
+}
+
+} // namespace detail
+
+inline plan schedule(const std::vector<stage>& stages, const std::vector<component_info>& components,
+                     const placement_policy& policy, const schedule_options& options) {
+  plan p = detail::scheduler(stages, components, policy, options).run();
+  if (!p.fits() && options.suggest) p.suggestion = detail::suggest(stages, components, policy, options);
+  return p;
+}
+
+} // namespace offload

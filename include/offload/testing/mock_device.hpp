@@ -1,0 +1,102 @@
+#pragma once
+/// \file
+/// A mock accelerator for testing placement schedules without a GPU.
+///
+/// Tensors placed on a mock device live in host memory (a separate copy, so eviction semantics are
+/// real), but every byte is accounted against the mock's capacity. The mock records current and peak
+/// usage, charges each transfer to the run's virtual clock (bytes / bandwidth), logs every transfer,
+/// and throws capacity_error — the simulated out-of-memory — when an allocation would exceed its
+/// capacity. Fault injection makes the N-th allocation or the N-th transfer fail on demand.
+///
+/// **Example**
+/// \code
+/// offload::device_set devices;
+/// auto& gpu = offload::testing::add_mock(devices, 0, {.capacity = 11.49 * offload::GiB});
+/// gpu.fail_allocation_at(3);   // the third allocation from now throws capacity_error
+/// \endcode
+
+#include <offload/device.hpp>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace offload::testing {
+
+/// Capacity and bandwidths of a mock device.
+struct mock_options {
+  std::int64_t capacity = 80 * GiB;
+  double h2d_bytes_per_second = 25e9;       ///< host -> device from pinned memory
+  double h2d_pageable_bytes_per_second = 0; ///< from pageable memory; 0 = same as pinned
+  double d2h_bytes_per_second = 25e9;       ///< device -> host
+};
+
+/// One logged copy.
+struct transfer_record {
+  std::string what;        ///< dotted tensor path
+  device_id from, to;
+  std::int64_t bytes = 0;
+  double start = 0, end = 0; ///< virtual seconds
+};
+
+class mock_device final : public device {
+public:
+  mock_device(int index, mock_options options, offload::clock& clk)
+      : index_(index), options_(options), clock_(&clk) {}
+
+  [[nodiscard]] device_id id() const override { return device_id::mock(index_); }
+  [[nodiscard]] std::optional<std::int64_t> capacity() const override { return options_.capacity; }
+  [[nodiscard]] const mock_options& options() const noexcept { return options_; }
+  [[nodiscard]] const std::vector<transfer_record>& transfer_log() const noexcept { return log_; }
+  void clear_transfer_log() { log_.clear(); }
+
+  /// The n-th allocation from now (1 = the next one) throws capacity_error. 0 disarms.
+  void fail_allocation_at(std::int64_t n) { fail_alloc_ = n; }
+  /// The n-th transfer from now (1 = the next one) throws capacity_error. 0 disarms.
+  void fail_transfer_at(std::int64_t n) { fail_transfer_ = n; }
+
+protected:
+  void before_allocate(std::int64_t bytes, std::string_view what) override {
+    if (fail_alloc_ > 0 && --fail_alloc_ == 0)
+      throw capacity_error("offload.capacity.injected_fault",
+                           fmt::format("injected allocation failure on {} while allocating '{}' ({})",
+                                       id().str(), what, format_bytes(bytes)),
+                           id().str(), "", used() + bytes, options_.capacity);
+  }
+  void before_transfer(std::int64_t bytes, std::string_view what) override {
+    if (fail_transfer_ > 0 && --fail_transfer_ == 0)
+      throw capacity_error("offload.capacity.injected_fault",
+                           fmt::format("injected transfer failure on {} while copying '{}' ({})",
+                                       id().str(), what, format_bytes(bytes)),
+                           id().str(), "", used(), options_.capacity);
+  }
+  void on_transfer(std::int64_t bytes, std::string_view what, bool to_device, bool pinned) override {
+    double bw = options_.d2h_bytes_per_second;
+    if (to_device)
+      bw = (!pinned && options_.h2d_pageable_bytes_per_second > 0) ? options_.h2d_pageable_bytes_per_second
+                                                                   : options_.h2d_bytes_per_second;
+    const double start = clock_->now();
+    clock_->advance(bw > 0 ? static_cast<double>(bytes) / bw : 0.0);
+    log_.push_back({std::string(what), to_device ? device_id::cpu() : id(),
+                    to_device ? id() : device_id::cpu(), bytes, start, clock_->now()});
+  }
+  at::Tensor do_copy_from_host(const at::Tensor& host, std::string_view, bool) override {
+    return host.clone(); // a distinct allocation in host memory standing for device memory
+  }
+  void do_copy_to_host(const at::Tensor& t, at::Tensor& host, std::string_view) override { host.copy_(t); }
+
+private:
+  int index_;
+  mock_options options_;
+  offload::clock* clock_;
+  std::vector<transfer_record> log_;
+  std::int64_t fail_alloc_ = 0, fail_transfer_ = 0;
+};
+
+/// Adds `mock:<index>` to `devices`, switching the run's clock to virtual time.
+inline mock_device& add_mock(device_set& devices, int index, mock_options options = {}) {
+  devices.clock().make_virtual();
+  return devices.emplace<mock_device>(index, options, devices.clock());
+}
+
+} // namespace offload::testing
