@@ -35,6 +35,9 @@ public:
   virtual void place_on(device& target) = 0;
   /// Throws placement_error unless every tensor is on `expected` with its planned dtype.
   virtual void audit(device_id expected, const stage_context& where) const = 0;
+  /// Keeps the host masters in pinned memory (or not). Called by the executor, at home, from the
+  /// policy. Components without tensors only record it.
+  virtual void use_pinned_memory(bool pinned) { (void)pinned; }
 };
 
 } // namespace offload

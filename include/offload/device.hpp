@@ -94,6 +94,11 @@ struct device_id {
   }
 
   friend constexpr auto operator<=>(const device_id&, const device_id&) = default;
+  /// Streams the name (`mock:0`); works with any std::ostream without including <ostream>.
+  template <class Os>
+  friend auto operator<<(Os& os, const device_id& d) -> decltype(os << std::string()) {
+    return os << d.str();
+  }
 };
 
 /// Abstract device: accounting, copies, statistics. Non-template core (see offloadable.hpp).

@@ -59,6 +59,8 @@ public:
                                        "scheduler every component",
                                        c->name(), plan_.policy.label()));
       comps_[c->name()] = c;
+      if (c->location().is_host())
+        c->use_pinned_memory(plan_.policy.of(c->name()).memory == host_memory::pinned);
     }
     for (const auto& [name, _] : plan_.execute_on)
       if (!comps_.count(name))

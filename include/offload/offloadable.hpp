@@ -16,6 +16,7 @@
 
 #include <offload/component.hpp>
 #include <offload/concepts.hpp>
+#include <offload/compat.hpp>
 #include <offload/tensor_registry.hpp>
 
 #include <string>
@@ -70,6 +71,11 @@ public:
   void place_on(device& target) override { registry_.place_on(target); }
   void audit(device_id expected, const stage_context& where) const override {
     registry_.audit(expected, where);
+  }
+  /// Pins the host masters when LibTorch has CUDA; on a CPU-only build the flag is recorded (mock
+  /// devices then charge pinned bandwidth).
+  void use_pinned_memory(bool pinned) override {
+    if (pinned != registry_.pinned()) registry_.set_pinned(pinned, detail::cuda_available());
   }
 
 private:

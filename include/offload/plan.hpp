@@ -26,6 +26,11 @@ enum class action_kind : std::uint8_t { onload, evict };
   return k == action_kind::onload ? "onload" : "evict";
 }
 
+template <class Os>
+auto operator<<(Os& os, action_kind k) -> decltype(os << std::string_view()) {
+  return os << to_string(k);
+}
+
 /// One move of a whole component.
 struct action {
   action_kind kind = action_kind::onload;

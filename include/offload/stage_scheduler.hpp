@@ -84,7 +84,10 @@ public:
     for (const auto& c : comps_) {
       const auto& cp = policy_.of(c.name);
       const device_id d = exec(c.name);
-      if (!d.is_host() && cp.load == load_rule::init) onload(p, init, c.name, "init", "loaded at init");
+      if (d.is_host() || cp.load != load_rule::init) continue;
+      // With eviction on demand a preload that does not fit waits for the component's first use.
+      if (const auto cap = capacity_of(d); policy_.evict_on_demand && cap && used_[d] + c.bytes > *cap) continue;
+      onload(p, init, c.name, "init", "loaded at init");
     }
     snapshot(init);
     finish_step(p, init, {});

@@ -49,6 +49,11 @@ enum class mutability : std::uint8_t { immutable, mutable_ };
   return "?";
 }
 
+template <class Os>
+auto operator<<(Os& os, tensor_kind k) -> decltype(os << std::string_view()) {
+  return os << to_string(k);
+}
+
 /// Where one tensor is: for listings and tests.
 struct tensor_location {
   std::string path; ///< dotted, without the component prefix

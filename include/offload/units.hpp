@@ -25,9 +25,10 @@ inline constexpr std::int64_t MiB = 1024 * KiB;
 inline constexpr std::int64_t GiB = 1024 * MiB;
 
 namespace literals {
-constexpr std::int64_t operator""_GiB(long double v) { return static_cast<std::int64_t>(v * GiB); }
+constexpr std::int64_t operator""_GiB(long double v) { return static_cast<std::int64_t>(v * GiB + 0.5L); }
 constexpr std::int64_t operator""_GiB(unsigned long long v) { return static_cast<std::int64_t>(v) * GiB; }
-constexpr std::int64_t operator""_MiB(long double v) { return static_cast<std::int64_t>(v * MiB); }
+constexpr std::int64_t operator""_MiB(long double v) { return static_cast<std::int64_t>(v * MiB + 0.5L); }
+constexpr std::int64_t operator""_KiB(unsigned long long v) { return static_cast<std::int64_t>(v) * KiB; }
 constexpr std::int64_t operator""_MiB(unsigned long long v) { return static_cast<std::int64_t>(v) * MiB; }
 } // namespace literals
 

@@ -46,6 +46,8 @@ public:
                                         name_, expected.str(), location().str(), where.stage, where.policy));
   }
 
+  void use_pinned_memory(bool pinned) override { pinned_ = pinned; }
+
 private:
   std::string name_;
   std::int64_t bytes_;

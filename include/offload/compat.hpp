@@ -3,6 +3,7 @@
 /// The one place where LibTorch version differences are handled.
 /// Debian 12 ships LibTorch 1.13 (CPU); GPU machines use the LibTorch 2.x bundled with PyTorch.
 
+#include <ATen/Context.h>
 #include <torch/version.h>
 
 #define OFFLOAD_TORCH_VERSION (TORCH_VERSION_MAJOR * 10000 + TORCH_VERSION_MINOR * 100)
@@ -21,3 +22,8 @@
 #else
 #define OFFLOAD_TORCH2 0
 #endif
+
+namespace offload::detail {
+/// Whether this LibTorch can use CUDA (pinning host memory needs it).
+inline bool cuda_available() { return at::globalContext().hasCUDA(); }
+} // namespace offload::detail

@@ -1,0 +1,99 @@
+// A tour of offload's concepts in the order docs/ explains them: devices, tensors (offloadable and
+// auxiliary tensors), policies, stages, plans, execution and traces. Every snippet in docs/ is
+// taken from here, so they compile with the build and run as the test example_concept_tour.
+#include <offload/offload.hpp>
+#include <offload/testing/mock_device.hpp>
+#include <offload/testing/simulate.hpp>
+
+#include <torch/torch.h>
+
+#include <cassert>
+#include <iostream>
+
+using namespace offload::literals;
+
+// [rope-module]
+struct RotaryImpl : torch::nn::Module {
+  torch::nn::Linear qkv{nullptr};
+  at::Tensor freqs; // complex table: a plain member, not a buffer (not in checkpoints)
+  RotaryImpl() {
+    qkv = register_module("qkv", torch::nn::Linear(32, 96));
+    freqs = torch::polar(torch::ones({64, 8}, torch::kFloat64), torch::rand({64, 8}, torch::kFloat64));
+  }
+};
+TORCH_MODULE(Rotary);
+// [rope-module]
+
+int main() {
+  // [devices]
+  offload::device_set devices; // always holds the host, "cpu"
+  auto& gpu = offload::testing::add_mock(devices, 0,
+                                         {.capacity = 4_MiB, .h2d_bytes_per_second = 50e9,
+                                          .d2h_bytes_per_second = 50e9});
+  // A real GPU would be: devices.emplace<offload::cuda_device>(0);
+  // [devices]
+
+  // [tensors]
+  Rotary attn;
+  offload::offloadable rot("attn", attn);
+  rot.register_aux("freqs", attn->freqs, offload::dtype_rule::keep); // moves, keeps complex128
+  rot.convert(torch::kBFloat16);          // weights to bf16; freqs stays complex128
+  rot.place_on(gpu);                      // parameters, buffers and freqs in one call
+  rot.audit(gpu.id(), {"tour", "manual"}); // throws placement_error if anything is elsewhere
+  rot.place_on(devices.host());           // eviction frees the mock's bytes, copies nothing back
+  // [tensors]
+  assert(attn->freqs.scalar_type() == torch::kComplexDouble);
+  assert(gpu.used() == 0 && gpu.bytes_out() == 0);
+
+  // [policies]
+  auto reference = offload::parse_policy("offload_model");           // Wan's flag
+  auto seed = offload::parse_policy("offload_model+vae_cpu");         // the seed plan
+  auto custom = offload::parse_policy("t5=cpu,vae=cuda:on_demand,dit=cuda");
+  try {
+    offload::parse_policy("t5=cpu,vae=cuda:on_demnd");
+  } catch (const offload::config_error& e) {
+    std::cout << e.what() << "\n"; // points at position 16, says what was expected
+  }
+  // [policies]
+
+  // [stages]
+  const std::vector<offload::stage> stages = {
+      {"text_encode", {"t5"}, {{"t5", 0.28_GiB}}},
+      {"denoise", {"dit"}, {{"dit", 2.06_GiB}}, /*repeat=*/50},
+      {"decode", {"vae"}, {{"vae", 8.28_GiB}}},
+  };
+  const std::vector<offload::component_info> sizes = {{"t5", 10.58_GiB}, {"dit", 5.29_GiB}, {"vae", 0.47_GiB}};
+  // [stages]
+
+  // [plans]
+  const auto mock0 = offload::device_id::mock(0);
+  for (const auto& policy : {reference, seed, custom}) {
+    const auto plan = offload::schedule(stages, sizes, policy,
+                                        {.accelerator = mock0, .devices = {{mock0, 11.49_GiB}}});
+    std::cout << plan.table() << "\n"; // or plan.json()
+  }
+  // [plans]
+
+  // [simulate]
+  const auto plan = offload::schedule(stages, sizes, seed, {.accelerator = mock0, .devices = {{mock0, 11.49_GiB}}});
+  const auto sim = offload::testing::simulate(plan, sizes, {.h2d_bytes_per_second = 25e9});
+  std::cout << "simulated peak " << offload::format_bytes(sim.peak_bytes.at(mock0)) << ", "
+            << sim.transfers << " transfers, " << sim.seconds << " s of transfers\n";
+  // [simulate]
+  assert(sim.peak_bytes.at(mock0) == plan.peak_of(mock0));
+
+  // [execute]
+  const std::vector<offload::stage> tiny = {{"attend", {"attn"}, {{"attn", 64_KiB}}, 3}};
+  const auto tiny_plan = offload::schedule(tiny, {{"attn", rot.bytes()}}, offload::parse_policy("attn=cuda:on_demand"),
+                                           {.accelerator = mock0, .devices = {{mock0, gpu.capacity()}}});
+  offload::executor run(tiny_plan, devices, {&rot});
+  for (int i = 0; i < 3; ++i) {
+    auto scope = run.enter("attend"); // onload on first entry, audit, workspace accounted
+    torch::NoGradGuard g;
+    (void)attn->qkv->forward(torch::rand({4, 32}, torch::kBFloat16));
+  }
+  run.finish(); // the stage's after-actions: attn leaves the mock
+  std::cout << run.trace().chrome_json().size() << " bytes of Chrome trace\n";
+  // [execute]
+  return gpu.used() == 0 ? 0 : 1;
+}

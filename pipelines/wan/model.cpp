@@ -1,0 +1,817 @@
+// Port of Wan-Video/Wan2.1@9737cba, wan/modules/model.py. Deliberate deviations and the
+// compute-dtype rule are listed in model.hpp.
+#include "wan/model.hpp"
+
+#include "wan/attention.hpp"
+
+#include <offload/errors.hpp>
+#include <offload/state_dict.hpp>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <set>
+
+namespace wan {
+namespace F = torch::nn::functional;
+
+// ------------------------------------------------------------------------------------------------
+// compute-dtype rule
+// ------------------------------------------------------------------------------------------------
+
+torch::Dtype linear_compute_dtype(const torch::Tensor& weight, compute_region region) {
+  return region == compute_region::float32 ? torch::kFloat32 : weight.scalar_type();
+}
+
+torch::Tensor linear(const torch::nn::Linear& layer, const torch::Tensor& x, compute_region region) {
+  const auto dt = linear_compute_dtype(layer->weight, region);
+  const auto& b = layer->bias;
+  return F::linear(x.to(dt), layer->weight.to(dt), b.defined() ? b.to(dt) : b);
+}
+
+namespace {
+
+torch::Tensor gelu_tanh(const torch::Tensor& x) { return torch::gelu(x, "tanh"); }
+
+/// float32 layer norm over the last dim (the reference's `x.float()` / autocast layer_norm).
+torch::Tensor layer_norm_f32(const torch::Tensor& x, int64_t dim, const torch::Tensor& weight,
+                             const torch::Tensor& bias, double eps) {
+  auto opts = F::LayerNormFuncOptions({dim}).eps(eps);
+  if (weight.defined()) opts = opts.weight(weight.to(torch::kFloat32));
+  if (bias.defined()) opts = opts.bias(bias.to(torch::kFloat32));
+  return F::layer_norm(x.to(torch::kFloat32), opts);
+}
+
+std::string shape_str(const torch::Tensor& t) {
+  return t.defined() ? fmt::format("[{}]", fmt::join(t.sizes(), ", ")) : "undefined";
+}
+
+} // namespace
+
+// ------------------------------------------------------------------------------------------------
+// config
+// ------------------------------------------------------------------------------------------------
+
+std::vector<int64_t> WanModelConfig::resolved_vace_layers() const {
+  if (vace_layers) return *vace_layers;
+  std::vector<int64_t> v;
+  for (int64_t i = 0; i < num_layers; i += 2) v.push_back(i);
+  return v;
+}
+
+void WanModelConfig::validate() const {
+  auto fail = [](const std::string& what) {
+    throw offload::config_error("offload.wan.config.invalid", what);
+  };
+  if (model_type != "t2v" && model_type != "i2v" && model_type != "flf2v" && model_type != "vace")
+    fail(fmt::format("WanModelConfig.model_type must be one of t2v, i2v, flf2v, vace; found '{}'",
+                     model_type));
+  for (auto [name, value] : std::initializer_list<std::pair<const char*, int64_t>>{
+           {"text_len", text_len}, {"in_dim", in_dim}, {"dim", dim},
+                             {"ffn_dim", ffn_dim}, {"freq_dim", freq_dim}, {"text_dim", text_dim},
+                             {"out_dim", out_dim}, {"num_heads", num_heads},
+                             {"num_layers", num_layers}, {"clip_dim", clip_dim},
+                             {"patch_size[0]", patch_size[0]}, {"patch_size[1]", patch_size[1]},
+                             {"patch_size[2]", patch_size[2]}})
+    if (value <= 0 && !(value == 0 && std::string_view(name) == "num_layers"))
+      fail(fmt::format("WanModelConfig.{} must be positive, found {}", name, value));
+  if (dim % num_heads != 0 || (dim / num_heads) % 2 != 0)
+    fail(fmt::format("WanModelConfig: dim ({}) must be divisible by num_heads ({}) with an even "
+                     "head_dim (the reference asserts it for the RoPE table)",
+                     dim, num_heads));
+  if (freq_dim % 2 != 0)
+    fail(fmt::format("WanModelConfig.freq_dim must be even (sinusoidal embedding), found {}",
+                     freq_dim));
+  if (model_type == "vace") {
+    const auto layers = resolved_vace_layers();
+    if (std::find(layers.begin(), layers.end(), 0) == layers.end())
+      fail(fmt::format("WanModelConfig.vace_layers must contain 0 (the reference asserts it); "
+                       "found [{}]",
+                       fmt::join(layers, ", ")));
+    std::set<int64_t> seen;
+    for (auto l : layers)
+      if (l < 0 || l >= num_layers || !seen.insert(l).second)
+        fail(fmt::format("WanModelConfig.vace_layers must be distinct indices in [0, {}); found "
+                         "[{}]",
+                         num_layers, fmt::join(layers, ", ")));
+    if (resolved_vace_in_dim() <= 0)
+      fail(fmt::format("WanModelConfig.vace_in_dim must be positive, found {}",
+                       resolved_vace_in_dim()));
+  }
+}
+
+WanModelConfig model_config(std::string_view task) {
+  const auto& c = configs::wan_config(task); // throws for unknown tasks
+  WanModelConfig m;
+  m.patch_size = c.patch_size;
+  m.text_len = c.text_len;
+  m.dim = c.dim;
+  m.ffn_dim = c.ffn_dim;
+  m.freq_dim = c.freq_dim;
+  m.num_heads = c.num_heads;
+  m.num_layers = c.num_layers;
+  m.window_size = c.window_size;
+  m.qk_norm = c.qk_norm;
+  m.cross_attn_norm = c.cross_attn_norm;
+  m.eps = c.eps;
+  // Fields only the released checkpoints' config.json carry (in_dim, text_dim and out_dim keep the
+  // WanModel defaults 16 / 4096 / 16 unless stated).
+  if (task == "i2v-14B") {
+    m.model_type = "i2v";
+    m.in_dim = 36;
+  } else if (task == "flf2v-14B") {
+    m.model_type = "flf2v";
+    m.in_dim = 36;
+  } else if (task == "vace-1.3B") {
+    m.model_type = "vace";
+    m.vace_in_dim = 96;
+    m.vace_layers = m.resolved_vace_layers(); // [0, 2, ..., 28]
+  } else if (task == "vace-14B") {
+    m.model_type = "vace";
+    m.vace_in_dim = 96;
+    m.vace_layers = std::vector<int64_t>{0, 5, 10, 15, 20, 25, 30, 35};
+  } else {
+    m.model_type = "t2v"; // t2v-14B, t2v-1.3B, t2i-14B
+  }
+  return m;
+}
+
+WanModelConfig from_config_json(const std::filesystem::path& path) {
+  std::ifstream in(path);
+  if (!in)
+    throw offload::config_error(
+        "offload.wan.config.unreadable",
+        fmt::format("cannot open '{}'; expected the diffusers config.json next to "
+                    "diffusion_pytorch_model*.safetensors",
+                    path.string()));
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    throw offload::config_error("offload.wan.config.parse",
+                                fmt::format("'{}' is not valid JSON: {}", path.string(), e.what()));
+  }
+  if (!j.is_object())
+    throw offload::config_error("offload.wan.config.parse",
+                                fmt::format("'{}': expected a JSON object at top level, found {}",
+                                            path.string(), j.type_name()));
+  WanModelConfig c;
+  if (auto it = j.find("_class_name"); it != j.end() && it->is_string()) {
+    const auto cls = it->get<std::string>();
+    if (cls == "VaceWanModel")
+      c.model_type = "vace"; // VaceWanModel's default model_type
+    else if (cls != "WanModel")
+      throw offload::config_error(
+          "offload.wan.config.class",
+          fmt::format("'{}': _class_name is '{}', expected WanModel or VaceWanModel", path.string(),
+                      cls));
+  }
+  auto type_error = [&](const std::string& key, const char* expected, const nlohmann::json& v) {
+    return offload::config_error("offload.wan.config.type",
+                                 fmt::format("'{}': key '{}' must be {}, found {} ({})",
+                                             path.string(), key, expected, v.type_name(), v.dump()));
+  };
+  auto get_int = [&](const std::string& key, const nlohmann::json& v) {
+    if (!v.is_number_integer()) throw type_error(key, "an integer", v);
+    return v.get<int64_t>();
+  };
+  auto get_bool = [&](const std::string& key, const nlohmann::json& v) {
+    if (!v.is_boolean()) throw type_error(key, "a boolean", v);
+    return v.get<bool>();
+  };
+  auto get_ints = [&](const std::string& key, const nlohmann::json& v, std::size_t n) {
+    if (!v.is_array() || (n != 0 && v.size() != n))
+      throw type_error(key, n == 3 ? "an array of 3 integers" : "an array of integers", v);
+    std::vector<int64_t> out;
+    for (const auto& e : v) out.push_back(get_int(key, e));
+    return out;
+  };
+  std::vector<std::string> unknown;
+  for (const auto& [key, v] : j.items()) {
+    if (!key.empty() && key[0] == '_') continue; // _class_name, _diffusers_version, ...
+    if (key == "model_type") {
+      if (!v.is_string()) throw type_error(key, "a string", v);
+      c.model_type = v.get<std::string>();
+    } else if (key == "patch_size") {
+      auto p = get_ints(key, v, 3);
+      c.patch_size = {p[0], p[1], p[2]};
+    } else if (key == "window_size") {
+      auto w = get_ints(key, v, 2);
+      c.window_size = {w[0], w[1]};
+    } else if (key == "text_len") c.text_len = get_int(key, v);
+    else if (key == "in_dim") c.in_dim = get_int(key, v);
+    else if (key == "dim") c.dim = get_int(key, v);
+    else if (key == "ffn_dim") c.ffn_dim = get_int(key, v);
+    else if (key == "freq_dim") c.freq_dim = get_int(key, v);
+    else if (key == "text_dim") c.text_dim = get_int(key, v);
+    else if (key == "out_dim") c.out_dim = get_int(key, v);
+    else if (key == "num_heads") c.num_heads = get_int(key, v);
+    else if (key == "num_layers") c.num_layers = get_int(key, v);
+    else if (key == "clip_dim") c.clip_dim = get_int(key, v);
+    else if (key == "qk_norm") c.qk_norm = get_bool(key, v);
+    else if (key == "cross_attn_norm") c.cross_attn_norm = get_bool(key, v);
+    else if (key == "eps") {
+      if (!v.is_number()) throw type_error(key, "a number", v);
+      c.eps = v.get<double>();
+    } else if (key == "vace_layers") {
+      if (!v.is_null()) c.vace_layers = get_ints(key, v, 0);
+    } else if (key == "vace_in_dim") {
+      if (!v.is_null()) c.vace_in_dim = get_int(key, v);
+    } else
+      unknown.push_back(key);
+  }
+  if (!unknown.empty())
+    throw offload::config_error(
+        "offload.wan.config.unknown_keys",
+        fmt::format("'{}': unknown keys [{}]; expected WanModel / VaceWanModel __init__ arguments "
+                    "(keys starting with '_' are ignored)",
+                    path.string(), fmt::join(unknown, ", ")));
+  c.validate();
+  return c;
+}
+
+int64_t parameter_count(const WanModelConfig& cfg) {
+  cfg.validate();
+  const int64_t d = cfg.dim;
+  const int64_t p = cfg.patch_size[0] * cfg.patch_size[1] * cfg.patch_size[2];
+  auto lin = [](int64_t in, int64_t out) { return in * out + out; };
+  const int64_t attn = 4 * lin(d, d) + (cfg.qk_norm ? 2 * d : 0); // q, k, v, o (+ norm_q, norm_k)
+  auto block = [&](bool i2v) {
+    int64_t n = attn;                                               // self_attn
+    n += cfg.cross_attn_norm ? 2 * d : 0;                           // norm3
+    n += attn;                                                      // cross_attn
+    if (i2v) n += 2 * lin(d, d) + (cfg.qk_norm ? d : 0);            // k_img, v_img, norm_k_img
+    n += lin(d, cfg.ffn_dim) + lin(cfg.ffn_dim, d);                 // ffn
+    n += 6 * d;                                                     // modulation
+    return n;
+  };
+  int64_t n = cfg.in_dim * d * p + d;                               // patch_embedding
+  n += lin(cfg.text_dim, d) + lin(d, d);                            // text_embedding
+  n += lin(cfg.freq_dim, d) + lin(d, d);                            // time_embedding
+  n += lin(d, 6 * d);                                               // time_projection
+  n += lin(d, p * cfg.out_dim) + 2 * d;                             // head
+  if (cfg.model_type == "vace") {
+    const auto layers = cfg.resolved_vace_layers();
+    n += cfg.num_layers * block(false);                             // blocks (t2v cross-attn)
+    n += static_cast<int64_t>(layers.size()) * (block(false) + lin(d, d)); // vace_blocks + after_proj
+    n += lin(d, d);                                                 // vace_blocks.0.before_proj
+    n += cfg.resolved_vace_in_dim() * d * p + d;                    // vace_patch_embedding
+  } else {
+    const bool i2v = cfg.model_type != "t2v";
+    n += cfg.num_layers * block(i2v);
+    if (i2v) {
+      const int64_t c = cfg.clip_dim;
+      n += 2 * c + lin(c, c) + lin(c, d) + 2 * d;                   // img_emb.proj
+      if (cfg.model_type == "flf2v") n += FIRST_LAST_FRAME_CONTEXT_TOKEN_NUMBER * c; // emb_pos
+    }
+  }
+  return n;
+}
+
+// ------------------------------------------------------------------------------------------------
+// functions
+// ------------------------------------------------------------------------------------------------
+
+torch::Tensor sinusoidal_embedding_1d(int64_t dim, const torch::Tensor& position) {
+  if (dim % 2 != 0)
+    throw offload::config_error("offload.wan.config.invalid",
+                                fmt::format("sinusoidal_embedding_1d: dim must be even, found {}",
+                                            dim));
+  const int64_t half = dim / 2;
+  auto pos = position.to(torch::kFloat64);                                        // [B]
+  auto exponent = torch::arange(half, pos.options()).div(half);                   // [half]
+  auto sinusoid = torch::outer(pos, torch::pow(10000, -exponent));                // [B, half]
+  return torch::cat({torch::cos(sinusoid), torch::sin(sinusoid)}, 1);             // [B, dim]
+}
+
+torch::Tensor rope_params(int64_t max_seq_len, int64_t dim, double theta) {
+  if (dim % 2 != 0)
+    throw offload::config_error("offload.wan.config.invalid",
+                                fmt::format("rope_params: dim must be even, found {}", dim));
+  auto inv = 1.0 / torch::pow(theta, torch::arange(0, dim, 2).to(torch::kFloat64).div(dim));
+  auto freqs = torch::outer(torch::arange(max_seq_len), inv); // float64 [max_seq_len, dim / 2]
+  return torch::polar(torch::ones_like(freqs), freqs);        // complex128
+}
+
+torch::Tensor rope_apply(const torch::Tensor& x, const torch::Tensor& grid_sizes,
+                         const torch::Tensor& freqs) {
+  if (freqs.device() != x.device())
+    throw offload::placement_error(
+        "offload.placement.device_mismatch",
+        fmt::format("rope_apply: RoPE table 'freqs' is on {} but the activations are on {}; "
+                    "place the model's auxiliary tensor 'freqs' with the model (declare it aux "
+                    "with follow::device) before calling forward",
+                    freqs.device().str(), x.device().str()));
+  const int64_t n = x.size(2), c = x.size(3) / 2;
+  auto parts = freqs.split_with_sizes({c - 2 * (c / 3), c / 3, c / 3}, 1);
+  const auto grid = grid_sizes.to(torch::kCPU, torch::kLong).contiguous();
+  const auto g = grid.accessor<int64_t, 2>();
+
+  std::vector<torch::Tensor> output;
+  for (int64_t i = 0; i < grid.size(0); ++i) {
+    const int64_t f = g[i][0], h = g[i][1], w = g[i][2], seq_len = f * h * w;
+    if (f > parts[0].size(0) || h > parts[1].size(0) || w > parts[2].size(0))
+      throw offload::config_error(
+          "offload.wan.model.grid_too_large",
+          fmt::format("rope_apply: grid ({}, {}, {}) of sample {} exceeds the RoPE table length {}",
+                      f, h, w, i, freqs.size(0)));
+    // precompute multipliers
+    auto x_i = torch::view_as_complex(
+        x[i].slice(0, 0, seq_len).to(torch::kFloat64).contiguous().reshape({seq_len, n, -1, 2}));
+    auto freqs_i =
+        torch::cat({parts[0].slice(0, 0, f).view({f, 1, 1, -1}).expand({f, h, w, -1}),
+                    parts[1].slice(0, 0, h).view({1, h, 1, -1}).expand({f, h, w, -1}),
+                    parts[2].slice(0, 0, w).view({1, 1, w, -1}).expand({f, h, w, -1})},
+                   -1)
+            .reshape({seq_len, 1, -1}); // [seq_len, 1, c]
+    // apply rotary embedding
+    auto r = torch::view_as_real(x_i * freqs_i).flatten(2); // float64 [seq_len, n, 2c]
+    r = torch::cat({r, x[i].slice(0, seq_len).to(torch::kFloat64)});
+    output.push_back(r);
+  }
+  return torch::stack(output).to(torch::kFloat32); // [B, L, n, 2c]
+}
+
+// ------------------------------------------------------------------------------------------------
+// norms
+// ------------------------------------------------------------------------------------------------
+
+WanRMSNormImpl::WanRMSNormImpl(int64_t dim_, double eps_) : dim(dim_), eps(eps_) {
+  weight = register_parameter("weight", torch::ones({dim}));
+}
+
+torch::Tensor WanRMSNormImpl::norm(const torch::Tensor& x) const {
+  return x * torch::rsqrt(x.pow(2).mean(-1, /*keepdim=*/true) + eps);
+}
+
+torch::Tensor WanRMSNormImpl::forward(const torch::Tensor& x) const {
+  return norm(x.to(torch::kFloat32)).to(x.scalar_type()) * weight;
+}
+
+WanLayerNormImpl::WanLayerNormImpl(int64_t dim_, double eps_, bool elementwise_affine)
+    : dim(dim_), eps(eps_) {
+  if (elementwise_affine) {
+    weight = register_parameter("weight", torch::ones({dim}));
+    bias = register_parameter("bias", torch::zeros({dim}));
+  }
+}
+
+torch::Tensor WanLayerNormImpl::forward(const torch::Tensor& x) const {
+  return layer_norm_f32(x, dim, weight, bias, eps).to(x.scalar_type());
+}
+
+// ------------------------------------------------------------------------------------------------
+// attention
+// ------------------------------------------------------------------------------------------------
+
+WanSelfAttentionImpl::WanSelfAttentionImpl(int64_t dim_, int64_t num_heads_,
+                                           std::array<int64_t, 2> window_size_, bool qk_norm_,
+                                           double eps_)
+    : dim(dim_), num_heads(num_heads_), head_dim(dim_ / num_heads_), window_size(window_size_),
+      qk_norm(qk_norm_), eps(eps_) {
+  if (dim % num_heads != 0)
+    throw offload::config_error(
+        "offload.wan.config.invalid",
+        fmt::format("WanSelfAttention: dim ({}) must be divisible by num_heads ({})", dim,
+                    num_heads));
+  q = register_module("q", torch::nn::Linear(dim, dim));
+  k = register_module("k", torch::nn::Linear(dim, dim));
+  v = register_module("v", torch::nn::Linear(dim, dim));
+  o = register_module("o", torch::nn::Linear(dim, dim));
+  if (qk_norm) {
+    norm_q = register_module("norm_q", WanRMSNorm(dim, eps));
+    norm_k = register_module("norm_k", WanRMSNorm(dim, eps));
+  }
+}
+
+torch::Tensor WanSelfAttentionImpl::apply_norm(const WanRMSNorm& n, const torch::Tensor& x) const {
+  return n ? n->forward(x) : x; // nn.Identity when !qk_norm
+}
+
+torch::Tensor WanSelfAttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& seq_lens,
+                                            const torch::Tensor& grid_sizes,
+                                            const torch::Tensor& freqs) {
+  const int64_t b = x.size(0), s = x.size(1), n = num_heads, d = head_dim;
+  // query, key, value function
+  auto q_ = apply_norm(norm_q, linear(q, x)).view({b, s, n, d}); // [B, L, N, D]
+  auto k_ = apply_norm(norm_k, linear(k, x)).view({b, s, n, d}); // [B, L, N, D]
+  auto v_ = linear(v, x).view({b, s, n, d});                     // [B, L, N, D]
+
+  auto out = flash_attention(rope_apply(q_, grid_sizes, freqs), rope_apply(k_, grid_sizes, freqs),
+                             v_, /*q_lens=*/{}, /*k_lens=*/seq_lens, 0.0, {}, {}, false,
+                             window_size); // [B, L, N, D]
+  // output
+  return linear(o, out.flatten(2)); // [B, L, C]
+}
+
+torch::Tensor WanT2VCrossAttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& context,
+                                                const torch::Tensor& context_lens) {
+  const int64_t b = x.size(0), n = num_heads, d = head_dim;
+  // compute query, key, value
+  auto q_ = apply_norm(norm_q, linear(q, x)).view({b, -1, n, d});       // [B, L1, N, D]
+  auto k_ = apply_norm(norm_k, linear(k, context)).view({b, -1, n, d}); // [B, L2, N, D]
+  auto v_ = linear(v, context).view({b, -1, n, d});                     // [B, L2, N, D]
+  // compute attention
+  auto out = flash_attention(q_, k_, v_, {}, context_lens); // [B, L1, N, D]
+  // output
+  return linear(o, out.flatten(2)); // [B, L1, C]
+}
+
+WanI2VCrossAttentionImpl::WanI2VCrossAttentionImpl(int64_t dim_, int64_t num_heads_,
+                                                   std::array<int64_t, 2> window_size_,
+                                                   bool qk_norm_, double eps_)
+    : WanT2VCrossAttentionImpl(dim_, num_heads_, window_size_, qk_norm_, eps_) {
+  k_img = register_module("k_img", torch::nn::Linear(dim, dim));
+  v_img = register_module("v_img", torch::nn::Linear(dim, dim));
+  if (qk_norm) norm_k_img = register_module("norm_k_img", WanRMSNorm(dim, eps));
+}
+
+torch::Tensor WanI2VCrossAttentionImpl::forward(const torch::Tensor& x,
+                                                const torch::Tensor& context_all,
+                                                const torch::Tensor& context_lens) {
+  const int64_t image_context_length = context_all.size(1) - T5_CONTEXT_TOKEN_NUMBER;
+  if (image_context_length < 0)
+    throw offload::config_error(
+        "offload.wan.model.i2v_context",
+        fmt::format("WanI2VCrossAttention: context has {} tokens, expected image tokens followed "
+                    "by exactly {} text tokens (the reference hard-codes T5_CONTEXT_TOKEN_NUMBER; "
+                    "use text_len = 512)",
+                    context_all.size(1), T5_CONTEXT_TOKEN_NUMBER));
+  auto context_img = context_all.slice(1, 0, image_context_length); // [B, L_img, C]
+  auto context = context_all.slice(1, image_context_length);        // [B, 512, C]
+  const int64_t b = x.size(0), n = num_heads, d = head_dim;
+
+  // compute query, key, value
+  auto q_ = apply_norm(norm_q, linear(q, x)).view({b, -1, n, d});                   // [B, L1, N, D]
+  auto k_ = apply_norm(norm_k, linear(k, context)).view({b, -1, n, d});             // [B, 512, N, D]
+  auto v_ = linear(v, context).view({b, -1, n, d});                                 // [B, 512, N, D]
+  auto ki = apply_norm(norm_k_img, linear(k_img, context_img)).view({b, -1, n, d}); // [B, L_img, N, D]
+  auto vi = linear(v_img, context_img).view({b, -1, n, d});                         // [B, L_img, N, D]
+  auto img_x = flash_attention(q_, ki, vi, {}, /*k_lens=*/{}); // [B, L1, N, D]
+  // compute attention
+  auto out = flash_attention(q_, k_, v_, {}, context_lens); // [B, L1, N, D]
+
+  // output
+  out = out.flatten(2) + img_x.flatten(2); // [B, L1, C]
+  return linear(o, out);
+}
+
+// ------------------------------------------------------------------------------------------------
+// block, head, MLPProj
+// ------------------------------------------------------------------------------------------------
+
+WanAttentionBlockImpl::WanAttentionBlockImpl(const std::string& cross_attn_type, int64_t dim_,
+                                             int64_t ffn_dim_, int64_t num_heads_,
+                                             std::array<int64_t, 2> window_size_, bool qk_norm_,
+                                             bool cross_attn_norm_, double eps_)
+    : dim(dim_), ffn_dim(ffn_dim_), num_heads(num_heads_), window_size(window_size_),
+      qk_norm(qk_norm_), cross_attn_norm(cross_attn_norm_), eps(eps_) {
+  if (cross_attn_type != "t2v_cross_attn" && cross_attn_type != "i2v_cross_attn")
+    throw offload::config_error(
+        "offload.wan.config.invalid",
+        fmt::format("WanAttentionBlock: cross_attn_type must be 't2v_cross_attn' or "
+                    "'i2v_cross_attn', found '{}'",
+                    cross_attn_type));
+  // layers
+  norm1 = register_module("norm1", WanLayerNorm(dim, eps));
+  self_attn = register_module("self_attn", WanSelfAttention(dim, num_heads, window_size, qk_norm, eps));
+  if (cross_attn_norm)
+    norm3 = register_module("norm3", WanLayerNorm(dim, eps, /*elementwise_affine=*/true));
+  cross_attn = register_module(
+      "cross_attn",
+      cross_attn_type == "t2v_cross_attn"
+          ? WanT2VCrossAttention(dim, num_heads, std::array<int64_t, 2>{-1, -1}, qk_norm, eps)
+          : WanT2VCrossAttention(std::shared_ptr<WanT2VCrossAttentionImpl>(
+                std::make_shared<WanI2VCrossAttentionImpl>(dim, num_heads,
+                                                           std::array<int64_t, 2>{-1, -1},
+                                                           qk_norm, eps))));
+  norm2 = register_module("norm2", WanLayerNorm(dim, eps));
+  ffn_0 = torch::nn::Linear(dim, ffn_dim);
+  ffn_2 = torch::nn::Linear(ffn_dim, dim);
+  ffn = register_module(
+      "ffn", torch::nn::Sequential(ffn_0, torch::nn::GELU(torch::nn::GELUOptions().approximate("tanh")),
+                                   ffn_2));
+  // modulation
+  modulation = register_parameter("modulation",
+                                  torch::randn({1, 6, dim}) / std::sqrt(static_cast<double>(dim)));
+}
+
+torch::Tensor WanAttentionBlockImpl::forward(const torch::Tensor& x_in, const torch::Tensor& e_in,
+                                             const torch::Tensor& seq_lens,
+                                             const torch::Tensor& grid_sizes,
+                                             const torch::Tensor& freqs,
+                                             const torch::Tensor& context,
+                                             const torch::Tensor& context_lens) {
+  if (e_in.scalar_type() != torch::kFloat32)
+    throw offload::config_error(
+        "offload.wan.model.modulation_dtype",
+        fmt::format("WanAttentionBlock: e must be float32 (the reference asserts it), found {}",
+                    c10::toString(e_in.scalar_type())));
+  // modulation in float32: [B, 6, C] -> 6 x [B, 1, C]
+  auto e = (modulation.to(torch::kFloat32) + e_in).chunk(6, 1);
+
+  // self-attention
+  auto y = self_attn(norm1(x_in).to(torch::kFloat32) * (1 + e[1]) + e[0], seq_lens, grid_sizes,
+                     freqs);                // [B, L, C]
+  auto x = x_in + y * e[2];                 // [B, L, C]
+
+  // cross-attention & ffn function
+  x = x + cross_attn(norm3 ? norm3(x) : x, context, context_lens); // [B, L, C]
+  auto h = norm2(x).to(torch::kFloat32) * (1 + e[4]) + e[3];       // [B, L, C]
+  y = linear(ffn_2, gelu_tanh(linear(ffn_0, h)));                   // [B, L, C]
+  x = x + y * e[5];
+  return x;
+}
+
+HeadImpl::HeadImpl(int64_t dim_, int64_t out_dim_, std::array<int64_t, 3> patch_size_, double eps_)
+    : dim(dim_), out_dim(out_dim_), patch_size(patch_size_), eps(eps_) {
+  // layers
+  const int64_t out = patch_size[0] * patch_size[1] * patch_size[2] * out_dim;
+  norm = register_module("norm", WanLayerNorm(dim, eps));
+  head = register_module("head", torch::nn::Linear(dim, out));
+  // modulation
+  modulation = register_parameter("modulation",
+                                  torch::randn({1, 2, dim}) / std::sqrt(static_cast<double>(dim)));
+}
+
+torch::Tensor HeadImpl::forward(const torch::Tensor& x, const torch::Tensor& e_in) {
+  if (e_in.scalar_type() != torch::kFloat32)
+    throw offload::config_error(
+        "offload.wan.model.modulation_dtype",
+        fmt::format("Head: e must be float32 (the reference asserts it), found {}",
+                    c10::toString(e_in.scalar_type())));
+  // amp.autocast(dtype=float32) region
+  auto e = (modulation.to(torch::kFloat32) + e_in.unsqueeze(1)).chunk(2, 1); // 2 x [B, 1, C]
+  return linear(head, norm(x) * (1 + e[1]) + e[0], compute_region::float32); // [B, L, p*out_dim]
+}
+
+MLPProjImpl::MLPProjImpl(int64_t in_dim, int64_t out_dim, bool flf_pos_emb) {
+  proj_0 = torch::nn::LayerNorm(torch::nn::LayerNormOptions({in_dim}));
+  proj_1 = torch::nn::Linear(in_dim, in_dim);
+  proj_3 = torch::nn::Linear(in_dim, out_dim);
+  proj_4 = torch::nn::LayerNorm(torch::nn::LayerNormOptions({out_dim}));
+  proj = register_module("proj", torch::nn::Sequential(proj_0, proj_1, torch::nn::GELU(), proj_3,
+                                                       proj_4));
+  if (flf_pos_emb) // NOTE: only used for flf2v
+    emb_pos = register_parameter("emb_pos",
+                                 torch::zeros({1, FIRST_LAST_FRAME_CONTEXT_TOKEN_NUMBER, in_dim}));
+}
+
+torch::Tensor MLPProjImpl::forward(const torch::Tensor& image_embeds) {
+  auto x = image_embeds; // [B, 257, C]
+  if (emb_pos.defined()) {
+    const int64_t n = x.size(1), d = x.size(2);
+    x = x.view({-1, 2 * n, d}) + emb_pos; // [B / 2, 514, C]
+  }
+  auto ln = [](const torch::nn::LayerNorm& m, const torch::Tensor& t) {
+    return layer_norm_f32(t, m->options.normalized_shape()[0], m->weight, m->bias,
+                          m->options.eps());
+  };
+  x = ln(proj_0, x);
+  x = torch::gelu(linear(proj_1, x)); // exact GELU
+  x = linear(proj_3, x);
+  return ln(proj_4, x); // [B, L_img, out_dim]
+}
+
+// ------------------------------------------------------------------------------------------------
+// WanModel
+// ------------------------------------------------------------------------------------------------
+
+WanModelImpl::WanModelImpl(const WanModelConfig& cfg) : WanModelImpl(cfg, true) {}
+
+WanModelImpl::WanModelImpl(const WanModelConfig& cfg, bool build_blocks)
+    : config(cfg), model_type(cfg.model_type), patch_size(cfg.patch_size),
+      text_len(cfg.text_len), in_dim(cfg.in_dim), dim(cfg.dim), ffn_dim(cfg.ffn_dim),
+      freq_dim(cfg.freq_dim), text_dim(cfg.text_dim), out_dim(cfg.out_dim),
+      num_heads(cfg.num_heads), num_layers(cfg.num_layers), window_size(cfg.window_size),
+      qk_norm(cfg.qk_norm), cross_attn_norm(cfg.cross_attn_norm), eps(cfg.eps) {
+  cfg.validate(); // before anything is allocated
+  build(build_blocks);
+}
+
+void WanModelImpl::build(bool build_blocks) {
+  // embeddings
+  const auto ps = torch::ExpandingArray<3>({patch_size[0], patch_size[1], patch_size[2]});
+  patch_embedding = register_module(
+      "patch_embedding", torch::nn::Conv3d(torch::nn::Conv3dOptions(in_dim, dim, ps).stride(ps)));
+  text_embedding_0 = torch::nn::Linear(text_dim, dim);
+  text_embedding_2 = torch::nn::Linear(dim, dim);
+  text_embedding = register_module(
+      "text_embedding",
+      torch::nn::Sequential(text_embedding_0,
+                            torch::nn::GELU(torch::nn::GELUOptions().approximate("tanh")),
+                            text_embedding_2));
+  time_embedding_0 = torch::nn::Linear(freq_dim, dim);
+  time_embedding_2 = torch::nn::Linear(dim, dim);
+  time_embedding = register_module(
+      "time_embedding", torch::nn::Sequential(time_embedding_0, torch::nn::SiLU(), time_embedding_2));
+  time_projection_1 = torch::nn::Linear(dim, dim * 6);
+  time_projection = register_module("time_projection",
+                                    torch::nn::Sequential(torch::nn::SiLU(), time_projection_1));
+
+  // blocks
+  blocks = register_module("blocks", torch::nn::ModuleList());
+  if (build_blocks) {
+    const std::string cross_attn_type = model_type == "t2v" ? "t2v_cross_attn" : "i2v_cross_attn";
+    for (int64_t i = 0; i < num_layers; ++i) {
+      WanAttentionBlock blk(cross_attn_type, dim, ffn_dim, num_heads, window_size, qk_norm,
+                            cross_attn_norm, eps);
+      blocks->push_back(blk);
+      block_list.push_back(blk);
+    }
+  }
+
+  // head
+  head = register_module("head", Head(dim, out_dim, patch_size, eps));
+
+  // RoPE table: a plain tensor, not a buffer (the reference avoids register_buffer so that .to()
+  // does not change its dtype).
+  const int64_t d = dim / num_heads;
+  freqs = torch::cat({rope_params(1024, d - 4 * (d / 6)), rope_params(1024, 2 * (d / 6)),
+                      rope_params(1024, 2 * (d / 6))},
+                     1); // complex128 [1024, d / 2]
+
+  if (model_type == "i2v" || model_type == "flf2v")
+    img_emb = register_module("img_emb", MLPProj(config.clip_dim, dim, model_type == "flf2v"));
+
+  // initialize weights
+  init_weights();
+}
+
+void WanModelImpl::init_weights() {
+  torch::NoGradGuard no_grad;
+  namespace init = torch::nn::init;
+  // basic init (isinstance(m, nn.Linear) over self.modules())
+  for (const auto& m : modules(/*include_self=*/false))
+    if (auto* l = m->as<torch::nn::LinearImpl>()) {
+      init::xavier_uniform_(l->weight);
+      if (l->bias.defined()) init::zeros_(l->bias);
+    }
+  // init embeddings
+  init::xavier_uniform_(patch_embedding->weight.flatten(1));
+  for (auto* l : {&text_embedding_0, &text_embedding_2, &time_embedding_0, &time_embedding_2})
+    init::normal_((*l)->weight, 0.0, 0.02);
+  // init output layer
+  init::zeros_(head->head->weight);
+}
+
+WanModelImpl::embedded WanModelImpl::patchify(torch::nn::Conv3d conv,
+                                              const std::vector<torch::Tensor>& x, int64_t seq_len,
+                                              const std::string& trace_name) {
+  const auto dt = linear_compute_dtype(conv->weight);
+  std::vector<torch::Tensor> seqs;
+  std::vector<int64_t> grid, lens;
+  for (size_t b = 0; b < x.size(); ++b) {
+    auto u = conv->forward(x[b].unsqueeze(0).to(dt)); // [1, C, F, H, W]
+    record(fmt::format("{}.{}", trace_name, b), u);
+    grid.insert(grid.end(), {u.size(2), u.size(3), u.size(4)});
+    u = u.flatten(2).transpose(1, 2); // [1, F*H*W, C]
+    lens.push_back(u.size(1));
+    seqs.push_back(u);
+  }
+  const int64_t max_len = lens.empty() ? 0 : *std::max_element(lens.begin(), lens.end());
+  if (max_len > seq_len)
+    throw offload::config_error(
+        "offload.wan.model.seq_len",
+        fmt::format("WanModel: a sample has {} tokens but seq_len is {}; pass seq_len >= the "
+                    "longest patch sequence (the reference asserts seq_lens.max() <= seq_len)",
+                    max_len, seq_len));
+  for (auto& u : seqs)
+    u = torch::cat({u, u.new_zeros({1, seq_len - u.size(1), u.size(2)})}, 1); // [1, seq_len, C]
+  const auto B = static_cast<int64_t>(x.size());
+  return {torch::cat(seqs),                                                  // [B, seq_len, C]
+          torch::tensor(grid, torch::kLong).view({B, 3}),                    // [B, 3]
+          torch::tensor(lens, torch::kLong)};                                // [B]
+}
+
+std::pair<torch::Tensor, torch::Tensor> WanModelImpl::embed_time(const torch::Tensor& t) const {
+  // amp.autocast(dtype=float32) region
+  auto s = sinusoidal_embedding_1d(freq_dim, t); // float64 [B, freq_dim]
+  record("sinusoidal", s);
+  auto e = linear(time_embedding_2,
+                  torch::silu(linear(time_embedding_0, s.to(torch::kFloat32), compute_region::float32)),
+                  compute_region::float32); // [B, dim]
+  record("time_embedding", e);
+  auto e0 = linear(time_projection_1, torch::silu(e), compute_region::float32); // [B, 6 * dim]
+  record("time_projection", e0);
+  return {e, e0.view({e0.size(0), 6, dim})}; // [B, dim], [B, 6, dim]
+}
+
+torch::Tensor WanModelImpl::embed_text(const std::vector<torch::Tensor>& context) const {
+  std::vector<torch::Tensor> padded;
+  for (size_t b = 0; b < context.size(); ++b) {
+    const auto& u = context[b]; // [L_b, text_dim]
+    if (u.dim() != 2 || u.size(0) > text_len || u.size(1) != text_dim)
+      throw offload::config_error(
+          "offload.wan.model.context",
+          fmt::format("WanModel: context[{}] must be [L <= text_len ({}), text_dim ({})], found {}",
+                      b, text_len, text_dim, shape_str(u)));
+    padded.push_back(torch::cat({u, u.new_zeros({text_len - u.size(0), u.size(1)})}));
+  }
+  auto c = torch::stack(padded);                                     // [B, text_len, text_dim]
+  c = linear(text_embedding_2, gelu_tanh(linear(text_embedding_0, c))); // [B, text_len, dim]
+  record("text_embedding", c);
+  return c;
+}
+
+std::vector<torch::Tensor> WanModelImpl::forward(std::vector<torch::Tensor> x,
+                                                 const torch::Tensor& t,
+                                                 const std::vector<torch::Tensor>& context,
+                                                 int64_t seq_len, const torch::Tensor& clip_fea,
+                                                 const std::vector<torch::Tensor>& y) {
+  if (model_type == "i2v" || model_type == "flf2v") {
+    if (!clip_fea.defined() || y.empty())
+      throw offload::config_error(
+          "offload.wan.model.missing_condition",
+          fmt::format("WanModel({}): clip_fea and y are required (found clip_fea {}, {} y tensors)",
+                      model_type, shape_str(clip_fea), y.size()));
+    if (text_len != T5_CONTEXT_TOKEN_NUMBER)
+      throw offload::config_error(
+          "offload.wan.model.i2v_text_len",
+          fmt::format("WanModel({}): text_len must be {} (WanI2VCrossAttention splits the context "
+                      "at context.shape[1] - {}), found {}",
+                      model_type, T5_CONTEXT_TOKEN_NUMBER, T5_CONTEXT_TOKEN_NUMBER, text_len));
+  }
+  if (x.size() != context.size() || t.dim() != 1 || t.size(0) != static_cast<int64_t>(x.size()))
+    throw offload::config_error(
+        "offload.wan.model.batch",
+        fmt::format("WanModel: expected one context and one timestep per sample; found {} x, {} "
+                    "context, t {}",
+                    x.size(), context.size(), shape_str(t)));
+  if (!y.empty()) {
+    if (y.size() != x.size())
+      throw offload::config_error("offload.wan.model.batch",
+                                  fmt::format("WanModel: {} y tensors for {} samples", y.size(),
+                                              x.size()));
+    for (size_t i = 0; i < x.size(); ++i) x[i] = torch::cat({x[i], y[i]}, 0); // [C_in, F, H, W]
+  }
+
+  // embeddings
+  auto emb = patchify(patch_embedding, x, seq_len, "patch_embedding");
+
+  // time embeddings
+  auto [e, e0] = embed_time(t);
+
+  // context
+  torch::Tensor context_lens; // None
+  auto ctx = embed_text(context);
+  if (clip_fea.defined()) {
+    if (!img_emb)
+      throw offload::config_error(
+          "offload.wan.model.clip_fea",
+          fmt::format("WanModel({}): clip_fea given but the model has no img_emb (t2v)", model_type));
+    auto context_clip = img_emb(clip_fea); // [B, 257 (x2), dim]
+    record("img_emb", context_clip);
+    ctx = torch::cat({context_clip, ctx}, 1);
+  }
+
+  auto h = emb.x;
+  for (size_t i = 0; i < block_list.size(); ++i) {
+    h = block_list[i](h, e0, emb.seq_lens, emb.grid_sizes, freqs, ctx, context_lens);
+    record(fmt::format("block.{}", i), h);
+  }
+
+  // head
+  h = head(h, e);
+  record("head", h);
+
+  // unpatchify
+  auto out = unpatchify(h, emb.grid_sizes);
+  for (auto& u : out) u = u.to(torch::kFloat32);
+  return out;
+}
+
+std::vector<torch::Tensor> WanModelImpl::unpatchify(const torch::Tensor& x,
+                                                    const torch::Tensor& grid_sizes) const {
+  const int64_t c = out_dim;
+  const auto grid = grid_sizes.to(torch::kCPU, torch::kLong).contiguous();
+  const auto g = grid.accessor<int64_t, 2>();
+  std::vector<torch::Tensor> out;
+  for (int64_t b = 0; b < grid.size(0); ++b) {
+    const int64_t f = g[b][0], h = g[b][1], w = g[b][2];
+    auto u = x[b].slice(0, 0, f * h * w).reshape(
+        {f, h, w, patch_size[0], patch_size[1], patch_size[2], c}); // [f, h, w, p, q, r, c]
+    u = u.permute({6, 0, 3, 1, 4, 2, 5});                           // 'fhwpqrc->cfphqwr'
+    u = u.reshape({c, f * patch_size[0], h * patch_size[1], w * patch_size[2]}); // [c, F, H, W]
+    out.push_back(u);
+  }
+  return out;
+}
+
+WanModel load_wan_model(const std::filesystem::path& dir) {
+  auto cfg = from_config_json(dir / "config.json");
+  if (cfg.model_type == "vace")
+    throw offload::config_error(
+        "offload.wan.config.class",
+        fmt::format("'{}' describes a VaceWanModel; load it with wan::load_vace_wan_model",
+                    (dir / "config.json").string()));
+  WanModel model(cfg);
+  offload::load_state(*model, offload::load_checkpoint(dir));
+  return model;
+}
+
+} // namespace wan

@@ -1,0 +1,193 @@
+// Port of Wan-Video/Wan2.1@9737cba, wan/modules/vace_model.py. Deliberate deviations are listed in
+// vace_model.hpp.
+#include "wan/vace_model.hpp"
+
+#include <offload/errors.hpp>
+#include <offload/state_dict.hpp>
+
+#include <fmt/format.h>
+#include <torch/torch.h>
+
+namespace wan {
+
+VaceWanAttentionBlockImpl::VaceWanAttentionBlockImpl(const std::string& cross_attn_type,
+                                                     int64_t dim_, int64_t ffn_dim_,
+                                                     int64_t num_heads_,
+                                                     std::array<int64_t, 2> window_size_,
+                                                     bool qk_norm_, bool cross_attn_norm_,
+                                                     double eps_, int64_t block_id_)
+    : WanAttentionBlockImpl(cross_attn_type, dim_, ffn_dim_, num_heads_, window_size_, qk_norm_,
+                            cross_attn_norm_, eps_),
+      block_id(block_id_) {
+  torch::NoGradGuard no_grad;
+  if (block_id == 0) {
+    before_proj = register_module("before_proj", torch::nn::Linear(dim, dim));
+    torch::nn::init::zeros_(before_proj->weight);
+    torch::nn::init::zeros_(before_proj->bias);
+  }
+  after_proj = register_module("after_proj", torch::nn::Linear(dim, dim));
+  torch::nn::init::zeros_(after_proj->weight);
+  torch::nn::init::zeros_(after_proj->bias);
+}
+
+std::pair<torch::Tensor, torch::Tensor> VaceWanAttentionBlockImpl::forward(
+    const torch::Tensor& c_in, const torch::Tensor& x, const torch::Tensor& e,
+    const torch::Tensor& seq_lens, const torch::Tensor& grid_sizes, const torch::Tensor& freqs,
+    const torch::Tensor& context, const torch::Tensor& context_lens) {
+  auto c = c_in; // [B, L, C]
+  if (block_id == 0) c = linear(before_proj, c) + x;
+  c = WanAttentionBlockImpl::forward(c, e, seq_lens, grid_sizes, freqs, context, context_lens);
+  auto c_skip = linear(after_proj, c); // [B, L, C]
+  return {c, c_skip};
+}
+
+BaseWanAttentionBlockImpl::BaseWanAttentionBlockImpl(const std::string& cross_attn_type,
+                                                     int64_t dim_, int64_t ffn_dim_,
+                                                     int64_t num_heads_,
+                                                     std::array<int64_t, 2> window_size_,
+                                                     bool qk_norm_, bool cross_attn_norm_,
+                                                     double eps_,
+                                                     std::optional<int64_t> block_id_)
+    : WanAttentionBlockImpl(cross_attn_type, dim_, ffn_dim_, num_heads_, window_size_, qk_norm_,
+                            cross_attn_norm_, eps_),
+      block_id(block_id_) {}
+
+torch::Tensor BaseWanAttentionBlockImpl::forward(
+    const torch::Tensor& x_in, const std::vector<torch::Tensor>& hints, double context_scale,
+    const torch::Tensor& e, const torch::Tensor& seq_lens, const torch::Tensor& grid_sizes,
+    const torch::Tensor& freqs, const torch::Tensor& context, const torch::Tensor& context_lens) {
+  auto x = WanAttentionBlockImpl::forward(x_in, e, seq_lens, grid_sizes, freqs, context,
+                                          context_lens); // [B, L, C]
+  if (block_id) {
+    if (*block_id >= static_cast<int64_t>(hints.size()))
+      throw offload::config_error(
+          "offload.wan.model.hints",
+          fmt::format("BaseWanAttentionBlock: hint {} requested but only {} hints were computed",
+                      *block_id, hints.size()));
+    x = x + hints[static_cast<size_t>(*block_id)] * context_scale;
+  }
+  return x;
+}
+
+namespace {
+WanModelConfig checked_vace(const WanModelConfig& cfg) {
+  if (cfg.model_type != "vace")
+    throw offload::config_error(
+        "offload.wan.config.invalid",
+        fmt::format("VaceWanModel: model_type must be 'vace', found '{}'", cfg.model_type));
+  return cfg;
+}
+} // namespace
+
+VaceWanModelImpl::VaceWanModelImpl(const WanModelConfig& cfg)
+    : WanModelImpl(checked_vace(cfg), /*build_blocks=*/false),
+      vace_layers(cfg.resolved_vace_layers()), vace_in_dim(cfg.resolved_vace_in_dim()) {
+  for (size_t n = 0; n < vace_layers.size(); ++n)
+    vace_layers_mapping[vace_layers[n]] = static_cast<int64_t>(n);
+
+  // blocks
+  for (int64_t i = 0; i < num_layers; ++i) {
+    std::optional<int64_t> id;
+    if (auto it = vace_layers_mapping.find(i); it != vace_layers_mapping.end()) id = it->second;
+    BaseWanAttentionBlock blk("t2v_cross_attn", dim, ffn_dim, num_heads, window_size, qk_norm,
+                              cross_attn_norm, eps, id);
+    blocks->push_back(blk);
+    base_block_list.push_back(blk);
+  }
+
+  // vace blocks
+  vace_blocks = register_module("vace_blocks", torch::nn::ModuleList());
+  for (auto i : vace_layers) {
+    VaceWanAttentionBlock blk("t2v_cross_attn", dim, ffn_dim, num_heads, window_size, qk_norm,
+                              cross_attn_norm, eps, /*block_id=*/i);
+    vace_blocks->push_back(blk);
+    vace_block_list.push_back(blk);
+  }
+
+  // vace patch embeddings
+  const auto ps = torch::ExpandingArray<3>({patch_size[0], patch_size[1], patch_size[2]});
+  vace_patch_embedding = register_module(
+      "vace_patch_embedding",
+      torch::nn::Conv3d(torch::nn::Conv3dOptions(vace_in_dim, dim, ps).stride(ps)));
+}
+
+std::vector<torch::Tensor> VaceWanModelImpl::forward_vace(
+    const torch::Tensor& x, const std::vector<torch::Tensor>& vace_context, int64_t seq_len,
+    const torch::Tensor& e, const torch::Tensor& seq_lens, const torch::Tensor& grid_sizes,
+    const torch::Tensor& freqs_, const torch::Tensor& context, const torch::Tensor& context_lens) {
+  // embeddings
+  auto c = patchify(vace_patch_embedding, vace_context, seq_len, "vace_patch_embedding").x;
+  // [B, seq_len, dim]
+  std::vector<torch::Tensor> hints;
+  for (size_t i = 0; i < vace_block_list.size(); ++i) {
+    auto [c_next, c_skip] =
+        vace_block_list[i](c, x, e, seq_lens, grid_sizes, freqs_, context, context_lens);
+    c = c_next;
+    record(fmt::format("vace_block.{}.0", i), c);
+    record(fmt::format("vace_block.{}.1", i), c_skip);
+    hints.push_back(c_skip);
+  }
+  return hints;
+}
+
+std::vector<torch::Tensor> VaceWanModelImpl::forward(
+    std::vector<torch::Tensor> x, const torch::Tensor& t,
+    const std::vector<torch::Tensor>& vace_context, const std::vector<torch::Tensor>& context,
+    int64_t seq_len, double vace_context_scale, const torch::Tensor& clip_fea,
+    const std::vector<torch::Tensor>& y) {
+  if (clip_fea.defined() || !y.empty())
+    throw offload::config_error(
+        "offload.wan.model.vace_condition",
+        "VaceWanModel: clip_fea / y are not used by the VACE model (the reference ignores them); "
+        "pass the control signal through vace_context");
+  if (x.size() != context.size() || x.size() != vace_context.size() || t.dim() != 1 ||
+      t.size(0) != static_cast<int64_t>(x.size()))
+    throw offload::config_error(
+        "offload.wan.model.batch",
+        fmt::format("VaceWanModel: expected one context, vace_context and timestep per sample; "
+                    "found {} x, {} context, {} vace_context, t with {} dims",
+                    x.size(), context.size(), vace_context.size(), t.dim()));
+
+  // embeddings
+  auto emb = patchify(patch_embedding, x, seq_len, "patch_embedding");
+
+  // time embeddings
+  auto [e, e0] = embed_time(t);
+
+  // context
+  torch::Tensor context_lens; // None
+  auto ctx = embed_text(context);
+
+  auto hints = forward_vace(emb.x, vace_context, seq_len, e0, emb.seq_lens, emb.grid_sizes, freqs,
+                            ctx, context_lens);
+
+  auto h = emb.x;
+  for (size_t i = 0; i < base_block_list.size(); ++i) {
+    h = base_block_list[i](h, hints, vace_context_scale, e0, emb.seq_lens, emb.grid_sizes, freqs,
+                           ctx, context_lens);
+    record(fmt::format("block.{}", i), h);
+  }
+
+  // head
+  h = head(h, e);
+  record("head", h);
+
+  // unpatchify
+  auto out = unpatchify(h, emb.grid_sizes);
+  for (auto& u : out) u = u.to(torch::kFloat32);
+  return out;
+}
+
+VaceWanModel load_vace_wan_model(const std::filesystem::path& dir) {
+  auto cfg = from_config_json(dir / "config.json");
+  if (cfg.model_type != "vace")
+    throw offload::config_error(
+        "offload.wan.config.class",
+        fmt::format("'{}' describes a WanModel ({}); load it with wan::load_wan_model",
+                    (dir / "config.json").string(), cfg.model_type));
+  VaceWanModel model(cfg);
+  offload::load_state(*model, offload::load_checkpoint(dir));
+  return model;
+}
+
+} // namespace wan

@@ -1,0 +1,36 @@
+#include <offload/units.hpp>
+
+#include <boost/test/unit_test.hpp>
+
+using namespace offload::literals;
+
+BOOST_AUTO_TEST_SUITE(units)
+
+BOOST_AUTO_TEST_CASE(parses_binary_and_decimal_units) {
+  BOOST_TEST(offload::parse_bytes("11.49GiB") == 11.49_GiB);
+  BOOST_TEST(offload::parse_bytes("8 GiB") == 8_GiB);
+  BOOST_TEST(offload::parse_bytes("512MiB") == 512_MiB);
+  BOOST_TEST(offload::parse_bytes("2GB") == 2000000000);
+  BOOST_TEST(offload::parse_bytes("1024") == 1024);
+  BOOST_TEST(offload::parse_bytes("3G") == 3_GiB);
+}
+
+BOOST_AUTO_TEST_CASE(rejects_bad_text_with_position) {
+  try {
+    (void)offload::parse_bytes("11.49GiX");
+    BOOST_FAIL("expected config_error");
+  } catch (const offload::config_error& e) {
+    BOOST_TEST(e.id() == "offload.config.bytes_unit");
+    BOOST_TEST(std::string(e.what()).find("'GiX' at position 5") != std::string::npos);
+  }
+  BOOST_CHECK_THROW((void)offload::parse_bytes("GiB"), offload::config_error);
+  BOOST_CHECK_THROW((void)offload::parse_bytes(""), offload::config_error);
+}
+
+BOOST_AUTO_TEST_CASE(formats_in_largest_unit) {
+  BOOST_TEST(offload::format_bytes(11.49_GiB) == "11.49 GiB");
+  BOOST_TEST(offload::format_bytes(1536) == "1.50 KiB");
+  BOOST_TEST(offload::format_bytes(12) == "12 B");
+}
+
+BOOST_AUTO_TEST_SUITE_END()
