@@ -9,7 +9,7 @@
 /// **Example**
 /// \code
 /// try { plan.require_fit(); }
-/// catch (const offload::capacity_error& e) { std::cerr << e.what() << '\n'; }
+/// catch (const offload::capacity_error& e) { report(e.what()); }
 /// \endcode
 
 #include <cstdint>

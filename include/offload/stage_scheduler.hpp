@@ -14,8 +14,8 @@
 ///                            offload::parse_policy("offload_model"),
 ///                            {.accelerator = offload::device_id::mock(0),
 ///                             .devices = {{offload::device_id::mock(0), 11.49_GiB}}});
-/// if (!p.fits()) std::cerr << p.failure_message();   // names text_encode, suggests a policy
-/// std::cout << p.table();
+/// if (!p.fits()) report(p.failure_message());   // names text_encode, suggests a policy
+/// show(p.table());
 /// \endcode
 
 #include <offload/errors.hpp>
