@@ -1,0 +1,111 @@
+// The Wan pipelines as the offload scheduler sees them (see stages.hpp for the derivations).
+#include "wan/stages.hpp"
+
+#include "wan/clip.hpp"
+#include "wan/configs/configs.hpp"
+#include "wan/model.hpp"
+#include "wan/t5.hpp"
+#include "wan/vae.hpp"
+
+#include <offload/errors.hpp>
+
+#include <fmt/format.h>
+
+#include <charconv>
+
+namespace wan {
+
+namespace {
+
+bool is_image_task(std::string_view task) { return task.starts_with("i2v") || task.starts_with("flf2v"); }
+bool is_vace_task(std::string_view task) { return task.starts_with("vace"); }
+
+std::int64_t bytes_of(std::int64_t params, c10::ScalarType t) { return params * c10::elementSize(t); }
+
+/// Parameters of the CLIP visual tower (clip.py VisionTransformer, pool 'token'): patch embedding
+/// (no bias with pre_norm), cls and position embeddings, pre_norm, blocks (norm1, to_qkv, proj, norm2,
+/// mlp fc1/fc2), post_norm, head [dim, embed_dim].
+std::int64_t clip_visual_parameters(const CLIPConfig& c) {
+  const std::int64_t d = c.vision_dim, p = c.patch_size, n = (c.image_size / p) * (c.image_size / p);
+  const auto mlp = static_cast<std::int64_t>(static_cast<double>(d) * c.vision_mlp_ratio);
+  const std::int64_t block = 2 * d + (d * 3 * d + 3 * d) + (d * d + d) + 2 * d + (d * mlp + mlp) + (mlp * d + d);
+  return 3 * p * p * d + (c.vision_pre_norm ? 0 : d) + d + (n + 1) * d + (c.vision_pre_norm ? 2 * d : 0) +
+         c.vision_layers * block + 2 * d + d * c.embed_dim;
+}
+
+} // namespace
+
+std::vector<offload::component_info> preset_components(std::string_view task) {
+  const auto& cfg = configs::wan_config(task); // throws config_error for an unknown task
+  std::vector<offload::component_info> out;
+  out.push_back({std::string(T5_COMPONENT), bytes_of(parameter_count(T5Config::umt5_xxl()), cfg.t5_dtype)});
+  if (is_image_task(task))
+    out.push_back({std::string(CLIP_COMPONENT),
+                   bytes_of(clip_visual_parameters(CLIPConfig::clip_xlm_roberta_vit_h_14()),
+                            cfg.clip_dtype.value_or(c10::ScalarType::Half))});
+  out.push_back({std::string(DIT_COMPONENT), bytes_of(parameter_count(model_config(task)), c10::ScalarType::Float)});
+  out.push_back({std::string(VAE_COMPONENT), bytes_of(parameter_count(WanVAEConfig::video_vae()), c10::ScalarType::Float)});
+  return out;
+}
+
+std::int64_t dit_tokens(const generation_shape& s) {
+  const std::int64_t lat_t = (s.frame_num - 1) / 4 + 1 + s.ref_images;
+  return lat_t * (s.height / 16) * (s.width / 16);
+}
+
+std::vector<offload::stage> pipeline_stages(const generation_shape& s) {
+  const auto& cfg = configs::wan_config(s.task);
+  if (s.width <= 0 || s.height <= 0 || s.width % 16 || s.height % 16)
+    throw offload::config_error("offload.wan.stages.size",
+                                fmt::format("size {}x{} for task '{}': expected positive multiples of 16",
+                                            s.width, s.height, s.task));
+  if (s.frame_num < 1 || (s.frame_num - 1) % 4)
+    throw offload::config_error("offload.wan.stages.frame_num",
+                                fmt::format("frame_num {} for task '{}': expected 4n+1 (1, 5, ..., 81)",
+                                            s.frame_num, s.task));
+  if (s.sampling_steps < 1)
+    throw offload::config_error("offload.wan.stages.steps",
+                                fmt::format("sampling_steps {}: expected >= 1", s.sampling_steps));
+  using W = workspace_constants;
+  const double pixels = static_cast<double>(s.width) * s.height;
+  const double video = 3.0 * s.frame_num * pixels * 4.0;
+  const auto t5 = std::string(T5_COMPONENT), clip = std::string(CLIP_COMPONENT),
+             dit = std::string(DIT_COMPONENT), vae = std::string(VAE_COMPONENT);
+  auto b = [](double x) { return static_cast<std::int64_t>(x + 0.5); };
+
+  std::vector<offload::stage> out;
+  out.push_back({"text_encode", {t5}, {{t5, b(W::text_encode_bytes)}}});
+  if (is_image_task(s.task)) {
+    out.push_back({"clip_encode", {clip}, {{clip, b(W::clip_encode_bytes)}}});
+    out.push_back({"vae_encode", {vae}, {{vae, b(W::vae_bytes_per_pixel * pixels + video)}}});
+  } else if (is_vace_task(s.task)) {
+    // vace_encode_frames encodes inactive and reactive videos (+ reference images).
+    out.push_back({"vae_encode", {vae}, {{vae, b(W::vae_bytes_per_pixel * pixels + 2 * video)}}});
+  }
+  out.push_back({"denoise",
+                 {dit},
+                 {{dit, b(W::dit_bytes_per_token_dim * static_cast<double>(dit_tokens(s)) * cfg.dim)}},
+                 s.sampling_steps});
+  out.push_back({"decode", {vae}, {{vae, b(W::vae_bytes_per_pixel * pixels + video)}}});
+  return out;
+}
+
+std::pair<int, int> parse_size(std::string_view text) {
+  const auto star = text.find('*');
+  auto fail = [&](std::size_t pos, std::string_view what) -> std::pair<int, int> {
+    throw offload::config_error("offload.wan.size_syntax",
+                                fmt::format("size '{}' at position {}: expected {}; write WIDTH*HEIGHT, "
+                                            "e.g. '832*480'",
+                                            text, pos, what));
+  };
+  if (star == std::string_view::npos) return fail(text.size(), "'*' between width and height");
+  int w = 0, h = 0;
+  const auto a = text.substr(0, star), c = text.substr(star + 1);
+  if (auto r = std::from_chars(a.data(), a.data() + a.size(), w); r.ec != std::errc() || r.ptr != a.data() + a.size() || w <= 0)
+    return fail(0, "a positive width");
+  if (auto r = std::from_chars(c.data(), c.data() + c.size(), h); r.ec != std::errc() || r.ptr != c.data() + c.size() || h <= 0)
+    return fail(star + 1, "a positive height");
+  return {w, h};
+}
+
+} // namespace wan

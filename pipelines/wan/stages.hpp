@@ -1,0 +1,78 @@
+#pragma once
+/// \file
+/// The Wan pipelines as the offload scheduler sees them: components (`t5`, `clip`, `dit`, `vae`)
+/// with their sizes, and each task's stages in the reference's order with workspace estimates as
+/// functions of size and frame count. Used to plan a run (wan_generate --dry_run needs no weights)
+/// and by the pipelines themselves.
+///
+/// Not a port of one reference file: it describes wan/text2video.py, image2video.py,
+/// first_last_frame2video.py and vace.py (Wan-Video/Wan2.1@9737cba) to the scheduler.
+///
+/// ## Component sizes (preset_components)
+/// Parameter counts are analytic (the ports' parameter_count), times the bytes per element the
+/// reference stores them in: T5 bfloat16 (t5_dtype), DiT float32 (WanModel.from_pretrained's
+/// default), VAE float32, CLIP visual tower float16 (clip_dtype).
+///
+/// ## Workspace models (pipeline_stages), and how each was derived
+/// Calibrated on the official Python reference on an H100 (torch 2.11, T2V-1.3B, 832x480, 81
+/// frames: text encode 0.28 GiB with T5 on the GPU, denoise 2.06 GiB, VAE decode 8.28 GiB;
+/// T2V-14B 1280x720x81 peaks at 69.0 GiB with offload_model):
+/// - text_encode: constant 0.28 GiB (text_len is fixed at 512, batch 1), on T5's device.
+/// - denoise: activations of one DiT forward scale with tokens x width: `k_dit * seq_len * dim`,
+///   seq_len = T_lat * (H/16) * (W/16); k_dit = 2.06 GiB / (32760 tokens * 1536) ~ 44 bytes. Check
+///   against 14B at 720p: 75600 tokens * 5120 * k_dit = 15.9 GiB, + DiT 53.2 + VAE 0.47 = 69.5 GiB
+///   vs 69.0 measured (+0.8%). The two CFG branches run one after the other: one workspace.
+/// - decode: the VAE decodes one latent frame at a time, so its activations scale with the pixel
+///   count, not the frame count: `k_vae * H * W` plus the decoded video (3 x F x H x W float32);
+///   k_vae = (8.28 GiB - 0.36 GiB video) / (832 * 480) ~ 21.3 KB per pixel.
+/// - vae_encode (i2v, flf2v, vace): not measured; the encoder also works chunk by chunk at full
+///   resolution with the same channel widths, so the decode constant is used, plus the input video.
+/// - clip_encode: not measured; a ViT-H/14 at 224x224 (257 tokens) in float16: 64 MiB.
+
+#include <offload/stage.hpp>
+
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace wan {
+
+/// Component names of the Wan pipelines; policies and presets use them.
+inline constexpr std::string_view T5_COMPONENT = "t5";
+inline constexpr std::string_view CLIP_COMPONENT = "clip";
+inline constexpr std::string_view DIT_COMPONENT = "dit";
+inline constexpr std::string_view VAE_COMPONENT = "vae";
+
+/// What a generation looks like to the planner.
+struct generation_shape {
+  std::string task;   ///< t2v-1.3B, t2v-14B, t2i-14B, i2v-14B, flf2v-14B, vace-1.3B, vace-14B
+  int width = 832;
+  int height = 480;
+  int frame_num = 81;
+  int sampling_steps = 50;
+  int ref_images = 0; ///< VACE reference images (each adds one latent frame)
+};
+
+/// Component sizes of a task's preset models as the reference stores them, without weights.
+std::vector<offload::component_info> preset_components(std::string_view task);
+
+/// The stages of the task in the reference's order with workspace estimates (see the file comment).
+std::vector<offload::stage> pipeline_stages(const generation_shape& shape);
+
+/// Number of DiT tokens for a shape (the reference's seq_len before padding).
+std::int64_t dit_tokens(const generation_shape& shape);
+
+/// "832*480" -> {832, 480} (generate.py's W*H); offload::config_error on bad text.
+std::pair<int, int> parse_size(std::string_view text);
+
+/// Workspace constants of the models above, in bytes (exposed for tests and the planner).
+struct workspace_constants {
+  static constexpr double text_encode_bytes = 0.28 * 1073741824.0;
+  static constexpr double dit_bytes_per_token_dim = 2.06 * 1073741824.0 / (32760.0 * 1536.0);
+  static constexpr double vae_bytes_per_pixel =
+      (8.28 * 1073741824.0 - 3.0 * 81 * 480 * 832 * 4) / (832.0 * 480.0);
+  static constexpr double clip_encode_bytes = 64.0 * 1048576.0;
+};
+
+} // namespace wan

@@ -1,0 +1,105 @@
+#include "wan/stages.hpp"
+
+#include <offload/stage_scheduler.hpp>
+#include <offload/testing/simulate.hpp>
+
+#include <boost/test/unit_test.hpp>
+
+using offload::device_id;
+
+namespace {
+
+double gib(std::int64_t b) { return static_cast<double>(b) / offload::GiB; }
+
+std::int64_t bytes_of(const std::vector<offload::component_info>& v, std::string_view name) {
+  for (const auto& c : v)
+    if (c.name == name) return c.bytes;
+  BOOST_FAIL("no component " << name);
+  return 0;
+}
+
+std::int64_t workspace_of(const std::vector<offload::stage>& v, std::string_view stage) {
+  for (const auto& s : v)
+    if (s.name == stage) return s.workspace.at(0).bytes;
+  BOOST_FAIL("no stage " << stage);
+  return 0;
+}
+
+double planned_peak(const wan::generation_shape& shape, std::string_view policy) {
+  const auto gpu = device_id::mock(0);
+  const auto p = offload::schedule(wan::pipeline_stages(shape), wan::preset_components(shape.task),
+                                   offload::parse_policy(policy), {.accelerator = gpu});
+  return gib(p.peak_of(gpu));
+}
+
+} // namespace
+
+BOOST_AUTO_TEST_SUITE(stages)
+
+BOOST_AUTO_TEST_CASE(preset_component_sizes_equal_the_reference_storage) {
+  const auto t2v = wan::preset_components("t2v-1.3B");
+  BOOST_TEST(bytes_of(t2v, "t5") == 5'680'910'336LL * 2);    // umT5-XXL encoder, bf16
+  BOOST_TEST(bytes_of(t2v, "dit") == 1'418'996'800LL * 4);   // fp32
+  BOOST_TEST(bytes_of(t2v, "vae") == 126'892'531LL * 4);     // fp32
+  BOOST_TEST(std::abs(gib(bytes_of(t2v, "t5")) - 10.58) < 0.01);
+  BOOST_TEST(std::abs(gib(bytes_of(t2v, "dit")) - 5.29) < 0.01);
+  BOOST_TEST(std::abs(gib(bytes_of(t2v, "vae")) - 0.47) < 0.01);
+  BOOST_TEST(t2v.size() == 3u);
+  const auto i2v = wan::preset_components("i2v-14B");
+  BOOST_TEST(bytes_of(i2v, "clip") == 632'076'800LL * 2);    // visual tower, fp16
+  BOOST_TEST(bytes_of(wan::preset_components("t2v-14B"), "dit") == 14'288'491'584LL * 4);
+  BOOST_CHECK_THROW(wan::preset_components("t2v-2B"), offload::config_error);
+}
+
+BOOST_AUTO_TEST_CASE(workspaces_reproduce_the_h100_measurements) {
+  const auto st = wan::pipeline_stages({"t2v-1.3B", 832, 480, 81, 50});
+  BOOST_TEST(st.size() == 3u);
+  BOOST_TEST(st[1].repeat == 50);
+  BOOST_TEST(wan::dit_tokens({"t2v-1.3B", 832, 480, 81, 50}) == 32760);
+  BOOST_TEST(std::abs(gib(workspace_of(st, "text_encode")) - 0.28) < 1e-3);
+  BOOST_TEST(std::abs(gib(workspace_of(st, "denoise")) - 2.06) < 1e-3);
+  BOOST_TEST(std::abs(gib(workspace_of(st, "decode")) - 8.28) < 1e-3);
+  // Smaller videos need less: the decode scales with pixels, the DiT with tokens.
+  const auto small = wan::pipeline_stages({"t2v-1.3B", 480, 832, 17, 50});
+  BOOST_TEST(workspace_of(small, "denoise") < workspace_of(st, "denoise"));
+  const auto i2v = wan::pipeline_stages({"i2v-14B", 832, 480, 81, 40});
+  BOOST_TEST(i2v.size() == 5u);
+  BOOST_TEST(i2v[1].name == "clip_encode");
+  BOOST_TEST(i2v[2].name == "vae_encode");
+  BOOST_TEST(wan::pipeline_stages({"vace-1.3B", 832, 480, 81, 50})[1].name == "vae_encode");
+}
+
+BOOST_AUTO_TEST_CASE(planned_peaks_match_every_measured_configuration) {
+  // T2V-1.3B 832x480x81 (within 3%), and T2V-14B 1280x720x81 with offload_model (within 5%).
+  const wan::generation_shape s13{"t2v-1.3B", 832, 480, 81, 50};
+  const std::pair<const char*, double> measured[] = {{"resident", 24.63}, {"offload_model", 16.64},
+                                                      {"offload_model+vae_cpu", 10.86},
+                                                      {"offload_model+t5_cpu", 8.75},
+                                                      {"offload_model+t5_cpu+vae_cpu", 8.75}};
+  for (const auto& [policy, gib_measured] : measured) {
+    const double p = planned_peak(s13, policy);
+    BOOST_TEST_MESSAGE(policy << ": planned " << p << " GiB, measured " << gib_measured);
+    BOOST_TEST(std::abs(p - gib_measured) / gib_measured <= 0.03, policy << " " << p);
+  }
+  const wan::generation_shape s14{"t2v-14B", 1280, 720, 81, 50};
+  for (const char* policy : {"offload_model", "offload_model+t5_cpu"}) {
+    const double p = planned_peak(s14, policy);
+    BOOST_TEST_MESSAGE(policy << " (14B): planned " << p << " GiB, measured 69.0");
+    BOOST_TEST(std::abs(p - 69.0) / 69.0 <= 0.05, policy << " " << p);
+  }
+}
+
+BOOST_AUTO_TEST_CASE(bad_shapes_and_sizes_are_refused) {
+  BOOST_CHECK_THROW(wan::pipeline_stages({"t2v-1.3B", 832, 480, 80, 50}), offload::config_error);
+  BOOST_CHECK_THROW(wan::pipeline_stages({"t2v-1.3B", 830, 480, 81, 50}), offload::config_error);
+  BOOST_TEST((wan::parse_size("832*480") == std::pair{832, 480}));
+  try {
+    wan::parse_size("832x480");
+    BOOST_FAIL("expected config_error");
+  } catch (const offload::config_error& e) {
+    BOOST_TEST(std::string(e.what()).find("expected '*' between width and height") != std::string::npos);
+  }
+  BOOST_CHECK_THROW(wan::parse_size("832*"), offload::config_error);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
