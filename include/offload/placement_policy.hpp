@@ -188,8 +188,8 @@ public:
       else if (word == "resident") any_flag = true;
       else if (word == "evict_on_demand") p.evict_on_demand = true;
       else
-        fail_at(word_pos, fmt::format("a preset (offload_model, t5_cpu, vae_cpu, resident, "
-                                      "evict_on_demand) or 'component=target', found '{}'", word));
+        fail_at(word_pos, "a preset (offload_model, t5_cpu, vae_cpu, resident, evict_on_demand) or "
+                          "'component=target'");
       skip_spaces();
       if (pos_ == text_.size()) break;
       if (peek() != ',' && peek() != '+') fail("',' or '+' between items");
@@ -233,7 +233,7 @@ private:
         fail_at(pos_, "':N' after 'mock' (mock devices are numbered: mock:0)");
       }
     } else {
-      fail_at(target_pos, fmt::format("a target (cpu, cuda, gpu, cuda:N, mock:N), found '{}'", head));
+      fail_at(target_pos, "a target (cpu, cuda, gpu, cuda:N, mock:N)");
     }
     (void)explicit_index;
     while (peek() == ':') {
@@ -244,16 +244,15 @@ private:
       if (opt == "pinned") cp.memory = host_memory::pinned;
       else if (opt == "pageable") cp.memory = host_memory::pageable;
       else if (host)
-        fail_at(opt_pos, fmt::format("only 'pinned' or 'pageable' after 'cpu' (a component that "
-                                     "executes on the host never moves), found '{}'", opt));
+        fail_at(opt_pos, "only 'pinned' or 'pageable' after 'cpu' (a component that executes on the "
+                         "host never moves)");
       else if (opt == "resident") cp.load = load_rule::init, cp.evict = evict_rule::never;
       else if (opt == "on_demand") cp.load = load_rule::first_use, cp.evict = evict_rule::when_idle;
       else if (opt == "offload") cp.evict = evict_rule::after_use;
       else if (opt == "lazy") cp.load = load_rule::first_use, cp.evict = evict_rule::never;
       else if (opt == "preload") cp.load = load_rule::init;
       else
-        fail_at(opt_pos, fmt::format("an option (resident, on_demand, offload, lazy, preload, "
-                                     "pinned, pageable), found '{}'", opt));
+        fail_at(opt_pos, "an option (resident, on_demand, offload, lazy, preload, pinned, pageable)");
     }
     return cp;
   }

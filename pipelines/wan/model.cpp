@@ -23,8 +23,29 @@ namespace F = torch::nn::functional;
 // compute-dtype rule
 // ------------------------------------------------------------------------------------------------
 
+namespace {
+thread_local std::optional<torch::Dtype> autocast_dtype; // set by autocast_guard
+} // namespace
+
+autocast_guard::autocast_guard(torch::Dtype dtype) : previous_(autocast_dtype) { autocast_dtype = dtype; }
+autocast_guard::~autocast_guard() { autocast_dtype = previous_; }
+
 torch::Dtype linear_compute_dtype(const torch::Tensor& weight, compute_region region) {
-  return region == compute_region::float32 ? torch::kFloat32 : weight.scalar_type();
+  if (region == compute_region::float32) return torch::kFloat32;
+  return autocast_dtype ? *autocast_dtype : weight.scalar_type();
+}
+
+void store_matmul_weights(torch::nn::Module& model, torch::Dtype dtype) {
+  torch::NoGradGuard no_grad;
+  for (const auto& item : model.named_modules("", /*include_self=*/false)) {
+    const std::string& name = item.key();
+    if (name.rfind("time_embedding", 0) == 0 || name.rfind("time_projection", 0) == 0 ||
+        name.rfind("head", 0) == 0)
+      continue; // float32 regions
+    const bool matmul = item.value()->as<torch::nn::Linear>() || item.value()->as<torch::nn::Conv3d>();
+    if (!matmul) continue;
+    for (auto& p : item.value()->parameters(/*recurse=*/false)) p.set_data(p.to(dtype));
+  }
 }
 
 torch::Tensor linear(const torch::nn::Linear& layer, const torch::Tensor& x, compute_region region) {
@@ -666,7 +687,11 @@ WanModelImpl::embedded WanModelImpl::patchify(torch::nn::Conv3d conv,
   std::vector<torch::Tensor> seqs;
   std::vector<int64_t> grid, lens;
   for (size_t b = 0; b < x.size(); ++b) {
-    auto u = conv->forward(x[b].unsqueeze(0).to(dt)); // [1, C, F, H, W]
+    // The patch embedding has no padding (kernel == stride == patch_size).
+    auto u = F::conv3d(x[b].unsqueeze(0).to(dt), conv->weight.to(dt), // [1, C, F, H, W]
+                       F::Conv3dFuncOptions()
+                           .bias(conv->bias.defined() ? conv->bias.to(dt) : conv->bias)
+                           .stride(conv->options.stride()));
     record(fmt::format("{}.{}", trace_name, b), u);
     grid.insert(grid.end(), {u.size(2), u.size(3), u.size(4)});
     u = u.flatten(2).transpose(1, 2); // [1, F*H*W, C]

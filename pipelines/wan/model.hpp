@@ -79,6 +79,28 @@ enum class compute_region {
 torch::Dtype linear_compute_dtype(const torch::Tensor& weight,
                                   compute_region region = compute_region::weights);
 
+/// Emulates the reference's `amp.autocast(dtype=...)` around the DiT for the scope of the guard
+/// (per thread): ops in `compute_region::weights` compute in `dtype` whatever their weights'
+/// storage dtype (fp32 weights are cast per op, as autocast does). With the guard off (default)
+/// they compute in the storage dtype. So an fp32 model under `autocast_guard(kBFloat16)` and the
+/// same model with its matmul weights stored in bf16 (`store_matmul_weights`) give the same numbers.
+class autocast_guard {
+public:
+  explicit autocast_guard(torch::Dtype dtype);
+  ~autocast_guard();
+  autocast_guard(const autocast_guard&) = delete;
+  autocast_guard& operator=(const autocast_guard&) = delete;
+
+private:
+  std::optional<torch::Dtype> previous_;
+};
+
+/// Stores the weights and biases of the ops in `compute_region::weights` (patch embeddings, text
+/// embedding, attention projections, FFNs, image-embedding linears, VACE projections) in `dtype`;
+/// time embedding, time projection, head, norms and modulation keep their dtype. The storage rule
+/// that matches autocast_guard(dtype) on an fp32 model, bit for bit.
+void store_matmul_weights(torch::nn::Module& model, torch::Dtype dtype);
+
 /// `layer(x)` computed in linear_compute_dtype(layer->weight, region) (input and parameters are
 /// cast to it; no-op casts when dtypes already agree).
 torch::Tensor linear(const torch::nn::Linear& layer, const torch::Tensor& x,

@@ -1,7 +1,7 @@
 // The Wan pipelines as the offload scheduler sees them (see stages.hpp for the derivations).
 #include "wan/stages.hpp"
 
-#include "wan/clip.hpp"
+#include "wan/clip_size.hpp"
 #include "wan/configs/configs.hpp"
 #include "wan/model.hpp"
 #include "wan/t5.hpp"
@@ -22,17 +22,6 @@ bool is_vace_task(std::string_view task) { return task.starts_with("vace"); }
 
 std::int64_t bytes_of(std::int64_t params, c10::ScalarType t) { return params * c10::elementSize(t); }
 
-/// Parameters of the CLIP visual tower (clip.py VisionTransformer, pool 'token'): patch embedding
-/// (no bias with pre_norm), cls and position embeddings, pre_norm, blocks (norm1, to_qkv, proj, norm2,
-/// mlp fc1/fc2), post_norm, head [dim, embed_dim].
-std::int64_t clip_visual_parameters(const CLIPConfig& c) {
-  const std::int64_t d = c.vision_dim, p = c.patch_size, n = (c.image_size / p) * (c.image_size / p);
-  const auto mlp = static_cast<std::int64_t>(static_cast<double>(d) * c.vision_mlp_ratio);
-  const std::int64_t block = 2 * d + (d * 3 * d + 3 * d) + (d * d + d) + 2 * d + (d * mlp + mlp) + (mlp * d + d);
-  return 3 * p * p * d + (c.vision_pre_norm ? 0 : d) + d + (n + 1) * d + (c.vision_pre_norm ? 2 * d : 0) +
-         c.vision_layers * block + 2 * d + d * c.embed_dim;
-}
-
 } // namespace
 
 std::vector<offload::component_info> preset_components(std::string_view task) {
@@ -41,7 +30,7 @@ std::vector<offload::component_info> preset_components(std::string_view task) {
   out.push_back({std::string(T5_COMPONENT), bytes_of(parameter_count(T5Config::umt5_xxl()), cfg.t5_dtype)});
   if (is_image_task(task))
     out.push_back({std::string(CLIP_COMPONENT),
-                   bytes_of(clip_visual_parameters(CLIPConfig::clip_xlm_roberta_vit_h_14()),
+                   bytes_of(clip::parameter_count(CLIPConfig::clip_xlm_roberta_vit_h_14()),
                             cfg.clip_dtype.value_or(c10::ScalarType::Half))});
   out.push_back({std::string(DIT_COMPONENT), bytes_of(parameter_count(model_config(task)), c10::ScalarType::Float)});
   out.push_back({std::string(VAE_COMPONENT), bytes_of(parameter_count(WanVAEConfig::video_vae()), c10::ScalarType::Float)});

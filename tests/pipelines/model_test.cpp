@@ -465,6 +465,45 @@ BOOST_AUTO_TEST_CASE(bf16_storage_runs_with_float32_islands) {
   BOOST_TEST(rel < 5e-2);
 }
 
+BOOST_AUTO_TEST_CASE(bf16_matmul_storage_equals_fp32_weights_under_autocast) {
+  // The reference runs the DiT under amp.autocast(bf16): fp32 weights, bf16 matmuls, float32
+  // islands. Storing the matmul weights in bf16 must give exactly the same numbers.
+  torch::NoGradGuard no_grad;
+  for (const char* variant : {"t2v", "i2v"}) {
+    auto fp32 = wan::load_wan_model(wt::checkpoint_path(variant));
+    auto bf16 = wan::load_wan_model(wt::checkpoint_path(variant));
+    wan::store_matmul_weights(*bf16, torch::kBFloat16);
+    int converted = 0;
+    for (const auto& p : bf16->named_parameters()) {
+      const std::string& n = p.key();
+      const bool float32_region = n.find("norm") != std::string::npos || n.find("modulation") != std::string::npos ||
+                                  n.rfind("time_", 0) == 0 || n.rfind("head.", 0) == 0 ||
+                                  n.rfind("img_emb.proj.0.", 0) == 0 || // MLPProj's LayerNorms
+                                  n.rfind("img_emb.proj.4.", 0) == 0;
+      BOOST_TEST((p.value().scalar_type() == (float32_region ? torch::kFloat32 : torch::kBFloat16)), n);
+      converted += !float32_region;
+    }
+    BOOST_TEST(converted > 0);
+    const auto c = std::string("dit_") + variant;
+    wt::golden_case g(c);
+    auto run = [&](wan::WanModel& m) {
+      std::vector<torch::Tensor> y;
+      if (g.has("in.c1.y.0")) y = {g.tensor("in.c1.y.0")};
+      torch::Tensor clip = g.has("in.c1.clip_fea") ? g.tensor("in.c1.clip_fea") : torch::Tensor();
+      return m->forward({g.tensor("in.c1.x.0")}, g.tensor("in.c1.t"), {g.tensor("in.c1.context.0")},
+                        g.tensor("in.c1.seq_len").item<int64_t>(), clip, y)[0];
+    };
+    torch::Tensor under_autocast;
+    {
+      wan::autocast_guard autocast(torch::kBFloat16);
+      under_autocast = run(fp32);
+    }
+    const auto stored_bf16 = run(bf16);
+    BOOST_TEST(torch::equal(under_autocast, stored_bf16), variant);
+    BOOST_TEST(!torch::equal(under_autocast, run(fp32)), variant); // the rule changes the numbers
+  }
+}
+
 BOOST_AUTO_TEST_CASE(forward_argument_errors) {
   torch::NoGradGuard no_grad;
   auto m = wan::load_wan_model(wt::checkpoint_path("i2v"));

@@ -1,0 +1,253 @@
+// The offloadable components of the Wan pipelines (see components.hpp): loading in the official
+// checkpoint layout (Wan-Video/Wan2.1@9737cba, the pipeline constructors in wan/text2video.py,
+// image2video.py, first_last_frame2video.py, vace.py) and the offload run that places them.
+#include "wan/components.hpp"
+
+#include <torch/torch.h>
+
+#include <offload/errors.hpp>
+#include <offload/offloadable.hpp>
+#include <offload/stage_scheduler.hpp>
+
+#include <fmt/format.h>
+
+#include <limits>
+#include <random>
+
+namespace wan {
+
+namespace {
+
+bool has_clip(std::string_view kind) { return kind == "i2v" || kind == "flf2v"; }
+
+void check_kind(std::string_view kind) {
+  if (kind != "t2v" && kind != "i2v" && kind != "flf2v" && kind != "vace")
+    throw offload::config_error(
+        "offload.wan.components.kind",
+        fmt::format("unknown pipeline kind '{}'; expected t2v (also for t2i), i2v, flf2v or vace", kind));
+}
+
+void require_file(const std::filesystem::path& p, std::string_view what) {
+  if (p.empty() || !std::filesystem::exists(p))
+    throw offload::checkpoint_error(
+        "offload.checkpoint.missing_file",
+        fmt::format("{} not found: expected '{}'; download the checkpoint directory in the official "
+                    "layout or set component_paths explicitly",
+                    what, p.string()));
+}
+
+} // namespace
+
+component_paths component_paths::official(const std::filesystem::path& checkpoint_dir,
+                                          const configs::WanConfig& config) {
+  component_paths p;
+  p.t5_checkpoint = checkpoint_dir / config.t5_checkpoint;
+  p.t5_tokenizer = checkpoint_dir / config.t5_tokenizer;
+  p.vae_checkpoint = checkpoint_dir / config.vae_checkpoint;
+  if (!config.clip_checkpoint.empty()) p.clip_checkpoint = checkpoint_dir / config.clip_checkpoint;
+  p.dit_dir = checkpoint_dir;
+  return p;
+}
+
+component_dtypes component_dtypes::reference(const configs::WanConfig& config) {
+  component_dtypes d;
+  d.t5 = config.t5_dtype;
+  d.clip = config.clip_dtype.value_or(torch::kFloat16);
+  d.dit = torch::kFloat32; // WanModel.from_pretrained keeps float32 storage (autocast computes bf16)
+  d.vae = torch::kFloat32;
+  return d;
+}
+
+WanComponents::~WanComponents() = default;
+
+std::shared_ptr<WanComponents> WanComponents::load(std::string_view kind, const component_paths& paths,
+                                                   const component_options& options) {
+  const component_dtypes& dtypes = options.dtypes;
+  check_kind(kind);
+  require_file(paths.t5_checkpoint, "T5 checkpoint (models_t5_umt5-xxl-enc-bf16.pth)");
+  require_file(paths.vae_checkpoint, "VAE checkpoint (Wan2.1_VAE.pth)");
+  require_file(paths.dit_dir / "config.json", "DiT config (config.json)");
+  if (has_clip(kind))
+    require_file(paths.clip_checkpoint,
+                 "CLIP checkpoint (models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth)");
+
+  std::shared_ptr<WanComponents> c(new WanComponents());
+  c->kind = std::string(kind);
+
+  // DiT first: its config.json gives T5's text_len.
+  if (kind == "vace") {
+    c->vace_model = load_vace_wan_model(paths.dit_dir);
+    c->model = WanModel(std::static_pointer_cast<WanModelImpl>(c->vace_model.ptr()));
+  } else {
+    c->model = load_wan_model(paths.dit_dir);
+    if (c->model->model_type != (kind == "t2v" ? std::string("t2v") : std::string(kind)))
+      throw offload::config_error(
+          "offload.wan.components.model_type",
+          fmt::format("'{}' holds a '{}' DiT; the {} pipeline expects model_type '{}'",
+                      (paths.dit_dir / "config.json").string(), c->model->model_type, kind, kind));
+  }
+  c->model->eval();
+  for (auto& p : c->model->parameters()) p.requires_grad_(false);
+
+  const bool tokenizer = !paths.t5_tokenizer.empty() && std::filesystem::exists(paths.t5_tokenizer);
+  c->text_encoder = std::make_unique<T5EncoderModel>(c->model->text_len, dtypes.t5, torch::kCPU,
+                                                     paths.t5_checkpoint,
+                                                     tokenizer ? paths.t5_tokenizer : std::filesystem::path());
+  c->vae = std::make_unique<WanVAE>(paths.vae_checkpoint, 16, dtypes.vae, torch::kCPU);
+  if (has_clip(kind)) {
+    // CLIPModel infers the config with the official 16 heads; other head counts need the weights
+    // read once more here (tiny test models only).
+    std::optional<CLIPConfig> clip_cfg;
+    if (options.clip_vision_heads != 16)
+      clip_cfg = CLIPConfig::infer_from_weights(offload::load_checkpoint(paths.clip_checkpoint),
+                                                options.clip_vision_heads);
+    c->clip = std::make_unique<CLIPModel>(dtypes.clip, torch::kCPU, paths.clip_checkpoint, clip_cfg);
+  }
+
+  // Components: every tensor each model owns, aux tensors declared.
+  c->t5_component = std::make_unique<offload::offloadable<T5Encoder>>(std::string(T5_COMPONENT),
+                                                                      c->text_encoder->model);
+  if (c->clip)
+    c->clip_component = std::make_unique<offload::offloadable<XLMRobertaCLIP>>(std::string(CLIP_COMPONENT),
+                                                                              c->clip->model);
+  auto dit = std::make_unique<offload::offloadable<WanModel>>(
+      std::string(DIT_COMPONENT), c->model,
+      offload::offloadable_options{dtypes.dit == torch::kFloat32 ? std::nullopt
+                                                                  : std::optional<c10::ScalarType>(dtypes.dit)});
+  dit->register_aux("freqs", c->model->freqs, offload::dtype_rule::keep);
+  c->dit_component = std::move(dit);
+  auto vae = std::make_unique<offload::offloadable<WanVAE_>>(std::string(VAE_COMPONENT), c->vae->model);
+  vae->register_aux("mean", c->vae->mean).register_aux("std", c->vae->std);
+  c->vae_component = std::move(vae);
+  return c;
+}
+
+std::vector<offload::component*> WanComponents::components() const {
+  std::vector<offload::component*> out{t5_component.get()};
+  if (clip_component) out.push_back(clip_component.get());
+  out.push_back(dit_component.get());
+  out.push_back(vae_component.get());
+  return out;
+}
+
+std::vector<offload::component_info> WanComponents::infos() const {
+  std::vector<offload::component_info> out;
+  for (auto* c : components()) out.push_back({c->name(), c->bytes()});
+  return out;
+}
+
+offload::component& WanComponents::get(std::string_view name) const {
+  for (auto* c : components())
+    if (c->name() == name) return *c;
+  throw offload::config_error("offload.config.unknown_component",
+                              fmt::format("the {} pipeline has no component '{}'", kind, name));
+}
+
+std::int64_t WanComponents::text_len() const { return model->text_len; }
+
+// ---------------------------------------------------------------------------------------------
+// offload_run
+
+offload_run::offload_run(const std::vector<offload::stage>& stages, const WanComponents& components,
+                         const execution& exec, stage_observer observer)
+    : observer_(std::move(observer)) {
+  if (exec.devices == nullptr)
+    throw offload::config_error("offload.config.no_devices",
+                                "wan pipeline: execution.devices is null; pass the device_set that holds "
+                                "the accelerator (offload::cuda_device or a testing mock)");
+  offload::schedule_options opts;
+  opts.accelerator = exec.accelerator;
+  for (const auto* d : exec.devices->all())
+    if (!d->id().is_host()) opts.devices.push_back({d->id(), d->capacity()});
+  offload::plan p = offload::schedule(stages, components.infos(), exec.policy, opts);
+  p.require_fit();
+  executor_ = std::make_unique<offload::executor>(std::move(p), *exec.devices, components.components());
+  try {
+    executor_->start();
+  } catch (...) {
+    executor_->reset();
+    throw;
+  }
+}
+
+offload_run::~offload_run() {
+  if (!finished_ && executor_) executor_->reset();
+}
+
+offload::stage_scope offload_run::enter(std::string_view stage) {
+  auto scope = executor_->enter(stage);
+  repetition_ = current_ == stage ? repetition_ + 1 : 1;
+  current_ = std::string(stage);
+  if (observer_) observer_(stage, repetition_, *executor_);
+  return scope;
+}
+
+torch::Device offload_run::device_of(std::string_view component) const {
+  const auto& m = executor_->get_plan().execute_on;
+  const auto it = m.find(std::string(component));
+  if (it == m.end())
+    throw offload::config_error("offload.config.unknown_component",
+                                fmt::format("the plan has no component '{}'", component));
+  return it->second.torch_device();
+}
+
+void offload_run::finish() {
+  executor_->finish();
+  // Every run plans from an all-home start: components still on a device go home now.
+  executor_->reset();
+  finished_ = true;
+}
+
+// ---------------------------------------------------------------------------------------------
+// helpers
+
+namespace detail {
+
+std::pair<torch::Tensor, torch::Tensor> pad_ids(const torch::Tensor& ids, std::int64_t text_len) {
+  if (ids.dim() != 1 || ids.scalar_type() != torch::kLong)
+    throw offload::config_error("offload.wan.prompt_ids",
+                                fmt::format("prompt ids: expected int64 [n] (EOS included, no padding), "
+                                            "found {} [{}]",
+                                            c10::toString(ids.scalar_type()), fmt::join(ids.sizes(), ", ")));
+  const std::int64_t n = std::min<std::int64_t>(ids.size(0), text_len);
+  auto padded = torch::zeros({1, text_len}, torch::kLong); // [1, text_len]
+  auto mask = torch::zeros({1, text_len}, torch::kLong);   // [1, text_len]
+  padded[0].slice(0, 0, n).copy_(ids.slice(0, 0, n));
+  mask[0].slice(0, 0, n).fill_(1);
+  return {padded, mask};
+}
+
+std::vector<torch::Tensor> encode_prompt(T5EncoderModel& t5, const prompt_source& p, torch::Device t5_device,
+                                         torch::Device target) {
+  std::vector<torch::Tensor> ctx;
+  if (p.text) {
+    ctx = t5({*p.text}, t5_device);
+  } else {
+    auto [ids, mask] = pad_ids(p.ids, t5.text_len);
+    ctx = t5.encode(ids.to(t5_device), mask.to(t5_device));
+  }
+  for (auto& c : ctx) c = c.to(target); // [L, text_dim]
+  return ctx;
+}
+
+torch::Tensor seeded_noise(at::IntArrayRef shape, std::int64_t seed) {
+  auto gen = at::detail::createCPUGenerator(static_cast<std::uint64_t>(seed));
+  return torch::randn(shape, gen, torch::TensorOptions().dtype(torch::kFloat32));
+}
+
+std::int64_t resolve_seed(std::int64_t seed) {
+  if (seed >= 0) return seed;
+  std::random_device rd;
+  std::uniform_int_distribution<std::int64_t> dist(0, std::numeric_limits<std::int64_t>::max());
+  return dist(rd);
+}
+
+void check_solver(std::string_view solver) {
+  if (solver != "unipc" && solver != "dpm++")
+    throw offload::config_error("offload.wan.solver",
+                                fmt::format("unsupported sample_solver '{}'; expected 'unipc' or 'dpm++'", solver));
+}
+
+} // namespace detail
+
+} // namespace wan

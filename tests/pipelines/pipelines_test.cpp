@@ -1,0 +1,386 @@
+// The Wan pipelines under offload (pipelines/wan/components.hpp and the four pipelines): for every
+// pipeline and every placement preset, on a mock GPU with the tiny golden-set models,
+//  * every stage is entered through the executor and, inside it, every component is where the
+//    plan's resident set says (checked by an observer at every stage repetition),
+//  * the executor's audit runs at every stage boundary, and a tensor replaced behind offload's back
+//    (the VAE's aux `mean`, the DiT's aux `freqs`) is caught there with a placement_error,
+//  * the video is bit-identical to the run with every component on the host,
+//  * after the run every component is home again, including after an error.
+#include "wan/first_last_frame2video.hpp"
+#include "wan/vace.hpp"
+
+#include <torch/torch.h>
+
+#include <boost/test/unit_test.hpp>
+
+#include <offload/errors.hpp>
+#include <offload/offloadable.hpp>
+#include <offload/testing/mock_device.hpp>
+
+#include <fmt/format.h>
+
+#include <functional>
+#include <limits>
+#include <map>
+#include <set>
+#include <string>
+
+#include "parity_harness.hpp"
+
+namespace wt = wan::testing;
+using offload::device_id;
+
+namespace {
+
+/// The tiny CLIP's head count (not in its weights) from the golden manifest.
+wan::component_options options() {
+  wan::component_options o;
+  o.clip_vision_heads = wt::manifest_entry("checkpoints/models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth")
+                            .at("config").at("vision_heads").get<int64_t>();
+  return o;
+}
+
+const device_id gpu = device_id::mock(0);
+
+std::shared_ptr<wan::WanComponents> components(const std::string& kind) {
+  static std::map<std::string, std::shared_ptr<wan::WanComponents>> cache;
+  if (auto it = cache.find(kind); it != cache.end()) return it->second;
+  wan::component_paths p;
+  p.t5_checkpoint = wt::checkpoint_path("models_t5_umt5-xxl-enc-bf16.pth");
+  p.vae_checkpoint = wt::checkpoint_path("Wan2.1_VAE.pth");
+  if (kind == "i2v" || kind == "flf2v")
+    p.clip_checkpoint = wt::checkpoint_path("models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth");
+  p.dit_dir = wt::checkpoint_path(kind);
+  return cache[kind] = wan::WanComponents::load(kind, p, options());
+}
+
+bool has_clip(const std::string& kind) { return kind == "i2v" || kind == "flf2v"; }
+
+std::string host_policy(const std::string& kind) {
+  return has_clip(kind) ? "t5=cpu,clip=cpu,dit=cpu,vae=cpu" : "t5=cpu,dit=cpu,vae=cpu";
+}
+
+const std::vector<std::string> presets = {
+    "resident",
+    "offload_model",
+    "t5_cpu",
+    "vae_cpu",
+    "offload_model+t5_cpu",
+    "offload_model+vae_cpu",
+    "t5_cpu+vae_cpu",
+    "offload_model+t5_cpu+vae_cpu",
+    "evict_on_demand",
+    "offload_model,evict_on_demand",
+};
+
+/// Runs the pipeline of `kind` on a tiny problem; returns the video.
+torch::Tensor generate(const std::string& kind, const wan::execution& exec, const wan::stage_observer& observer) {
+  auto comps = components(kind);
+  const auto prompt = torch::tensor({17, 250, 3, 99, 1}, torch::kLong);
+  const auto neg = torch::tensor({42, 7, 1}, torch::kLong);
+  if (kind == "t2v") {
+    wan::WanT2V pipe("t2v-1.3B", comps, exec);
+    pipe.observer = observer;
+    wan::t2v_params p;
+    p.size = {32, 32};
+    p.frame_num = 5;
+    p.sampling_steps = 2;
+    p.seed = 7;
+    return pipe.generate(prompt, neg, p);
+  }
+  if (kind == "i2v") {
+    wan::WanI2V pipe("i2v-14B", comps, exec);
+    pipe.observer = observer;
+    wan::i2v_params p;
+    p.max_area = 32 * 32;
+    p.frame_num = 5;
+    p.sampling_steps = 2;
+    p.seed = 8;
+    auto gen = at::detail::createCPUGenerator(4);
+    auto img = torch::randint(0, 256, {30, 34, 3}, gen, torch::TensorOptions().dtype(torch::kByte));
+    return pipe.generate(prompt, neg, img, p);
+  }
+  if (kind == "flf2v") {
+    wan::WanFLF2V pipe("flf2v-14B", comps, exec);
+    pipe.observer = observer;
+    wan::flf2v_params p;
+    p.max_area = 16 * 16;
+    p.sampling_steps = 2;
+    p.seed = 9;
+    auto gen = at::detail::createCPUGenerator(5);
+    auto first = torch::randint(0, 256, {16, 16, 3}, gen, torch::TensorOptions().dtype(torch::kByte));
+    auto last = torch::randint(0, 256, {16, 16, 3}, gen, torch::TensorOptions().dtype(torch::kByte));
+    return pipe.generate(prompt, neg, first, last, p);
+  }
+  wan::WanVace pipe("vace-1.3B", comps, exec);
+  pipe.observer = observer;
+  wan::vace_params p;
+  p.sampling_steps = 2;
+  p.seed = 10;
+  auto gen = at::detail::createCPUGenerator(6);
+  auto frames = torch::rand({3, 5, 32, 32}, gen) * 2 - 1;
+  auto mask = (torch::rand({1, 5, 32, 32}, gen) > 0.5).to(torch::kFloat32);
+  auto ref = torch::rand({3, 1, 32, 32}, gen) * 2 - 1;
+  return pipe.generate(prompt, neg, {frames}, {mask}, {{ref}}, p);
+}
+
+torch::Tensor host_video(const std::string& kind) {
+  static std::map<std::string, torch::Tensor> cache;
+  if (auto it = cache.find(kind); it != cache.end()) return it->second;
+  offload::device_set devices;
+  offload::testing::add_mock(devices, 0);
+  return cache[kind] = generate(kind, {&devices, gpu, offload::parse_policy(host_policy(kind))}, {});
+}
+
+/// Asserts that every component is where the current stage's resident set puts it.
+void check_resident(const wan::WanComponents& comps, std::string_view stage, const offload::executor& ex,
+                    std::map<std::string, std::set<std::string>>& seen_on_gpu) {
+  const auto* step = ex.get_plan().step(stage);
+  BOOST_TEST_REQUIRE(step != nullptr, "stage " << stage << " is not in the plan");
+  std::map<std::string, device_id> expected;
+  for (const auto& [d, names] : step->resident)
+    for (const auto& n : names) expected[n] = d;
+  for (auto* c : comps.components()) {
+    const auto it = expected.find(c->name());
+    const bool planned = it != expected.end();
+    BOOST_TEST_REQUIRE(planned, "component " << c->name() << " missing from the plan");
+    BOOST_TEST(c->location() == it->second, "stage " << stage << ": " << c->name() << " on "
+                                                     << c->location().str() << ", plan says "
+                                                     << it->second.str());
+    if (!c->location().is_host()) seen_on_gpu[std::string(stage)].insert(c->name());
+  }
+  // The stage's own components are where they execute.
+  for (const auto& u : step->uses) BOOST_TEST(comps.get(u).location() == ex.get_plan().execute_on.at(u));
+}
+
+void check_home(const wan::WanComponents& comps) {
+  for (auto* c : comps.components()) BOOST_TEST(c->location().is_host(), c->name() << " is not home");
+}
+
+/// A mock capacity that forces evictions under evict_on_demand: the largest stage workspace plus
+/// every component, minus half of the smallest component.
+std::int64_t tight_capacity(const std::string& kind, const std::vector<offload::stage>& stages) {
+  auto comps = components(kind);
+  std::int64_t total = 0, smallest = std::numeric_limits<std::int64_t>::max(), ws = 0;
+  for (const auto& i : comps->infos()) total += i.bytes, smallest = std::min(smallest, i.bytes);
+  for (const auto& s : stages) {
+    std::int64_t w = 0;
+    for (const auto& x : s.workspace) w += x.bytes;
+    ws = std::max(ws, w);
+  }
+  return ws + total - smallest / 2;
+}
+
+std::vector<offload::stage> stages_of(const std::string& kind) {
+  wan::generation_shape s;
+  s.sampling_steps = 2;
+  if (kind == "t2v") s.task = "t2v-1.3B", s.width = 32, s.height = 32, s.frame_num = 5;
+  if (kind == "i2v") s.task = "i2v-14B", s.width = 32, s.height = 16, s.frame_num = 5;
+  if (kind == "flf2v") s.task = "flf2v-14B", s.width = 16, s.height = 16, s.frame_num = 81;
+  if (kind == "vace") s.task = "vace-1.3B", s.width = 32, s.height = 32, s.frame_num = 5, s.ref_images = 1;
+  return wan::pipeline_stages(s);
+}
+
+void run_all_presets(const std::string& kind) {
+  const torch::Tensor reference = host_video(kind);
+  for (const auto& preset : presets) {
+    BOOST_TEST_CONTEXT(kind << " under '" << preset << "'") {
+      offload::device_set devices;
+      const bool eod = preset.find("evict_on_demand") != std::string::npos;
+      offload::testing::mock_options mo;
+      if (eod) mo.capacity = tight_capacity(kind, stages_of(kind));
+      auto& mock = offload::testing::add_mock(devices, 0, mo);
+      auto comps = components(kind);
+      std::map<std::string, std::set<std::string>> on_gpu;
+      std::vector<std::string> entered;
+      std::optional<offload::plan> plan;
+      const auto video = generate(kind, {&devices, gpu, offload::parse_policy(preset)},
+                                  [&](std::string_view stage, int repetition, const offload::executor& ex) {
+                                    if (repetition == 1) entered.emplace_back(stage);
+                                    if (!plan) plan = ex.get_plan();
+                                    check_resident(*comps, stage, ex, on_gpu);
+                                  });
+      BOOST_TEST(torch::equal(video, reference), "video differs from the all-host run");
+      check_home(*comps);
+      BOOST_TEST(mock.used() == 0);
+      // Every planned stage ran, in order, through the executor.
+      std::vector<std::string> planned;
+      for (std::size_t i = 1; i < plan->steps.size(); ++i) planned.push_back(plan->steps[i].stage);
+      BOOST_TEST(entered == planned, fmt::format("entered {} vs planned {}", fmt::join(entered, ","),
+                                                 fmt::join(planned, ",")));
+      // Something actually ran on the mock GPU, and the resident sets are those of the preset.
+      BOOST_TEST(mock.transfers() > 0);
+      if (preset == "resident") BOOST_TEST(on_gpu["denoise"].count("vae") == 1u); // everything stays
+      if (preset.find("offload_model") != std::string::npos && preset.find("t5_cpu") == std::string::npos)
+        BOOST_TEST(on_gpu["denoise"].count("t5") == 0u); // T5 left after text_encode
+      if (preset.find("t5_cpu") != std::string::npos) BOOST_TEST(on_gpu["text_encode"].count("t5") == 0u);
+      if (preset.find("vae_cpu") != std::string::npos) BOOST_TEST(on_gpu["denoise"].count("vae") == 0u);
+      if (eod) {
+        bool evicted_on_demand = false;
+        for (const auto& s : plan->steps)
+          for (const auto& a : s.before)
+            if (a.kind == offload::action_kind::evict && a.reason.find("on demand") != std::string::npos)
+              evicted_on_demand = true;
+        BOOST_TEST(evicted_on_demand, "the tight capacity forced no eviction on demand");
+        BOOST_TEST(mock.peak() <= mo.capacity);
+      }
+    }
+  }
+}
+
+/// Replaces a tensor behind offload's back during text_encode; the next stage boundary's audit
+/// must throw placement_error naming it, and every component must be home afterwards.
+void expect_tamper_caught(const std::string& kind, const std::string& what,
+                          const std::function<void(wan::WanComponents&)>& tamper) {
+  offload::device_set devices;
+  offload::testing::add_mock(devices, 0);
+  auto comps = components(kind);
+  bool tampered = false;
+  try {
+    (void)generate(kind, {&devices, gpu, offload::parse_policy("resident")},
+                   [&](std::string_view stage, int, const offload::executor&) {
+                     if (stage == "text_encode" && !tampered) tamper(*comps), tampered = true;
+                   });
+    BOOST_ERROR("no placement_error after replacing " << what);
+  } catch (const offload::placement_error& e) {
+    BOOST_TEST(std::string(e.what()).find(what) != std::string::npos, e.what());
+    BOOST_TEST(std::string(e.what()).find("offload.placement.device_mismatch") != std::string::npos, e.what());
+  }
+  BOOST_TEST(tampered);
+  check_home(*comps);
+}
+
+} // namespace
+
+BOOST_AUTO_TEST_SUITE(pipelines)
+
+BOOST_AUTO_TEST_CASE(t2v_every_preset_matches_the_host_run) { run_all_presets("t2v"); }
+
+BOOST_AUTO_TEST_CASE(i2v_every_preset_matches_the_host_run) { run_all_presets("i2v"); }
+
+BOOST_AUTO_TEST_CASE(flf2v_every_preset_matches_the_host_run) { run_all_presets("flf2v"); }
+
+BOOST_AUTO_TEST_CASE(vace_every_preset_matches_the_host_run) { run_all_presets("vace"); }
+
+BOOST_AUTO_TEST_CASE(audit_catches_an_aux_tensor_replaced_by_hand) {
+  expect_tamper_caught("t2v", "vae.mean", [](wan::WanComponents& c) { c.vae->mean = c.vae->mean.clone(); });
+  expect_tamper_caught("i2v", "dit.freqs", [](wan::WanComponents& c) { c.model->freqs = c.model->freqs.clone(); });
+}
+
+BOOST_AUTO_TEST_CASE(audit_catches_a_weight_replaced_by_hand) {
+  expect_tamper_caught("vace", "dit.patch_embedding.weight", [](wan::WanComponents& c) {
+    c.model->patch_embedding->weight.set_data(c.model->patch_embedding->weight.clone());
+  });
+}
+
+BOOST_AUTO_TEST_CASE(a_plan_that_does_not_fit_is_refused_before_anything_moves) {
+  offload::device_set devices;
+  offload::testing::mock_options mo;
+  mo.capacity = 1024; // bytes
+  auto& mock = offload::testing::add_mock(devices, 0, mo);
+  try {
+    (void)generate("t2v", {&devices, gpu, offload::parse_policy("resident")}, {});
+    BOOST_ERROR("no capacity_error");
+  } catch (const offload::capacity_error& e) {
+    BOOST_TEST(std::string(e.what()).find("does not fit") != std::string::npos, e.what());
+  }
+  BOOST_TEST(mock.transfers() == 0);
+  check_home(*components("t2v"));
+}
+
+BOOST_AUTO_TEST_CASE(components_declare_their_aux_tensors) {
+  for (const std::string kind : {"t2v", "i2v", "flf2v", "vace"}) {
+    auto comps = components(kind);
+    BOOST_TEST(comps->components().size() == (has_clip(kind) ? 4u : 3u));
+    auto& vae = dynamic_cast<offload::offloadable<wan::WanVAE_>&>(comps->get("vae"));
+    BOOST_TEST(vae.tensors().master("mean").equal(comps->vae->mean));
+    BOOST_TEST(vae.tensors().master("std").equal(comps->vae->std));
+    auto& dit = dynamic_cast<offload::offloadable<wan::WanModel>&>(comps->get("dit"));
+    BOOST_TEST(dit.tensors().master("freqs").scalar_type() == torch::kComplexDouble);
+    BOOST_CHECK_THROW((void)comps->get("nope"), offload::config_error);
+  }
+}
+
+BOOST_AUTO_TEST_CASE(bad_arguments_are_config_errors) {
+  offload::device_set devices;
+  offload::testing::add_mock(devices, 0);
+  const wan::execution exec{&devices, gpu, offload::parse_policy("resident")};
+  BOOST_CHECK_THROW(wan::WanT2V("i2v-14B", components("t2v"), exec), offload::config_error);
+  BOOST_CHECK_THROW(wan::WanI2V("i2v-14B", components("t2v"), exec), offload::config_error);
+  BOOST_CHECK_THROW(wan::WanT2V("t2v-9B", components("t2v"), exec), offload::config_error);
+  wan::WanT2V pipe("t2v-1.3B", components("t2v"), exec);
+  wan::t2v_params p;
+  p.size = {32, 32};
+  p.frame_num = 5;
+  p.sample_solver = "euler";
+  BOOST_CHECK_THROW(pipe.generate(torch::tensor({1}, torch::kLong), torch::tensor({1}, torch::kLong), p),
+                    offload::config_error);
+  // No tokenizer in the golden layout: the string form says so.
+  p.sample_solver = "unipc";
+  BOOST_CHECK_THROW(pipe.generate("a cat", p), offload::config_error);
+  check_home(*components("t2v"));
+  wan::WanFLF2V flf("flf2v-14B", components("flf2v"), exec);
+  wan::flf2v_params fp;
+  fp.frame_num = 5;
+  auto img = torch::zeros({16, 16, 3}, torch::kByte);
+  BOOST_CHECK_THROW(flf.generate(torch::tensor({1}, torch::kLong), torch::tensor({1}, torch::kLong), img, img, fp),
+                    offload::config_error);
+}
+
+BOOST_AUTO_TEST_CASE(helpers_follow_the_reference) {
+  // Python: round(np.sqrt(4096 * 50 / 84) // 8 // 2 * 2) = 6, round(np.sqrt(4096 * 84 / 50) // 8 // 2 * 2) = 10
+  const auto [h, w] = wan::detail::latent_hw(4096, 50, 84, {4, 8, 8}, {1, 2, 2});
+  BOOST_TEST(h == 6);
+  BOOST_TEST(w == 10);
+  BOOST_TEST(wan::detail::py_floordiv(7.5, 2.0) == 3.0);
+  BOOST_TEST(wan::detail::py_floordiv(-7.5, 2.0) == -4.0);
+  // msk: first frame 4x, then zeros -> [4, T, h, w], first latent frame all ones
+  const auto msk = wan::detail::condition_mask(5, 1, 5, 2, 2);
+  BOOST_TEST(msk.sizes().vec() == std::vector<int64_t>({4, 2, 2, 2}));
+  BOOST_TEST(msk.select(1, 0).eq(1).all().item<bool>());
+  BOOST_TEST(msk.select(1, 1).eq(0).all().item<bool>());
+  // token ids padded like the umT5 tokenizer output
+  const auto [ids, mask] = wan::detail::pad_ids(torch::tensor({5, 6, 1}, torch::kLong), 8);
+  BOOST_TEST(ids.sizes().vec() == std::vector<int64_t>({1, 8}));
+  BOOST_TEST(mask.sum().item<int64_t>() == 3);
+  BOOST_TEST(ids[0][2].item<int64_t>() == 1);
+  BOOST_TEST(ids[0][3].item<int64_t>() == 0);
+  // noise: the CPU generator, reproducible
+  BOOST_TEST(torch::equal(wan::detail::seeded_noise({2, 3}, 42), wan::detail::seeded_noise({2, 3}, 42)));
+  // center_crop pads with zeros when the crop is larger
+  const auto c = wan::detail::center_crop(torch::ones({3, 4, 4}), 6, 4);
+  BOOST_TEST(c.sizes().vec() == std::vector<int64_t>({3, 6, 4}));
+  BOOST_TEST(c.sum().item<double>() == 48.0);
+}
+
+BOOST_AUTO_TEST_CASE(vace_prepare_source_and_masks_follow_the_reference) {
+  offload::device_set devices;
+  offload::testing::add_mock(devices, 0);
+  wan::WanVace pipe("vace-1.3B", components("vace"), {&devices, gpu, offload::parse_policy("resident")});
+  // no video: zeros and an all-ones mask of the requested size; a smaller reference image is
+  // resized onto a white canvas; a video with a [-1, 1] mask maps it to [0, 1]
+  const auto src = pipe.prepare_source({std::nullopt, torch::zeros({3, 5, 32, 32})},
+                                       {std::nullopt, torch::full({3, 5, 32, 32}, -1.0)},
+                                       {{torch::zeros({3, 16, 32})}, {}}, 5, {32, 16}, torch::kCPU);
+  BOOST_TEST(src.video[0].sizes().vec() == std::vector<int64_t>({3, 5, 16, 32}));
+  BOOST_TEST(src.mask[0].eq(1).all().item<bool>());
+  BOOST_TEST(src.mask[1].sizes().vec() == std::vector<int64_t>({1, 5, 32, 32}));
+  BOOST_TEST(src.mask[1].eq(0).all().item<bool>());
+  BOOST_TEST_REQUIRE(src.ref_images[0].size() == 1u);
+  BOOST_TEST(src.ref_images[0][0].sizes().vec() == std::vector<int64_t>({3, 1, 16, 32}));
+  BOOST_TEST(src.ref_images[1].empty());
+  const auto ref = torch::ones({3, 1, 40, 32}).neg();
+  const auto fitted = pipe.prepare_source({torch::zeros({3, 5, 32, 32})}, {std::nullopt}, {{ref.squeeze(1)}}, 5,
+                                          {32, 32}, torch::kCPU);
+  const auto& canvas = fitted.ref_images[0][0]; // 40x32 scaled by 0.8 -> 32x25, centred, white border
+  BOOST_TEST(canvas.sizes().vec() == std::vector<int64_t>({3, 1, 32, 32}));
+  BOOST_TEST(canvas.select(3, 0).eq(1).all().item<bool>());
+  BOOST_TEST(canvas.select(3, 16).eq(-1).all().item<bool>());
+  // masks: 8x8 space-to-depth, temporal nearest-exact resize, one zero frame per reference image
+  const auto m = pipe.vace_encode_masks({torch::ones({1, 5, 32, 32})}, {{ref}});
+  BOOST_TEST(m[0].sizes().vec() == std::vector<int64_t>({64, 3, 4, 4}));
+  BOOST_TEST(m[0].select(1, 0).eq(0).all().item<bool>());
+  BOOST_TEST(m[0].slice(1, 1).eq(1).all().item<bool>());
+}
+
+BOOST_AUTO_TEST_SUITE_END()
