@@ -82,6 +82,22 @@ int main() {
   // [simulate]
   assert(sim.peak_bytes.at(mock0) == plan.peak_of(mock0));
 
+  // [budget]
+  // The budget planner: the fastest policy whose plan fits the budgets, by a cost model.
+  std::vector<offload::stage> timed = stages; // compute seconds per repetition on the accelerator
+  timed[0].seconds = 0.03, timed[1].seconds = 1.45, timed[2].seconds = 3.3;
+  auto cost = offload::cost_model::defaults(); // H100 figures; offload::cost_model::load("cost.json")
+  const auto chosen = offload::plan_for_budget(
+      timed, sizes, {.accelerator = mock0, .budgets = {.device = 12_GiB, .pinned = 8_GiB}, .cost = cost});
+  std::cout << chosen.summary() << chosen.plan.table(); // policy, predicted seconds, peaks
+  try {
+    offload::plan_for_budget(timed, sizes, {.accelerator = mock0, .budgets = {.device = 4_GiB, .host = 20_GiB}});
+  } catch (const offload::capacity_error& e) {
+    std::cout << e.what() << "\n"; // the binding stage, the shortfall, the smallest change that fits
+  }
+  // [budget]
+  assert(chosen.device_peak_bytes <= 12_GiB);
+
   // [execute]
   const std::vector<offload::stage> tiny = {{"attend", {"attn"}, {{"attn", 64_KiB}}, 3}};
   const auto tiny_plan = offload::schedule(tiny, {{"attn", rot.bytes()}}, offload::parse_policy("attn=cuda:on_demand"),

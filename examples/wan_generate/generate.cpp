@@ -6,6 +6,7 @@
 #include "media.hpp"
 #include "progress.hpp"
 
+#include "wan/budget.hpp"
 #include "wan/components.hpp"
 #include "wan/configs/configs.hpp"
 #include "wan/first_last_frame2video.hpp"
@@ -13,6 +14,8 @@
 #include "wan/text2video.hpp"
 #include "wan/vace.hpp"
 
+#include <offload/budget_planner.hpp>
+#include <offload/cost_model.hpp>
 #include <offload/errors.hpp>
 #include <offload/stage_scheduler.hpp>
 #include <offload/testing/mock_device.hpp>
@@ -114,7 +117,66 @@ wan::generation_shape generation_shape_of(const options& o) {
   return s;
 }
 
+namespace {
+
+/// --vram_budget, --pinned_budget, --host_budget and --cost_model as the planner's options.
+offload::budget_options budget_options_of(const options& o, offload::device_id accelerator) {
+  offload::budget_options b;
+  b.accelerator = accelerator;
+  b.budgets = {.device = o.vram_budget, .pinned = o.pinned_budget, .host = o.host_budget};
+  if (!o.cost_model_file.empty()) b.cost = offload::cost_model::load(o.cost_model_file);
+  return b;
+}
+
+/// The message of an offload error without its id.
+std::string message_of(const offload::error& e) { return std::string(e.what()).substr(e.id().size() + 2); }
+
+/// --dry_run --vram_budget: the planner's choice, its predicted peaks and time.
+int budget_dry_run(const options& o) {
+  const auto shape = generation_shape_of(o);
+  const auto accelerator = planning_accelerator(o);
+  const auto header = fmt::format("{} {}x{}, {} frames, {} steps ({} DiT tokens), on {} with a budget of {}\n",
+                                  o.task, shape.width, shape.height, shape.frame_num, shape.sampling_steps,
+                                  wan::dit_tokens(shape), accelerator.str(), offload::format_bytes(*o.vram_budget));
+  try {
+    const auto chosen = wan::plan_generation(shape, budget_options_of(o, accelerator));
+    if (o.report == "json") std::cout << chosen.json() << '\n';
+    else std::cout << header << chosen.summary() << chosen.plan.table();
+    std::cout << std::flush;
+    return exit_ok;
+  } catch (const offload::capacity_error& e) {
+    if (o.report == "json")
+      std::cout << fmt::format(R"({{"fits":false,"planner":{{"error":{{"id":{},"stage":{},"device":{},)"
+                               R"("needed_bytes":{},"available_bytes":{},"message":{}}}}}}})",
+                               offload::detail::json_string(e.id()), offload::detail::json_string(e.stage()),
+                               offload::detail::json_string(e.device()), e.needed(), e.available(),
+                               offload::detail::json_string(message_of(e)))
+                << '\n';
+    else std::cout << header << "  no placement fits\n";
+    std::cout << std::flush;
+    std::cerr << "wan_generate: does not fit: " << message_of(e) << '\n';
+    return exit_does_not_fit;
+  }
+}
+
+/// A run with --vram_budget: the planner chooses the policy before anything is loaded (with the
+/// preset models' sizes in the reference's dtypes), and the run plans with it on --vram_budget.
+options with_budget_placement(const options& given) {
+  if (!given.vram_budget) return given;
+  options o = given;
+  const auto chosen = wan::plan_generation(generation_shape_of(o), budget_options_of(o, o.device));
+  o.policy = chosen.plan.policy;
+  o.gpu_memory = o.vram_budget;
+  say(fmt::format("budget planner: policy '{}', predicted {:.1f} s, peak {} of {}", o.policy.str(),
+                  chosen.predicted_seconds, offload::format_bytes(chosen.device_peak_bytes),
+                  offload::format_bytes(*o.vram_budget)));
+  return o;
+}
+
+} // namespace
+
 int dry_run(const options& o) {
+  if (o.vram_budget) return budget_dry_run(o);
   const auto shape = generation_shape_of(o);
   const auto components = wan::preset_components(o.task);
   const auto stages = wan::pipeline_stages(shape);
@@ -140,7 +202,8 @@ int dry_run(const options& o) {
   return exit_ok;
 }
 
-int generate(const options& o) {
+int generate(const options& given) {
+  const options o = with_budget_placement(given); // --vram_budget: the planner chooses the policy
   const auto& cfg = wan::configs::wan_config(o.task);
   const std::string kind = pipeline_kind(o.task);
 
@@ -190,8 +253,9 @@ int generate(const options& o) {
     sizes += fmt::format("{}{} {}", sizes.empty() ? "" : ", ", c.name, offload::format_bytes(c.bytes));
   say(fmt::format("loaded {} in {:.2f} s ({})", o.ckpt_dir, seconds_since(t_load), sizes));
 
-  const wan::execution exec{&devices, accelerator, o.policy};
-  progress prog(devices.clock());
+  progress prog;
+  const wan::execution exec{&devices, accelerator, o.policy,
+                            [&](const offload::executor& ex) { prog.on_run_finished(ex); }};
   const auto observer = [&](std::string_view stage, int repetition, const offload::executor& ex) {
     prog.on_stage(stage, repetition, ex);
   };

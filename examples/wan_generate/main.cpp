@@ -27,8 +27,13 @@ int main(int argc, char** argv) {
   } catch (const offload::capacity_error& e) {
     std::cerr << "wan_generate: does not fit: " << first_line(e.what()) << '\n';
     return exit_does_not_fit;
+  } catch (const offload::error& e) {
+    // offload's messages are written for the user; a strict checkpoint load lists every
+    // mismatched key on the lines after the first.
+    std::cerr << "\nwan_generate: failed: " << e.what() << '\n';
+    return exit_failed;
   } catch (const std::exception& e) {
-    std::cerr << "\nwan_generate: failed: " << first_line(e.what()) << '\n';
+    std::cerr << "\nwan_generate: failed: " << first_line(e.what()) << '\n'; // c10 errors add a backtrace
     return exit_failed;
   }
 }

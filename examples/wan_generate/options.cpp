@@ -5,6 +5,7 @@
 
 #include "wan/configs/configs.hpp"
 
+#include <offload/cost_model.hpp>
 #include <offload/errors.hpp>
 #include <offload/units.hpp>
 
@@ -20,6 +21,7 @@
 #include <limits>
 #include <map>
 #include <random>
+#include <tuple>
 
 namespace wan_cli {
 
@@ -115,36 +117,17 @@ std::int64_t random_seed() {
 }
 
 void validate(options& o, const std::string& offload_model_text) {
-  namespace cfg = wan::configs;
-  // --task
-  const auto& tasks = cfg::wan_tasks();
-  if (std::find(tasks.begin(), tasks.end(), o.task) == tasks.end())
-    throw usage_error(fmt::format("--task '{}': unknown task; expected one of {}", o.task, join(tasks)));
-  const bool t2i = o.task.starts_with("t2i"), i2v = o.task.starts_with("i2v"),
-             flf2v = o.task.starts_with("flf2v"), vace = o.task.starts_with("vace");
-
-  // --size: one of SIZE_CONFIGS, and supported by the task.
-  const auto& sizes = cfg::SIZE_CONFIGS();
-  const auto& supported = cfg::SUPPORTED_SIZES().at(o.task);
-  if (!sizes.count(o.size))
-    throw usage_error(fmt::format("--size '{}': unknown size; expected WIDTH*HEIGHT, one of {} for task "
-                                  "{}",
-                                  o.size, join(supported), o.task));
-  if (std::find(supported.begin(), supported.end(), o.size) == supported.end())
-    throw usage_error(fmt::format("--size '{}' is not supported by task {}; supported sizes are {}", o.size,
-                                  o.task, join(supported)));
-  o.width = static_cast<int>(sizes.at(o.size).first);
-  o.height = static_cast<int>(sizes.at(o.size).second);
-
-  // --frame_num
-  if (o.frame_num == 0) o.frame_num = t2i ? 1 : 81;
-  if (t2i && o.frame_num != 1)
-    throw usage_error(fmt::format("--frame_num {}: task {} makes one image; expected 1 (or leave it out)",
+  // --task, --size, --frame_num (size_frames.hpp).
+  const bool i2v = o.task.starts_with("i2v"), flf2v = o.task.starts_with("flf2v"),
+             vace = o.task.starts_with("vace");
+  const frame_size wh = parse_size(o.task, o.size); // checks --task first
+  o.width = wh.width;
+  o.height = wh.height;
+  o.frame_num = resolve_frame_num(o.task, o.frame_num);
+  if (flf2v && o.frame_num != 81)
+    throw usage_error(fmt::format("--frame_num {}: task {} needs 81 frames (the reference builds its first/last "
+                                  "frame conditioning mask for 81); leave --frame_num out or give 81",
                                   o.frame_num, o.task));
-  if (o.frame_num < 1 || (o.frame_num - 1) % 4 != 0)
-    throw usage_error(fmt::format("--frame_num {}: expected 4n+1 frames (1, 5, 9, ..., 81); use {} or {}",
-                                  o.frame_num, o.frame_num < 1 ? 1 : (o.frame_num - 1) / 4 * 4 + 1,
-                                  o.frame_num < 1 ? 5 : (o.frame_num - 1) / 4 * 4 + 5));
 
   // Sampling defaults (generate.py _validate_args).
   if (o.sample_steps == 0) o.sample_steps = i2v ? 40 : 50;
@@ -190,6 +173,34 @@ void validate(options& o, const std::string& offload_model_text) {
     // Presets named in --placement add to the flags' presets; its entries override both.
     o.policy = offload::parse_policy(flags.label() + "," + o.placement_text);
     o.policy.set_label(flags.label() + "," + o.placement_text);
+  }
+
+  // The budget planner: --vram_budget chooses the policy (docs/planner.md).
+  if (o.vram_budget) {
+    std::string chosen;
+    if (!o.placement_text.empty()) chosen = "--placement";
+    else if (o.t5_cpu) chosen = "--t5_cpu";
+    else if (o.vae_cpu) chosen = "--vae_cpu";
+    if (!chosen.empty())
+      throw usage_error(fmt::format("--vram_budget chooses the placement, and {} gives one; drop {} or drop "
+                                    "--vram_budget",
+                                    chosen, chosen));
+    if (o.gpu_memory)
+      throw usage_error("--vram_budget is the accelerator's memory for the plan, and so is --gpu_memory; give one "
+                        "of them");
+    if (!o.device_text.empty() && o.device.is_host())
+      throw usage_error("--vram_budget plans for an accelerator, and --device cpu has none; use --device cuda:N "
+                        "or mock:N, or drop --vram_budget");
+  } else if (o.pinned_budget || o.host_budget || !o.cost_model_file.empty()) {
+    throw usage_error(fmt::format("{} is used by the budget planner: add --vram_budget SIZE (e.g. 8GiB)",
+                                  o.pinned_budget ? "--pinned_budget" : o.host_budget ? "--host_budget" : "--cost_model"));
+  }
+  if (!o.cost_model_file.empty()) {
+    try {
+      (void)offload::cost_model::load(o.cost_model_file);
+    } catch (const offload::config_error& e) {
+      throw usage_error(fmt::format("--cost_model: {}", one_line(e.what())));
+    }
   }
 
   // Inputs per task (checked before anything is loaded).
@@ -280,6 +291,7 @@ std::optional<options> parse_command_line(int argc, char** argv) {
   app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   app.get_formatter()->column_width(34);
   std::string offload_model_text, ref_images, gpu_memory;
+  std::string vram_budget, pinned_budget, host_budget;
   std::optional<int> frame_num, sample_steps;
   std::optional<double> sample_shift;
 
@@ -327,6 +339,17 @@ std::optional<options> parse_command_line(int argc, char** argv) {
   app.add_option("--trace", o.trace_file, "Write the executor's Chrome trace JSON to this file");
   app.add_flag("--dry_run", o.dry_run, "Print the placement plan and exit; needs no checkpoint");
   app.add_option("--gpu_memory", gpu_memory, "Memory of the accelerator for planning, e.g. 11.49GiB");
+  app.add_option("--vram_budget", vram_budget,
+                 "Choose the fastest placement whose plan fits this accelerator memory, e.g. 8GiB "
+                 "(docs/planner.md); replaces --offload_model/--t5_cpu/--vae_cpu/--placement");
+  app.add_option("--pinned_budget", pinned_budget,
+                 "With --vram_budget: page-locked host memory the plan may pin for faster copies "
+                 "(default unlimited)");
+  app.add_option("--host_budget", host_budget,
+                 "With --vram_budget: host memory for the models' masters and host-executed stages "
+                 "(default unlimited)");
+  app.add_option("--cost_model", o.cost_model_file,
+                 "With --vram_budget: cost model file written by offload_calibrate (default: H100 figures)");
   app.add_option("--report", o.report, "Plan report format: table or json")->capture_default_str();
 
   try {
@@ -374,6 +397,18 @@ std::optional<options> parse_command_line(int argc, char** argv) {
     }
     if (*o.gpu_memory <= 0)
       throw usage_error(fmt::format("--gpu_memory '{}': expected a positive size such as 11.49GiB", gpu_memory));
+  }
+  for (auto [flag, text, target] : {std::tuple{"--vram_budget", &vram_budget, &o.vram_budget},
+                                    std::tuple{"--pinned_budget", &pinned_budget, &o.pinned_budget},
+                                    std::tuple{"--host_budget", &host_budget, &o.host_budget}}) {
+    if (text->empty()) continue;
+    try {
+      *target = offload::parse_bytes(*text);
+    } catch (const offload::config_error& e) {
+      throw usage_error(fmt::format("{} '{}': {}", flag, *text, one_line(e.what())));
+    }
+    if (**target < 0 || (**target == 0 && std::string_view(flag) != "--pinned_budget"))
+      throw usage_error(fmt::format("{} '{}': expected a positive size such as 8GiB", flag, *text));
   }
   validate(o, offload_model_text);
   return o;

@@ -12,6 +12,8 @@
 ///  * The distributed flags (--ulysses_size, --ring_size, --t5_fsdp, --dit_fsdp) and prompt
 ///    extension are not offered.
 
+#include "size_frames.hpp"
+
 #include <offload/placement_policy.hpp>
 #include <offload/device.hpp>
 
@@ -31,11 +33,7 @@ enum exit_code : int {
   exit_failed = 3,       ///< loading or generating failed
 };
 
-/// A bad argument: one line for stderr (what was expected, what was found, what to do).
-class usage_error : public std::runtime_error {
-public:
-  using std::runtime_error::runtime_error;
-};
+// usage_error (a bad argument): size_frames.hpp.
 
 /// The parsed command line, defaults filled in as generate.py's _validate_args does.
 struct options {
@@ -66,6 +64,11 @@ struct options {
   bool dry_run = false;
   std::optional<std::int64_t> gpu_memory;
   std::string report = "table";
+  // the budget planner (docs/planner.md): --vram_budget chooses the policy
+  std::optional<std::int64_t> vram_budget;   ///< --vram_budget: plan for this accelerator memory
+  std::optional<std::int64_t> pinned_budget; ///< --pinned_budget (needs --vram_budget)
+  std::optional<std::int64_t> host_budget;   ///< --host_budget (needs --vram_budget)
+  std::string cost_model_file;               ///< --cost_model FILE (offload_calibrate); "" = H100 defaults
 
   int width = 0, height = 0;          ///< SIZE_CONFIGS[size] (W*H)
 };

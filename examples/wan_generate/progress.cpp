@@ -11,12 +11,10 @@
 
 namespace wan_cli {
 
-progress::progress(const offload::clock& clock, std::FILE* out)
-    : clock_(&clock), out_(out), tty_(::isatty(::fileno(out)) != 0) {}
+progress::progress(std::FILE* out) : out_(out), tty_(::isatty(::fileno(out)) != 0) {}
 
 void progress::on_stage(std::string_view stage, int repetition, const offload::executor& ex) {
   const auto now = steady::now();
-  trace_ = ex.trace();
   if (stage == stage_ && repetition > 1) {
     repetitions_ = repetition;
     const double s = std::chrono::duration<double>(now - stage_start_).count();
@@ -29,7 +27,6 @@ void progress::on_stage(std::string_view stage, int repetition, const offload::e
   total_ = step.repeat;
   repetitions_ = repetition;
   stage_start_ = now;
-  clock_stage_start_ = clock_->now();
   // Where the stage's components execute, and the moves made before it.
   std::string where;
   for (const auto& u : step.uses) {
@@ -45,10 +42,9 @@ void progress::on_stage(std::string_view stage, int repetition, const offload::e
   if (total_ > 1) draw_bar(0, total_, 0, false);
 }
 
+void progress::on_run_finished(const offload::executor& ex) { trace_ = ex.trace(); }
+
 void progress::finish() {
-  // The executor records a stage's span when its scope closes; the last one closed after the last
-  // observer call, so it is added here on the run's clock.
-  if (!stage_.empty()) trace_.span({stage_, "stage", "stages", clock_stage_start_, clock_->now(), 0});
   close_stage(steady::now());
 }
 

@@ -3,8 +3,8 @@
 /// What wan_generate prints on stderr while a pipeline runs: one line per non-repeated stage (time,
 /// where its components execute, the moves before it) and a progress bar with steps per second
 /// for the denoising loop. Fed by the pipelines' stage observer (called at the start of every
-/// stage repetition); finish() closes the last stage. It also keeps the executor's timeline as of
-/// the last stage entry, for --trace.
+/// stage repetition); finish() closes the last stage. The run's finish observer hands it the
+/// executor's complete timeline (every stage span and move), for --trace.
 
 #include <offload/device.hpp>
 #include <offload/executor.hpp>
@@ -19,11 +19,12 @@ namespace wan_cli {
 
 class progress {
 public:
-  /// `clock`: the run's clock (the device_set's), for the last stage's span in trace().
-  explicit progress(const offload::clock& clock, std::FILE* out = stderr);
+  explicit progress(std::FILE* out = stderr);
 
   /// The stage observer: `stage` starts its `repetition`-th run (1-based).
   void on_stage(std::string_view stage, int repetition, const offload::executor& ex);
+  /// The run's finish observer: the last stage closed and its after-actions applied.
+  void on_run_finished(const offload::executor& ex);
   /// Closes the open stage (call when the pipeline returned).
   void finish();
 
@@ -37,7 +38,6 @@ private:
   void close_stage(steady::time_point now);
   void draw_bar(int done, int total, double seconds, bool final);
 
-  const offload::clock* clock_;
   std::FILE* out_;
   bool tty_;
   std::string stage_;
@@ -45,7 +45,6 @@ private:
   int total_ = 0;
   int repetitions_ = 0;
   steady::time_point stage_start_{};
-  double clock_stage_start_ = 0;
   offload::timeline trace_;
   int denoise_done_ = 0;
   double denoise_seconds_ = 0;

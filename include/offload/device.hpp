@@ -119,7 +119,7 @@ public:
   [[nodiscard]] std::int64_t bytes_in() const noexcept { return bytes_in_; }
   [[nodiscard]] std::int64_t bytes_out() const noexcept { return bytes_out_; }
 
-  /// Accounts `bytes` for `what` (a dotted tensor path, or `workspace:<stage>`). Throws
+  /// Accounts `bytes` for `what` (a dotted tensor path, or `workspace:<stage> (<components>)`). Throws
   /// capacity_error when the device's capacity would be exceeded; nothing is accounted then.
   void allocate(std::int64_t bytes, std::string_view what) {
     ++allocations_;

@@ -122,7 +122,7 @@ public:
       for (const auto& [d, b] : st.workspace_bytes) {
         if (b == 0) continue;
         device& dev = devices_->get(d);
-        dev.allocate(b, fmt::format("workspace:{}", st.stage));
+        dev.allocate(b, workspace_label(st, d));
         reserved.emplace_back(&dev, b);
         sample(dev);
       }
@@ -194,6 +194,16 @@ private:
                    fmt::format("{} transfers", a.device.str()), t0, devices_->clock().now(), a.bytes});
       sample(devices_->get(a.device));
     }
+  }
+
+  /// `workspace:<stage> (<components executing on d in it>)`: an allocation failure names both.
+  [[nodiscard]] std::string workspace_label(const plan_step& st, device_id d) const {
+    std::string users;
+    for (const auto& u : st.uses)
+      if (const auto it = plan_.execute_on.find(u); it != plan_.execute_on.end() && it->second == d)
+        users += (users.empty() ? "" : ",") + u;
+    return users.empty() ? fmt::format("workspace:{}", st.stage)
+                         : fmt::format("workspace:{} ({})", st.stage, users);
   }
 
   void audit_step(const plan_step& st) const {

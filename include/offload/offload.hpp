@@ -3,9 +3,11 @@
 /// Umbrella header of offload: every public concept. Test doubles (mock devices, sized components,
 /// simulation) are in offload/testing/ and included separately.
 
+#include <offload/budget_planner.hpp>
 #include <offload/compat.hpp>
 #include <offload/component.hpp>
 #include <offload/concepts.hpp>
+#include <offload/cost_model.hpp>
 #include <offload/device.hpp>
 #include <offload/errors.hpp>
 #include <offload/executor.hpp>

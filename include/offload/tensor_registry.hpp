@@ -302,8 +302,14 @@ private:
   }
   void evict() {
     device& from = *where_;
-    for (auto& e : entries_) {
+    // Mutable tensors are copied back first, all of them, before anything is released: when a copy
+    // fails the component is still wholly on `from` (its device copies authoritative; a master
+    // already refreshed holds the same values) and a later eviction can retry. Interleaving the
+    // copies with the releases left a half-evicted component whose next eviction released bytes
+    // twice and copied from undefined tensors.
+    for (auto& e : entries_)
       if (e.mut == mutability::mutable_) from.copy_to_host(e.placed, e.master, qualified(e.path));
+    for (auto& e : entries_) {
       e.assign(e.master);
       e.placed = at::Tensor();
       from.release(static_cast<std::int64_t>(e.master.nbytes()));

@@ -13,7 +13,9 @@
 
 #include <fmt/format.h>
 
+#include <charconv>
 #include <cmath>
+#include <system_error>
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -59,7 +61,15 @@ inline std::int64_t parse_bytes(std::string_view text) {
                        fmt::format("expected a number at position {} of '{}', found '{}'; write e.g. "
                                    "'11.49GiB' or '8000000000'",
                                    num_begin, text, text.substr(num_begin, 1)));
-  const double value = std::stod(std::string(text.substr(num_begin, i - num_begin)));
+  // from_chars, not std::stod: a number beyond the double range must be a config_error, not
+  // std::out_of_range.
+  double value = 0;
+  const auto [num_end, num_ec] = std::from_chars(text.data() + num_begin, text.data() + i, value);
+  if (num_ec != std::errc() || num_end != text.data() + i)
+    throw config_error("offload.config.bytes_range",
+                       fmt::format("the number '{}' in '{}' is out of range; write a size such as "
+                                   "'11.49GiB'",
+                                   text.substr(num_begin, i - num_begin), text));
   while (i < text.size() && text[i] == ' ') ++i;
   const std::string_view unit = text.substr(i);
   struct u { std::string_view name; double scale; };
@@ -69,7 +79,16 @@ inline std::int64_t parse_bytes(std::string_view text) {
       {"TiB", 1099511627776.0}, {"K", 1024.0}, {"M", 1048576.0}, {"G", 1073741824.0},
       {"T", 1099511627776.0}};
   for (const auto& x : units)
-    if (unit == x.name) return static_cast<std::int64_t>(std::llround(value * x.scale));
+    if (unit == x.name) {
+      const double bytes = value * x.scale;
+      // 2^63 is exactly representable; anything at or above it does not fit the int64 result.
+      if (!(bytes < 9223372036854775808.0))
+        throw config_error("offload.config.bytes_range",
+                           fmt::format("'{}' is {:.4g} bytes, more than the largest size (8 EiB); "
+                                       "check the number and the unit",
+                                       text, bytes));
+      return static_cast<std::int64_t>(std::llround(bytes));
+    }
   throw config_error("offload.config.bytes_unit",
                      fmt::format("unknown unit '{}' at position {} of '{}'; expected one of B, KB, "
                                  "MB, GB, TB, KiB, MiB, GiB, TiB",

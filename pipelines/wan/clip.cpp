@@ -328,6 +328,7 @@ CLIPModel::CLIPModel(torch::Dtype dtype_, torch::Device device_,
   model->to(dtype);
   offload::load_options opts;
   opts.ignore_unexpected_prefixes = XLMRobertaCLIPImpl::unported_checkpoint_prefixes();
+  opts.source = checkpoint_path.string();
   offload::load_state(*model, sd, opts);
   model->eval();
   for (auto& p : model->parameters()) p.set_requires_grad(false);

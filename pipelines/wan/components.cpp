@@ -150,7 +150,7 @@ std::int64_t WanComponents::text_len() const { return model->text_len; }
 
 offload_run::offload_run(const std::vector<offload::stage>& stages, const WanComponents& components,
                          const execution& exec, stage_observer observer)
-    : observer_(std::move(observer)) {
+    : observer_(std::move(observer)), on_finish_(exec.on_finish) {
   if (exec.devices == nullptr)
     throw offload::config_error("offload.config.no_devices",
                                 "wan pipeline: execution.devices is null; pass the device_set that holds "
@@ -193,6 +193,7 @@ torch::Device offload_run::device_of(std::string_view component) const {
 
 void offload_run::finish() {
   executor_->finish();
+  if (on_finish_) on_finish_(*executor_);
   // Every run plans from an all-home start: components still on a device go home now.
   executor_->reset();
   finished_ = true;

@@ -128,6 +128,10 @@ private:
 using stage_observer =
     std::function<void(std::string_view stage, int repetition, const offload::executor& ex)>;
 
+/// Called once when a run finished: the last stage's scope is closed and the plan's last
+/// after-actions are applied, so `ex.trace()` holds the whole run (before components go home).
+using finish_observer = std::function<void(const offload::executor& ex)>;
+
 /// Receives named intermediates of a generation (parity tests): `context.cond`, `noise`,
 /// `timesteps`, `latents.i`, `noise_pred_cond.i`, `x0`, `video`, ... (see each pipeline).
 using recorder = std::function<void(const std::string& name, const torch::Tensor& value)>;
@@ -138,6 +142,8 @@ struct execution {
   offload::device_set* devices = nullptr;
   offload::device_id accelerator = offload::device_id::cuda(0);
   offload::placement_policy policy = offload::parse_policy("resident");
+  /// Optional: told when each run finished (tools write the complete trace from it).
+  finish_observer on_finish;
 };
 
 /// One run of a pipeline through offload: plans the stages for the components and the policy,
@@ -166,6 +172,7 @@ public:
 private:
   std::unique_ptr<offload::executor> executor_;
   stage_observer observer_;
+  finish_observer on_finish_;
   std::string current_;
   int repetition_ = 0;
   bool finished_ = false;

@@ -111,63 +111,19 @@ torch::Tensor WanFLF2V::run(const detail::prompt_source& prompt, const detail::p
   const torch::Tensor noise = detail::seeded_noise({16, (F - 1) / 4 + 1, lat_h, lat_w}, seed).to(dit_device);
   detail::note(record, "noise", noise);
 
-  const torch::Tensor msk = detail::condition_mask(81, 1, 80, lat_h, lat_w); // [4, T, lat_h, lat_w]
-
-  std::vector<torch::Tensor> context, context_null;
-  {
-    auto stage = run.enter("text_encode");
-    const torch::Device t5_device = run.device_of(T5_COMPONENT);
-    context = detail::encode_prompt(*components->text_encoder, prompt, t5_device, dit_device);
-    context_null = detail::encode_prompt(*components->text_encoder, neg, t5_device, dit_device);
-  }
-  detail::note(record, "context.cond", context[0]);
-  detail::note(record, "context.uncond", context_null[0]);
-
-  torch::Tensor clip_context;
-  {
-    auto stage = run.enter("clip_encode");
-    const torch::Device clip_device = run.device_of(CLIP_COMPONENT);
-    clip_context = components->clip
-                       ->visual({first_frame.to(clip_device).unsqueeze(1), last_frame.to(clip_device).unsqueeze(1)})
-                       .to(dit_device); // [2, 257, d]
-  }
-  detail::note(record, "clip_context", clip_context);
-
-  torch::Tensor y;
-  {
-    auto stage = run.enter("vae_encode");
-    const torch::Tensor video =
-        torch::cat({detail::resize_bicubic(first_frame, first_frame_h, first_frame_w),
-                    torch::zeros({3, F - 2, first_frame_h, first_frame_w}),
-                    detail::resize_bicubic(last_frame, first_frame_h, first_frame_w)},
-                   1); // [3, F, h, w]
-    detail::note(record, "vae_encode_input.first", video.select(1, 0));
-    detail::note(record, "vae_encode_input.last", video.select(1, F - 1));
-    y = components->vae->encode({video.to(run.device_of(VAE_COMPONENT))})[0]; // [16, T, lat_h, lat_w]
-  }
-  detail::note(record, "vae_encode_output", y);
-  y = torch::cat({msk.to(y.device()), y}).to(dit_device); // [20, T, lat_h, lat_w]
-  detail::note(record, "y", y);
-
-  WanModel model = components->model;
-  const detail::dit_call call = [&](const torch::Tensor& latent, const torch::Tensor& timestep,
-                                    const std::vector<torch::Tensor>& ctx) {
-    return model->forward({latent}, timestep, {ctx[0]}, max_seq_len, clip_context, {y})[0];
-  };
-  const torch::Tensor x0 = detail::sample(run, call, noise, context, context_null, params.sample_solver,
-                                          params.sampling_steps, params.shift, params.guide_scale,
-                                          num_train_timesteps, record);
-  detail::note(record, "x0", x0);
-
-  torch::Tensor video;
-  {
-    auto stage = run.enter("decode");
-    video = components->vae->decode({x0.to(run.device_of(VAE_COMPONENT))})[0]; // [3, F, h, w]
-  }
-  run.finish();
-  video = video.to(torch::kCPU);
-  detail::note(record, "video", video);
-  return video;
+  const torch::Tensor video =
+      torch::cat({detail::resize_bicubic(first_frame, first_frame_h, first_frame_w),
+                  torch::zeros({3, F - 2, first_frame_h, first_frame_w}),
+                  detail::resize_bicubic(last_frame, first_frame_h, first_frame_w)},
+                 1); // [3, F, h, w]
+  detail::note(record, "vae_encode_input.first", video.select(1, 0));
+  detail::note(record, "vae_encode_input.last", video.select(1, F - 1));
+  // The reference's mask is built for 81 frames whatever frame_num is (first_last_frame2video.py).
+  const detail::image_conditioning cond{
+      {first_frame, last_frame}, video, detail::condition_mask(81, 1, 80, lat_h, lat_w)};
+  return detail::generate_image_conditioned(
+      run, *components, prompt, neg, noise, cond, max_seq_len,
+      {params.sample_solver, params.sampling_steps, params.shift, params.guide_scale, num_train_timesteps}, record);
 }
 
 } // namespace wan

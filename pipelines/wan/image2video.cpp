@@ -79,6 +79,44 @@ torch::Tensor resize_bicubic(const torch::Tensor& img, int64_t h, int64_t w) {
       .transpose(0, 1); // [3, 1, h, w]
 }
 
+torch::Tensor generate_image_conditioned(offload_run& run, const WanComponents& components,
+                                         const prompt_source& prompt, const prompt_source& neg,
+                                         const torch::Tensor& noise, const image_conditioning& cond,
+                                         int64_t max_seq_len, const sampling& sampling,
+                                         const recorder& record) {
+  const torch::Device dit_device = run.device_of(DIT_COMPONENT);
+  const auto [context, context_null] = text_encode_stage(run, components, prompt, neg, dit_device, record);
+
+  torch::Tensor clip_context;
+  {
+    auto stage = run.enter("clip_encode");
+    const torch::Device clip_device = run.device_of(CLIP_COMPONENT);
+    std::vector<torch::Tensor> videos;
+    for (const auto& image : cond.clip_images) videos.push_back(image.to(clip_device).unsqueeze(1));
+    clip_context = components.clip->visual(videos).to(dit_device); // [n, 257, d]
+  }
+  note(record, "clip_context", clip_context);
+
+  torch::Tensor y;
+  {
+    auto stage = run.enter("vae_encode");
+    y = components.vae->encode({cond.vae_video.to(run.device_of(VAE_COMPONENT))})[0]; // [16, T, lat_h, lat_w]
+  }
+  note(record, "vae_encode_output", y);
+  y = torch::cat({cond.msk.to(y.device()), y}).to(dit_device); // [20, T, lat_h, lat_w]
+  note(record, "y", y);
+
+  WanModel model = components.model;
+  const dit_call call = [&](const torch::Tensor& latent, const torch::Tensor& timestep,
+                            const std::vector<torch::Tensor>& ctx) {
+    return model->forward({latent}, timestep, {ctx[0]}, max_seq_len, clip_context, {y})[0];
+  };
+  const torch::Tensor x0 = sample(run, call, noise, context, context_null, sampling.solver, sampling.steps,
+                                  sampling.shift, sampling.guide_scale, sampling.num_train_timesteps, record);
+  note(record, "x0", x0);
+  return decode_stage(run, components, x0, record);
+}
+
 } // namespace detail
 
 WanI2V::WanI2V(std::string task_, std::shared_ptr<WanComponents> components_, execution exec_)
@@ -142,58 +180,13 @@ torch::Tensor WanI2V::run(const detail::prompt_source& prompt, const detail::pro
   const torch::Tensor noise = detail::seeded_noise({16, (F - 1) / 4 + 1, lat_h, lat_w}, seed).to(dit_device);
   detail::note(record, "noise", noise);
 
-  const torch::Tensor msk = detail::condition_mask(F, 1, F, lat_h, lat_w); // [4, T, lat_h, lat_w]
-
-  // preprocess
-  std::vector<torch::Tensor> context, context_null;
-  {
-    auto stage = run.enter("text_encode");
-    const torch::Device t5_device = run.device_of(T5_COMPONENT);
-    context = detail::encode_prompt(*components->text_encoder, prompt, t5_device, dit_device);
-    context_null = detail::encode_prompt(*components->text_encoder, neg, t5_device, dit_device);
-  }
-  detail::note(record, "context.cond", context[0]);
-  detail::note(record, "context.uncond", context_null[0]);
-
-  torch::Tensor clip_context;
-  {
-    auto stage = run.enter("clip_encode");
-    const torch::Device clip_device = run.device_of(CLIP_COMPONENT);
-    clip_context = components->clip->visual({img.to(clip_device).unsqueeze(1)}).to(dit_device); // [1, 257, d]
-  }
-  detail::note(record, "clip_context", clip_context);
-
-  torch::Tensor y;
-  {
-    auto stage = run.enter("vae_encode");
-    const torch::Tensor video = torch::cat({detail::resize_bicubic(img, h, w), torch::zeros({3, F - 1, h, w})},
-                                           1); // [3, F, h, w]
-    detail::note(record, "vae_encode_input.first", video.select(1, 0));
-    y = components->vae->encode({video.to(run.device_of(VAE_COMPONENT))})[0]; // [16, T, lat_h, lat_w]
-  }
-  detail::note(record, "vae_encode_output", y);
-  y = torch::cat({msk.to(y.device()), y}).to(dit_device); // [20, T, lat_h, lat_w]
-  detail::note(record, "y", y);
-
-  WanModel model = components->model;
-  const detail::dit_call call = [&](const torch::Tensor& latent, const torch::Tensor& timestep,
-                                    const std::vector<torch::Tensor>& ctx) {
-    return model->forward({latent}, timestep, {ctx[0]}, max_seq_len, clip_context, {y})[0];
-  };
-  const torch::Tensor x0 = detail::sample(run, call, noise, context, context_null, params.sample_solver,
-                                          params.sampling_steps, params.shift, params.guide_scale,
-                                          num_train_timesteps, record);
-  detail::note(record, "x0", x0);
-
-  torch::Tensor video;
-  {
-    auto stage = run.enter("decode");
-    video = components->vae->decode({x0.to(run.device_of(VAE_COMPONENT))})[0]; // [3, F, h, w]
-  }
-  run.finish();
-  video = video.to(torch::kCPU);
-  detail::note(record, "video", video);
-  return video;
+  const torch::Tensor video = torch::cat({detail::resize_bicubic(img, h, w), torch::zeros({3, F - 1, h, w})},
+                                         1); // [3, F, h, w]
+  detail::note(record, "vae_encode_input.first", video.select(1, 0));
+  const detail::image_conditioning cond{{img}, video, detail::condition_mask(F, 1, F, lat_h, lat_w)};
+  return detail::generate_image_conditioned(
+      run, *components, prompt, neg, noise, cond, max_seq_len,
+      {params.sample_solver, params.sampling_steps, params.shift, params.guide_scale, num_train_timesteps}, record);
 }
 
 } // namespace wan

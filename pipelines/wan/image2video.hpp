@@ -56,6 +56,30 @@ torch::Tensor condition_mask(int64_t frames, int64_t zero_from, int64_t zero_to,
 /// [3, H0, W0] -> [3, 1, h, w].
 torch::Tensor resize_bicubic(const torch::Tensor& img, int64_t h, int64_t w);
 
+/// The image-conditioned run shared by I2V and FLF2V, after the stages were planned and the
+/// noise drawn: text_encode, clip_encode (`clip_images`: [3, H, W] each, on the host, one CLIP
+/// batch), vae_encode (`vae_video` [3, F, h, w] on the host; `msk` [4, T, lat_h, lat_w] is
+/// concatenated before the latent as `y`), the denoising loop with the image context, and decode.
+/// Records clip_context, vae_encode_output, y, x0 and what text_encode_stage, sample and
+/// decode_stage record.
+struct image_conditioning {
+  std::vector<torch::Tensor> clip_images;
+  torch::Tensor vae_video;
+  torch::Tensor msk;
+};
+struct sampling {
+  std::string solver;
+  int64_t steps = 0;
+  double shift = 0;
+  double guide_scale = 0;
+  int64_t num_train_timesteps = 0;
+};
+torch::Tensor generate_image_conditioned(offload_run& run, const WanComponents& components,
+                                         const prompt_source& prompt, const prompt_source& neg,
+                                         const torch::Tensor& noise, const image_conditioning& cond,
+                                         int64_t max_seq_len, const sampling& sampling,
+                                         const recorder& record);
+
 } // namespace detail
 
 class WanI2V {

@@ -297,7 +297,9 @@ T5EncoderModel::T5EncoderModel(std::int64_t text_len_, torch::Dtype dtype_,
   const T5Config cfg = config ? *config : T5Config::infer_from_weights(sd);
   model = T5Encoder(cfg);
   model->to(dtype);
-  offload::load_state(*model, sd);
+  offload::load_options opts;
+  opts.source = checkpoint_path.string();
+  offload::load_state(*model, sd, opts);
   model->eval();
   for (auto& p : model->parameters()) p.set_requires_grad(false);
   model->to(device);

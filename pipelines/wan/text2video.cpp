@@ -60,6 +60,34 @@ torch::Tensor sample(offload_run& run, const dit_call& model, const torch::Tenso
   return latents;
 }
 
+std::pair<std::vector<torch::Tensor>, std::vector<torch::Tensor>>
+text_encode_stage(offload_run& run, const WanComponents& components, const prompt_source& prompt,
+                  const prompt_source& neg, torch::Device target, const recorder& record) {
+  std::vector<torch::Tensor> context, context_null;
+  {
+    auto stage = run.enter("text_encode");
+    const torch::Device t5_device = run.device_of(T5_COMPONENT);
+    context = encode_prompt(*components.text_encoder, prompt, t5_device, target);
+    context_null = encode_prompt(*components.text_encoder, neg, t5_device, target);
+  }
+  note(record, "context.cond", context[0]);
+  note(record, "context.uncond", context_null[0]);
+  return {std::move(context), std::move(context_null)};
+}
+
+torch::Tensor decode_stage(offload_run& run, const WanComponents& components, const torch::Tensor& x0,
+                           const recorder& record) {
+  torch::Tensor video;
+  {
+    auto stage = run.enter("decode");
+    video = components.vae->decode({x0.to(run.device_of(VAE_COMPONENT))})[0]; // [3, F, H, W]
+  }
+  run.finish();
+  video = video.to(torch::kCPU);
+  note(record, "video", video);
+  return video;
+}
+
 } // namespace detail
 
 WanT2V::WanT2V(std::string task_, std::shared_ptr<WanComponents> components_, execution exec_,
@@ -128,15 +156,8 @@ torch::Tensor WanT2V::run(const detail::prompt_source& prompt, const detail::pro
   offload_run run(pipeline_stages(shape), *components, exec, observer);
   const torch::Device dit_device = run.device_of(DIT_COMPONENT);
 
-  std::vector<torch::Tensor> context, context_null;
-  {
-    auto stage = run.enter("text_encode");
-    const torch::Device t5_device = run.device_of(T5_COMPONENT);
-    context = detail::encode_prompt(*components->text_encoder, prompt, t5_device, dit_device);
-    context_null = detail::encode_prompt(*components->text_encoder, neg, t5_device, dit_device);
-  }
-  detail::note(record, "context.cond", context[0]);
-  detail::note(record, "context.uncond", context_null[0]);
+  const auto [context, context_null] =
+      detail::text_encode_stage(run, *components, prompt, neg, dit_device, record);
 
   const torch::Tensor noise =
       detail::seeded_noise({target_shape[0], target_shape[1], target_shape[2], target_shape[3]}, seed)
@@ -152,16 +173,7 @@ torch::Tensor WanT2V::run(const detail::prompt_source& prompt, const detail::pro
                                           params.sampling_steps, params.shift, params.guide_scale,
                                           num_train_timesteps, record);
   detail::note(record, "x0", x0);
-
-  torch::Tensor video;
-  {
-    auto stage = run.enter("decode");
-    video = components->vae->decode({x0.to(run.device_of(VAE_COMPONENT))})[0]; // [3, F, H, W]
-  }
-  run.finish();
-  video = video.to(torch::kCPU);
-  detail::note(record, "video", video);
-  return video;
+  return detail::decode_stage(run, *components, x0, record);
 }
 
 } // namespace wan

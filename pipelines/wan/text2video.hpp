@@ -57,6 +57,19 @@ torch::Tensor sample(offload_run& run, const dit_call& model, const torch::Tenso
                      int64_t sampling_steps, double shift, double guide_scale,
                      int64_t num_train_timesteps, const recorder& record);
 
+/// The `text_encode` stage shared by the pipelines: the prompt and the negative prompt through T5
+/// on its execution device, the contexts moved to `target` (the DiT's device). Records
+/// context.cond and context.uncond.
+std::pair<std::vector<torch::Tensor>, std::vector<torch::Tensor>>
+text_encode_stage(offload_run& run, const WanComponents& components, const prompt_source& prompt,
+                  const prompt_source& neg, torch::Device target, const recorder& record);
+
+/// The `decode` stage and the end of the run shared by T2V, I2V and FLF2V: x0 [16, T, h, w]
+/// through the VAE on its execution device, run.finish(); returns the video [3, F, H, W] on the
+/// host and records it as `video`.
+torch::Tensor decode_stage(offload_run& run, const WanComponents& components, const torch::Tensor& x0,
+                           const recorder& record);
+
 /// Records when `record` is set.
 inline void note(const recorder& record, const std::string& name, const torch::Tensor& value) {
   if (record) record(name, value);

@@ -242,15 +242,8 @@ torch::Tensor WanVace::run(const detail::prompt_source& prompt, const detail::pr
   const torch::Device dit_device = run.device_of(DIT_COMPONENT);
   vae_device_ = run.device_of(VAE_COMPONENT);
 
-  std::vector<torch::Tensor> context, context_null;
-  {
-    auto stage = run.enter("text_encode");
-    const torch::Device t5_device = run.device_of(T5_COMPONENT);
-    context = detail::encode_prompt(*components->text_encoder, prompt, t5_device, dit_device);
-    context_null = detail::encode_prompt(*components->text_encoder, neg, t5_device, dit_device);
-  }
-  detail::note(record, "context.cond", context[0]);
-  detail::note(record, "context.uncond", context_null[0]);
+  const auto [context, context_null] =
+      detail::text_encode_stage(run, *components, prompt, neg, dit_device, record);
 
   // vace context encode
   std::vector<torch::Tensor> z0, z;

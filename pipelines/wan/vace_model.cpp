@@ -186,7 +186,7 @@ VaceWanModel load_vace_wan_model(const std::filesystem::path& dir) {
         fmt::format("'{}' describes a WanModel ({}); load it with wan::load_wan_model",
                     (dir / "config.json").string(), cfg.model_type));
   VaceWanModel model(cfg);
-  offload::load_state(*model, offload::load_checkpoint(dir));
+  offload::load_state(*model, dir); // the error names the directory
   return model;
 }
 

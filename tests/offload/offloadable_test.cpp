@@ -172,6 +172,34 @@ BOOST_AUTO_TEST_CASE(mutable_tensors_are_copied_back_on_eviction) {
   BOOST_TEST(vae.model[1]->as<torch::nn::BatchNorm2d>()->running_mean[0].item<float>() == 7.0f);
 }
 
+// Fault injection (issue 7): a copy-back that fails during eviction leaves the component wholly on
+// the device, accounted once, and the next eviction succeeds with the device values.
+BOOST_AUTO_TEST_CASE(failed_copy_back_leaves_the_component_on_its_device) {
+  toy_vae vae;
+  offload::offloadable c("vae", vae.model);
+  c.tensors().set_mutable("1.running_");
+  offload::device_set devices;
+  auto& gpu = offload::testing::add_mock(devices, 0);
+  c.place_on(gpu);
+  torch::NoGradGuard no_grad;
+  auto& bn = *vae.model[1]->as<torch::nn::BatchNorm2d>();
+  bn.running_mean.fill_(7.0f);
+  bn.running_var.fill_(3.0f);
+  gpu.fail_transfer_at(2); // running_mean copies back, running_var fails
+  const auto msg = message_of([&] { c.place_on(devices.host()); });
+  BOOST_TEST(msg.find("offload.capacity.injected_fault") != std::string::npos, msg);
+  BOOST_TEST(msg.find("vae.1.running_var") != std::string::npos, msg);
+  BOOST_TEST(c.location() == device_id::mock(0));
+  BOOST_TEST(gpu.used() == c.bytes());
+  BOOST_CHECK_NO_THROW(c.audit(device_id::mock(0), {"evict", "test"}));
+  c.place_on(devices.host()); // retried: succeeds, nothing released twice
+  BOOST_TEST(gpu.used() == 0);
+  BOOST_TEST(c.location().is_host());
+  BOOST_CHECK_NO_THROW(c.audit(device_id::cpu(), {"evict", "test"}));
+  BOOST_TEST(bn.running_mean[0].item<float>() == 7.0f);
+  BOOST_TEST(bn.running_var[0].item<float>() == 3.0f);
+}
+
 BOOST_AUTO_TEST_CASE(wraps_holders_and_shared_pointers) {
   offload::offloadable a("a", torch::nn::Linear(3, 3));
   offload::offloadable b("b", std::make_shared<torch::nn::LinearImpl>(3, 3));

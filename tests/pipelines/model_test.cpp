@@ -300,6 +300,18 @@ BOOST_AUTO_TEST_CASE(from_config_json_errors_name_the_problem) {
   expect(R"({"_class_name": "UNet"})", "offload.wan.config.class", "UNet");
   expect("{not json", "offload.wan.config.parse", "config.json");
   BOOST_CHECK_THROW(wan::from_config_json(d.path / "missing.json"), offload::config_error);
+  // Found by the fuzzer (tests/fuzz, target config): a deeply nested value overflowed the stack
+  // while the type error was formatted; nesting is now refused while parsing.
+  expect(R"({"dim": )" + std::string(200000, '[') + std::string(200000, ']') + "}",
+         "offload.wan.config.parse", "nested deeper than 16 levels");
+  expect(R"({"patch_size": [[[1]], 2, 2]})", "offload.wan.config.type", "'patch_size'");
+  // Found by the fuzzer: sizes beyond int64 arithmetic (a 2^62-entry default vace_layers, an
+  // overflowing parameter_count) are refused by validate().
+  expect(R"({"model_type": "vace", "num_layers": 9223372036854775807})", "offload.wan.config.invalid",
+         "num_layers must be at most 4096");
+  expect(R"({"dim": 4611686018427387904, "num_heads": 2})", "offload.wan.config.invalid",
+         "dim must be at most 1048576");
+  expect(R"({"patch_size": [1, 2, 100]})", "offload.wan.config.invalid", "patch_size[2] must be at most 64");
 }
 
 BOOST_AUTO_TEST_CASE(load_wan_model_is_strict) {

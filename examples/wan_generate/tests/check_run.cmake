@@ -2,14 +2,17 @@
 # stdout. Called by the CTest tests of examples/wan_generate/CMakeLists.txt:
 #   cmake -DEXE=<wan_generate> -DARGS=<args separated by |> -DEXPECT_RC=<n>
 #         [-DEXPECT_STDERR=<regex>] [-DJSON=ON -DEXPECT_FITS=true|false -DEXPECT_DEVICE=mock:0
-#          -DEXPECT_PEAK_GIB=16.64 -DEXPECT_FAIL_STAGE=text_encode] [-DEXPECT_OUTPUT=<file>]
+#          -DEXPECT_PEAK_GIB=16.64 -DEXPECT_FAIL_STAGE=text_encode] [-DEXPECT_OUTPUT=<file>
+#          [-DEXPECT_OUTPUT_MATCHES=<regex@@regex...>]] [-DEXPECT_NO_OUTPUT=<file>]
 #         -P check_run.cmake
 # Peaks must be within 3% of EXPECT_PEAK_GIB (GiB with two decimals).
 cmake_minimum_required(VERSION 3.19)
 string(REPLACE "|" ";" _args "${ARGS}")
-if(DEFINED EXPECT_OUTPUT)
-  file(REMOVE_RECURSE "${EXPECT_OUTPUT}")
-endif()
+foreach(_f EXPECT_OUTPUT EXPECT_NO_OUTPUT)
+  if(DEFINED ${_f})
+    file(REMOVE_RECURSE "${${_f}}")
+  endif()
+endforeach()
 execute_process(COMMAND "${EXE}" ${_args} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
 string(JOIN " " _cmd "${EXE}" ${_args})
 set(_ctx "command: ${_cmd}\n--- exit: ${rc}\n--- stdout:\n${out}\n--- stderr:\n${err}")
@@ -38,6 +41,22 @@ if(DEFINED EXPECT_STDERR)
 endif()
 if(DEFINED EXPECT_OUTPUT AND NOT EXISTS "${EXPECT_OUTPUT}")
   fail("output file '${EXPECT_OUTPUT}' was not written")
+elseif(DEFINED EXPECT_OUTPUT_MATCHES)
+  file(READ "${EXPECT_OUTPUT}" _content)
+  string(REPLACE "@@" ";" _res "${EXPECT_OUTPUT_MATCHES}")
+  foreach(_re IN LISTS _res)
+    if(NOT "${_content}" MATCHES "${_re}")
+      fail("output file '${EXPECT_OUTPUT}' does not match '${_re}'")
+    endif()
+  endforeach()
+endif()
+
+if(DEFINED EXPECT_NO_OUTPUT AND EXISTS "${EXPECT_NO_OUTPUT}")
+  fail("output file '${EXPECT_NO_OUTPUT}' was written by a failed run")
+endif()
+string(FIND "${err}" "terminate called" _terminate)
+if(NOT _terminate EQUAL -1 OR "${rc}" MATCHES "[Ss]egmentation|[Aa]bort")
+  fail("the program crashed")
 endif()
 
 if(JSON)

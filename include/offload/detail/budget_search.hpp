@@ -1,0 +1,528 @@
+#pragma once
+/// \file
+/// Internals of the budget planner: the search over the policy space. Included by
+/// offload/budget_planner.hpp after its public types (memory_budgets, budget_options, budget_plan).
+///
+/// 1. Holdings. For each component and each (load, evict) rule, the scheduler itself is asked
+///    where the component is during every step (the other components on the host): a resident
+///    pattern and an onload count. Rules with the same pattern and count are one holding (the
+///    simplest rule is kept), so the search never tries two policies that plan alike.
+/// 2. Without evict_on_demand the accelerator's peak of a step is additive: the bytes of the
+///    components resident in it plus the workspace of the components that execute there. Per
+///    execution assignment (each component on the host or the accelerator: compute time and host
+///    peak are known), a depth-first search picks a holding per component, pruning a branch as
+///    soon as one step exceeds the device budget or its time lower bound exceeds the best found.
+///    Pinning is decided at each leaf: the subset of moved components whose pinned masters fit the
+///    pinned budget and save the most transfer time.
+/// 3. evict_on_demand plans are not additive: for execution assignments whose lower bound (compute
+///    plus one pinned onload per component) beats the best static plan, the scheduler runs with
+///    every accelerator component resident or lazy and evictions on demand.
+/// 4. Ties (equal predicted time) go to the policy closest to all-resident, then the lower peak.
+
+#include <offload/cost_model.hpp>
+#include <offload/errors.hpp>
+#include <offload/placement_policy.hpp>
+#include <offload/plan.hpp>
+#include <offload/stage.hpp>
+#include <offload/stage_scheduler.hpp>
+#include <offload/units.hpp>
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace offload {
+
+namespace detail {
+
+inline std::string budget_text(const std::optional<std::int64_t>& b) {
+  return b ? format_bytes(*b) : std::string("unlimited");
+}
+
+class budget_search {
+public:
+  budget_search(const std::vector<stage>& stages, const std::vector<component_info>& comps,
+                const budget_options& opt)
+      : stages_(stages), comps_(comps), opt_(opt), n_(comps.size()), steps_(stages.size() + 1) {}
+
+  budget_plan run() {
+    if (n_ > 12)
+      throw config_error("offload.config.planner_components",
+                         fmt::format("the budget planner enumerates placements of at most 12 components; "
+                                     "found {}: group components or write the policy by hand",
+                                     n_));
+    opt_.cost.validate("budget planner cost model");
+    for (const auto& [name, b] : {std::pair{"device", opt_.budgets.device}, std::pair{"pinned", opt_.budgets.pinned},
+                                  std::pair{"host", opt_.budgets.host}})
+      if (b && *b < 0)
+        throw config_error("offload.config.budget",
+                           fmt::format("{} budget {}: expected a size >= 0", name, format_bytes(*b)));
+    prepare();
+    for (unsigned mask = 0; mask < (1u << n_); ++mask) {
+      if (mask && !opt_.allow_host_execution) break;
+      execs_.push_back(exec_of(mask));
+    }
+    // Most promising execution assignments first: the lower bound prunes the rest sooner.
+    std::vector<std::size_t> order(execs_.size());
+    for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+    std::stable_sort(order.begin(), order.end(), [&](auto a, auto b) { return execs_[a].lower_bound < execs_[b].lower_bound; });
+    for (const auto i : order) {
+      const auto& e = execs_[i];
+      if (opt_.budgets.host && e.host_peak > *opt_.budgets.host) continue;
+      if (best_ && e.lower_bound > best_->time * (1 + 1e-9)) continue;
+      search_static(e);
+    }
+    if (opt_.allow_evict_on_demand)
+      for (const auto i : order) search_on_demand(execs_[i]);
+    if (!best_) explain();
+    return finish();
+  }
+
+private:
+  struct holding {
+    load_rule load = load_rule::init;
+    evict_rule evict = evict_rule::never;
+    std::vector<unsigned char> resident; ///< per step: on the accelerator
+    int onloads = 0;
+    int deviation = 0; ///< 0 for resident (init, never)
+  };
+  struct exec_info {
+    unsigned host_mask = 0; ///< bit c: component c executes on the host
+    double compute = 0;
+    std::int64_t host_peak = 0;
+    std::size_t host_step = 0;
+    std::vector<std::int64_t> device_ws; ///< per step
+    double lower_bound = 0;
+  };
+  struct candidate {
+    unsigned host_mask = 0;
+    std::vector<int> choice; ///< holding index per component (-1 on the host)
+    bool on_demand = false;  ///< evict_on_demand with resident (0) / lazy (1) holdings
+    unsigned pinned_mask = 0;
+    double time = 0, compute = 0, transfer = 0;
+    std::int64_t device_peak = 0, host_peak = 0, pinned_bytes = 0;
+    std::size_t peak_step = 0;
+    int deviation = 0;
+    std::optional<offload::plan> planned; ///< the scheduler's plan when already made
+  };
+
+  // ---- preparation -------------------------------------------------------------------------
+  void prepare() {
+    uses_.assign(stages_.size(), std::vector<unsigned char>(n_, 0));
+    ws_.assign(n_, std::vector<std::int64_t>(steps_, 0));
+    for (std::size_t s = 0; s < stages_.size(); ++s) {
+      for (std::size_t c = 0; c < n_; ++c) {
+        const auto& u = stages_[s].uses;
+        uses_[s][c] = std::find(u.begin(), u.end(), comps_[c].name) != u.end();
+      }
+      for (const auto& w : stages_[s].workspace)
+        if (const auto c = index_of(w.component)) ws_[*c][s + 1] += w.bytes;
+    }
+    for (const auto& c : comps_) masters_ += c.bytes;
+    // Holdings from the scheduler: component c with one rule, the others on the host.
+    const std::pair<load_rule, evict_rule> rules[] = {
+        {load_rule::init, evict_rule::never},          {load_rule::first_use, evict_rule::never},
+        {load_rule::init, evict_rule::after_use},      {load_rule::first_use, evict_rule::after_use},
+        {load_rule::first_use, evict_rule::when_idle}, {load_rule::init, evict_rule::when_idle}};
+    holdings_.assign(n_, {});
+    min_onloads_.assign(n_, 0);
+    for (std::size_t c = 0; c < n_; ++c) {
+      for (const auto& [load, evict] : rules) {
+        placement_policy p;
+        p.fallback = component_policy{target::host()};
+        p.components[comps_[c].name] = component_policy{target::accelerator(), load, evict};
+        const plan pl = schedule(stages_, comps_, p, {.accelerator = opt_.accelerator, .suggest = false});
+        ++schedules_;
+        holding h{load, evict, std::vector<unsigned char>(steps_, 0), 0,
+                  load == load_rule::init && evict == evict_rule::never ? 0 : 1};
+        for (std::size_t s = 0; s < steps_; ++s) {
+          const auto it = pl.steps[s].resident.find(opt_.accelerator);
+          if (it != pl.steps[s].resident.end())
+            h.resident[s] = std::find(it->second.begin(), it->second.end(), comps_[c].name) != it->second.end();
+          for (const auto& a : pl.steps[s].before)
+            if (a.kind == action_kind::onload && a.component == comps_[c].name) ++h.onloads;
+        }
+        const bool seen = std::any_of(holdings_[c].begin(), holdings_[c].end(), [&](const holding& o) {
+          return o.resident == h.resident && o.onloads == h.onloads;
+        });
+        if (!seen) holdings_[c].push_back(std::move(h));
+      }
+      min_onloads_[c] = std::min_element(holdings_[c].begin(), holdings_[c].end(), [](const auto& a, const auto& b) {
+                          return a.onloads < b.onloads;
+                        })->onloads;
+    }
+  }
+
+  [[nodiscard]] std::optional<std::size_t> index_of(const std::string& name) const {
+    for (std::size_t c = 0; c < n_; ++c)
+      if (comps_[c].name == name) return c;
+    return std::nullopt;
+  }
+  [[nodiscard]] bool on_host(unsigned mask, std::size_t c) const { return (mask >> c) & 1u; }
+
+  exec_info exec_of(unsigned mask) const {
+    exec_info e;
+    e.host_mask = mask;
+    for (std::size_t s = 0; s < stages_.size(); ++s) {
+      bool host = false;
+      for (std::size_t c = 0; c < n_; ++c) host = host || (uses_[s][c] && on_host(mask, c));
+      e.compute += opt_.cost.compute_seconds(stages_[s].seconds, host) * stages_[s].repeat;
+    }
+    e.device_ws.assign(steps_, 0);
+    e.host_peak = masters_;
+    for (std::size_t s = 0; s < steps_; ++s) {
+      std::int64_t host_ws = 0;
+      for (std::size_t c = 0; c < n_; ++c) (on_host(mask, c) ? host_ws : e.device_ws[s]) += ws_[c][s];
+      if (masters_ + host_ws > e.host_peak) e.host_peak = masters_ + host_ws, e.host_step = s;
+    }
+    e.lower_bound = e.compute;
+    for (std::size_t c = 0; c < n_; ++c)
+      if (!on_host(mask, c))
+        e.lower_bound += min_onloads_[c] * opt_.cost.transfer_seconds(comps_[c].bytes, host_memory::pinned);
+    return e;
+  }
+
+  // ---- pricing ----------------------------------------------------------------------------
+  /// Transfer seconds with the best pinned subset for the given onload counts.
+  void price_transfers(candidate& k, const std::vector<int>& onloads) const {
+    double best = std::numeric_limits<double>::infinity();
+    std::int64_t best_pinned = 0;
+    unsigned best_mask = 0;
+    std::vector<std::size_t> moved;
+    for (std::size_t c = 0; c < n_; ++c)
+      if (onloads[c] > 0) moved.push_back(c);
+    for (unsigned sub = 0; sub < (1u << moved.size()); ++sub) {
+      std::int64_t pinned = 0;
+      double t = 0;
+      unsigned mask = 0;
+      for (std::size_t i = 0; i < moved.size(); ++i) {
+        const auto c = moved[i];
+        const bool pin = (sub >> i) & 1u;
+        if (pin) pinned += comps_[c].bytes, mask |= 1u << c;
+        t += onloads[c] * opt_.cost.transfer_seconds(comps_[c].bytes, pin ? host_memory::pinned : host_memory::pageable);
+      }
+      if (opt_.budgets.pinned && pinned > *opt_.budgets.pinned) continue;
+      if (t < best * (1 - 1e-12) || (t <= best * (1 + 1e-12) && pinned < best_pinned)) {
+        best = t;
+        best_pinned = pinned;
+        best_mask = mask;
+      }
+    }
+    k.transfer = best;
+    k.pinned_mask = best_mask;
+    k.pinned_bytes = best_pinned;
+  }
+
+  [[nodiscard]] bool better(const candidate& a, const candidate& b) const {
+    const double eps = 1e-9 * std::max(1.0, std::max(a.time, b.time));
+    if (a.time < b.time - eps) return true;
+    if (a.time > b.time + eps) return false;
+    if (a.deviation != b.deviation) return a.deviation < b.deviation;
+    return a.device_peak < b.device_peak;
+  }
+
+  void offer(candidate k) {
+    ++considered_;
+    if (!best_ || better(k, *best_)) best_ = std::move(k);
+  }
+
+  // ---- static placements -------------------------------------------------------------------
+  void search_static(const exec_info& e) {
+    std::vector<std::int64_t> peak = e.device_ws;
+    if (opt_.budgets.device)
+      for (const auto b : peak)
+        if (b > *opt_.budgets.device) return;
+    std::vector<int> choice(n_, -1);
+    dfs(e, 0, peak, choice, 0.0);
+  }
+
+  void dfs(const exec_info& e, std::size_t c, const std::vector<std::int64_t>& peak, std::vector<int>& choice,
+           double transfer_lb) {
+    if (best_) {
+      double lb = e.compute + transfer_lb;
+      for (std::size_t r = c; r < n_; ++r)
+        if (!on_host(e.host_mask, r))
+          lb += min_onloads_[r] * opt_.cost.transfer_seconds(comps_[r].bytes, host_memory::pinned);
+      if (lb > best_->time * (1 + 1e-9)) return;
+    }
+    if (c == n_) return leaf(e, peak, choice);
+    if (on_host(e.host_mask, c)) {
+      choice[c] = -1;
+      return dfs(e, c + 1, peak, choice, transfer_lb);
+    }
+    std::vector<std::int64_t> next(steps_);
+    for (std::size_t h = 0; h < holdings_[c].size(); ++h) {
+      const auto& hold = holdings_[c][h];
+      bool fits = true;
+      for (std::size_t s = 0; s < steps_; ++s) {
+        next[s] = peak[s] + (hold.resident[s] ? comps_[c].bytes : 0);
+        if (opt_.budgets.device && next[s] > *opt_.budgets.device) fits = false;
+      }
+      if (!fits) continue;
+      choice[c] = static_cast<int>(h);
+      dfs(e, c + 1, next, choice,
+          transfer_lb + hold.onloads * opt_.cost.transfer_seconds(comps_[c].bytes, host_memory::pinned));
+    }
+  }
+
+  void leaf(const exec_info& e, const std::vector<std::int64_t>& peak, const std::vector<int>& choice) {
+    candidate k;
+    k.host_mask = e.host_mask;
+    k.choice = choice;
+    k.compute = e.compute;
+    k.host_peak = e.host_peak;
+    std::vector<int> onloads(n_, 0);
+    for (std::size_t c = 0; c < n_; ++c) {
+      if (choice[c] < 0) {
+        ++k.deviation;
+        continue;
+      }
+      const auto& h = holdings_[c][static_cast<std::size_t>(choice[c])];
+      onloads[c] = h.onloads;
+      k.deviation += h.deviation;
+    }
+    price_transfers(k, onloads);
+    k.time = k.compute + k.transfer;
+    for (std::size_t s = 0; s < steps_; ++s)
+      if (peak[s] > k.device_peak || s == 0) k.device_peak = std::max(k.device_peak, peak[s]), k.peak_step = s;
+    offer(std::move(k));
+  }
+
+  // ---- evict on demand ---------------------------------------------------------------------
+  void search_on_demand(const exec_info& e) {
+    if (opt_.budgets.host && e.host_peak > *opt_.budgets.host) return;
+    if (best_ && e.lower_bound >= best_->time * (1 - 1e-9)) return; // cannot beat it: ties go to static
+    std::vector<std::size_t> accel;
+    for (std::size_t c = 0; c < n_; ++c)
+      if (!on_host(e.host_mask, c)) accel.push_back(c);
+    if (accel.empty()) return;
+    for (unsigned lazy = 0; lazy < (1u << accel.size()); ++lazy) {
+      candidate k;
+      k.host_mask = e.host_mask;
+      k.on_demand = true;
+      k.choice.assign(n_, -1);
+      for (std::size_t i = 0; i < accel.size(); ++i) k.choice[accel[i]] = static_cast<int>((lazy >> i) & 1u);
+      const placement_policy p = policy_of(k);
+      plan pl = schedule(stages_, comps_, p,
+                         {.accelerator = opt_.accelerator,
+                          .devices = {{opt_.accelerator, opt_.budgets.device}},
+                          .suggest = false});
+      ++schedules_;
+      if (!pl.fits()) continue;
+      std::vector<int> onloads(n_, 0);
+      for (const auto& st : pl.steps)
+        for (const auto& a : st.before)
+          if (a.kind == action_kind::onload)
+            if (const auto c = index_of(a.component)) ++onloads[*c];
+      k.compute = e.compute;
+      k.host_peak = e.host_peak;
+      price_transfers(k, onloads);
+      k.time = k.compute + k.transfer;
+      k.deviation = 1 + static_cast<int>(std::count(k.choice.begin(), k.choice.end(), 1)) +
+                    static_cast<int>(std::count(k.choice.begin(), k.choice.end(), -1));
+      k.device_peak = pl.peak_of(opt_.accelerator);
+      k.planned = std::move(pl);
+      offer(std::move(k));
+    }
+  }
+
+  // ---- the chosen policy -------------------------------------------------------------------
+  [[nodiscard]] placement_policy policy_of(const candidate& k) const {
+    placement_policy p;
+    for (std::size_t c = 0; c < n_; ++c) {
+      component_policy cp;
+      if (k.choice[c] < 0) {
+        cp.execute_on = target::host();
+      } else if (k.on_demand) {
+        cp.execute_on = target::accelerator();
+        cp.load = k.choice[c] == 1 ? load_rule::first_use : load_rule::init;
+        cp.evict = evict_rule::never;
+      } else {
+        const auto& h = holdings_[c][static_cast<std::size_t>(k.choice[c])];
+        cp.execute_on = target::accelerator();
+        cp.load = h.load;
+        cp.evict = h.evict;
+      }
+      if ((k.pinned_mask >> c) & 1u) cp.memory = host_memory::pinned;
+      p.components[comps_[c].name] = cp;
+    }
+    p.evict_on_demand = k.on_demand;
+    p.set_label(p.str());
+    return p;
+  }
+
+  budget_plan finish() {
+    candidate& k = *best_;
+    const placement_policy p = policy_of(k);
+    budget_plan out;
+    // The pinned choice does not change residency: an evict-on-demand plan is re-made only to carry
+    // the final policy (with its pinned flags).
+    out.plan = schedule(stages_, comps_, p,
+                        {.accelerator = opt_.accelerator, .devices = {{opt_.accelerator, opt_.budgets.device}},
+                         .suggest = false});
+    ++schedules_;
+    out.plan.require_fit(); // the search and the scheduler agree; a disagreement is reported here
+    for (std::size_t s = 1; s < out.plan.steps.size(); ++s) {
+      bool host = false;
+      for (std::size_t c = 0; c < n_; ++c) host = host || (uses_[s - 1][c] && k.choice[c] < 0);
+      out.plan.steps[s].seconds = opt_.cost.compute_seconds(stages_[s - 1].seconds, host);
+    }
+    out.plan.predicted_seconds = k.time;
+    out.budgets = opt_.budgets;
+    out.predicted_seconds = k.time;
+    out.compute_seconds = k.compute;
+    out.transfer_seconds = k.transfer;
+    out.device_peak_bytes = out.plan.peak_of(opt_.accelerator);
+    out.pinned_bytes = k.pinned_bytes;
+    out.host_peak_bytes = k.host_peak;
+    out.placements_considered = considered_;
+    out.schedules_run = schedules_;
+    return out;
+  }
+
+  // ---- when nothing fits -------------------------------------------------------------------
+  struct least {
+    std::int64_t peak = std::numeric_limits<std::int64_t>::max();
+    std::size_t step = 0;
+    std::vector<int> choice;
+  };
+
+  /// The least device peak of an execution assignment over all holdings.
+  least least_device_peak(const exec_info& e) const {
+    least best;
+    std::vector<int> choice(n_, -1);
+    auto rec = [&](auto&& self, std::size_t c, const std::vector<std::int64_t>& peak) -> void {
+      const auto mx = *std::max_element(peak.begin(), peak.end());
+      if (mx >= best.peak) return;
+      if (c == n_) {
+        best.peak = mx;
+        best.step = static_cast<std::size_t>(std::max_element(peak.begin(), peak.end()) - peak.begin());
+        best.choice = choice;
+        return;
+      }
+      if (on_host(e.host_mask, c)) return self(self, c + 1, peak);
+      std::vector<std::int64_t> next(steps_);
+      for (std::size_t h = 0; h < holdings_[c].size(); ++h) {
+        for (std::size_t s = 0; s < steps_; ++s)
+          next[s] = peak[s] + (holdings_[c][h].resident[s] ? comps_[c].bytes : 0);
+        choice[c] = static_cast<int>(h);
+        self(self, c + 1, next);
+      }
+      choice[c] = -1;
+    };
+    rec(rec, 0, e.device_ws);
+    return best;
+  }
+
+  [[nodiscard]] std::string step_name(std::size_t s) const { return s == 0 ? "init" : stages_[s - 1].name; }
+
+  [[noreturn]] void explain() const {
+    const auto D = opt_.budgets.device;
+    const auto H = opt_.budgets.host;
+    // A: the least device memory with the host budget kept; B: the least host memory with the
+    // device budget kept; unconstrained minima when neither exists.
+    std::optional<std::pair<least, const exec_info*>> a, a_any;
+    std::optional<const exec_info*> b, b_any;
+    for (const auto& e : execs_) {
+      const least l = least_device_peak(e);
+      const bool host_ok = !H || e.host_peak <= *H;
+      const bool dev_ok = !D || l.peak <= *D;
+      if (host_ok && (!a || l.peak < a->first.peak)) a = std::pair{l, &e};
+      if (!a_any || l.peak < a_any->first.peak) a_any = std::pair{l, &e};
+      if (dev_ok && (!b || e.host_peak < (*b)->host_peak)) b = &e;
+      if (!b_any || e.host_peak < (*b_any)->host_peak) b_any = &e;
+    }
+    auto comps_text = [&] {
+      std::string s;
+      for (const auto& c : comps_) s += fmt::format("{}{} {}", s.empty() ? "" : ", ", c.name, format_bytes(c.bytes));
+      return s;
+    };
+    auto host_names = [&](unsigned mask) {
+      std::string s;
+      for (std::size_t c = 0; c < n_; ++c)
+        if (on_host(mask, c)) s += (s.empty() ? "" : ", ") + comps_[c].name;
+      return s.empty() ? std::string("every component on the accelerator") : "running " + s + " on the host";
+    };
+    auto least_policy = [&](const least& l, const exec_info& e) {
+      candidate k;
+      k.host_mask = e.host_mask;
+      k.choice = l.choice;
+      return policy_of(k).str();
+    };
+    const std::string head =
+        fmt::format("no placement of the components ({}) fits the budgets (device {} on {}, pinned {}, host {}{})",
+                    comps_text(), budget_text(D), opt_.accelerator.str(), budget_text(opt_.budgets.pinned),
+                    budget_text(H), opt_.allow_host_execution ? "" : ", host execution not allowed");
+    const auto& [dl, de] = a ? *a : *a_any;
+    std::string changes;
+    if (a) changes += fmt::format("a device budget of at least {}", format_bytes(dl.peak));
+    if (b && H)
+      changes += fmt::format("{}a host budget of at least {} ({})", changes.empty() ? "" : "; or ",
+                             format_bytes((*b)->host_peak), host_names((*b)->host_mask));
+    if (!a && !b)
+      changes = fmt::format("a device budget of at least {} and a host budget of at least {}",
+                            format_bytes(a_any->first.peak), format_bytes((*b_any)->host_peak));
+    if (!a && b) {
+      // Only the host budget binds: name the step where the host peaks.
+      const auto& e = **b;
+      throw capacity_error(
+          "offload.capacity.no_placement_fits",
+          fmt::format("{}: every placement that fits the device needs {} of host memory in stage '{}' (the "
+                      "masters {} + host workspace), short by {}; smallest change that fits: {}",
+                      head, format_bytes(e.host_peak), step_name(e.host_step), format_bytes(masters_),
+                      format_bytes(e.host_peak - H.value_or(0)), changes),
+          device_id::cpu().str(), step_name(e.host_step), e.host_peak, H.value_or(0));
+    }
+    // The device binds: the least-memory placement's peak step.
+    const std::size_t s = dl.step;
+    std::int64_t held = 0;
+    std::string held_names;
+    for (std::size_t c = 0; c < n_; ++c)
+      if (dl.choice[c] >= 0 && holdings_[c][static_cast<std::size_t>(dl.choice[c])].resident[s]) {
+        held += comps_[c].bytes;
+        held_names += fmt::format("{}{}", held_names.empty() ? "" : " + ", comps_[c].name);
+      }
+    const std::int64_t ws = de->device_ws[s];
+    const std::int64_t shortfall = dl.peak - D.value_or(0);
+    std::string ws_advice;
+    if (s > 0 && ws > 0) {
+      ws_advice = D && held > *D
+                      ? fmt::format("; the components of stage '{}' alone need {}: a smaller workspace cannot fit it",
+                                    step_name(s), format_bytes(held))
+                      : fmt::format("; or a workspace in stage '{}' smaller by {} (e.g. a lower resolution or fewer "
+                                    "frames)",
+                                    step_name(s), format_bytes(shortfall));
+    }
+    throw capacity_error(
+        "offload.capacity.no_placement_fits",
+        fmt::format("{}: the placement that needs the least device memory ('{}') needs {} in stage '{}' ({}{}{}), "
+                    "short by {}; smallest change that fits: {}{}",
+                    head, least_policy(dl, *de), format_bytes(dl.peak), step_name(s),
+                    held_names.empty() ? std::string() : fmt::format("{} {}", held_names, format_bytes(held)),
+                    held_names.empty() || ws == 0 ? "" : " + ",
+                    ws == 0 ? std::string() : fmt::format("workspace {}", format_bytes(ws)), format_bytes(shortfall),
+                    changes, ws_advice),
+        opt_.accelerator.str(), step_name(s), dl.peak, D.value_or(0));
+  }
+
+  const std::vector<stage>& stages_;
+  const std::vector<component_info>& comps_;
+  const budget_options& opt_;
+  std::size_t n_, steps_;
+  std::vector<std::vector<unsigned char>> uses_; ///< per stage, per component
+  std::vector<std::vector<std::int64_t>> ws_;    ///< per component, per step: its workspace
+  std::vector<std::vector<holding>> holdings_;
+  std::vector<int> min_onloads_;
+  std::int64_t masters_ = 0;
+  std::vector<exec_info> execs_;
+  std::optional<candidate> best_;
+  std::size_t considered_ = 0, schedules_ = 0;
+};
+
+} // namespace detail
+} // namespace offload

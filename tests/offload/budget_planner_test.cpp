@@ -1,0 +1,297 @@
+// The budget planner on mock devices: the fastest policy within device, pinned and host budgets,
+// checked against the scheduler's own plan and a simulation of it; the errors when nothing fits;
+// the cost model file.
+#include <offload/budget_planner.hpp>
+#include <offload/cost_model.hpp>
+
+#include <offload/testing/simulate.hpp>
+
+#include <boost/test/unit_test.hpp>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+using namespace offload::literals;
+using offload::device_id;
+
+namespace {
+
+const device_id gpu = device_id::mock(0);
+
+/// A three-stage pipeline: encoder, a repeated denoiser, decoder with a large workspace.
+const std::vector<offload::component_info> comps = {{"enc", 6_GiB}, {"den", 4_GiB}, {"dec", 1_GiB}};
+const std::vector<offload::stage> stages = {
+    {"encode", {"enc"}, {{"enc", 1_GiB}}, 1, 0.5},
+    {"denoise", {"den"}, {{"den", 2_GiB}}, 20, 1.0},
+    {"decode", {"dec"}, {{"dec", 5_GiB}}, 1, 2.0},
+};
+
+offload::budget_options options(std::optional<std::int64_t> device, std::optional<std::int64_t> pinned = std::nullopt,
+                                std::optional<std::int64_t> host = std::nullopt) {
+  return {.accelerator = gpu, .budgets = {.device = device, .pinned = pinned, .host = host}};
+}
+
+/// Simulates the chosen plan with the cost model's bandwidths.
+offload::testing::simulation_result simulate(const offload::budget_plan& r, const offload::cost_model& cost,
+                                             const std::vector<offload::component_info>& c = comps) {
+  return offload::testing::simulate(r.plan, c,
+                                    {.h2d_bytes_per_second = cost.h2d_pinned_bytes_per_second,
+                                     .h2d_pageable_bytes_per_second = cost.h2d_pageable_bytes_per_second,
+                                     .d2h_bytes_per_second = cost.d2h_bytes_per_second});
+}
+
+std::int64_t sim_peak(const offload::testing::simulation_result& s) {
+  const auto it = s.peak_bytes.find(gpu);
+  return it == s.peak_bytes.end() ? 0 : it->second;
+}
+
+int onloads_of(const offload::plan& p, std::string_view name) {
+  int n = 0;
+  for (const auto& st : p.steps)
+    for (const auto& a : st.before) n += a.kind == offload::action_kind::onload && a.component == name;
+  return n;
+}
+
+bool close(double a, double b) { return std::abs(a - b) <= 1e-9 * std::max(1.0, std::abs(b)); }
+
+} // namespace
+
+BOOST_AUTO_TEST_SUITE(budget_planner)
+
+BOOST_AUTO_TEST_CASE(unlimited_budgets_give_the_all_resident_plan_pinned) {
+  const auto r = offload::plan_for_budget(stages, comps, options(std::nullopt));
+  const auto cost = offload::cost_model::defaults();
+  for (const auto& c : comps) {
+    const auto& cp = r.plan.policy.of(c.name);
+    BOOST_TEST(!cp.execute_on.is_host(), c.name);
+    BOOST_TEST((cp.load == offload::load_rule::init), c.name);
+    BOOST_TEST((cp.evict == offload::evict_rule::never), c.name);
+    BOOST_TEST((cp.memory == offload::host_memory::pinned), c.name);
+    BOOST_TEST(onloads_of(r.plan, c.name) == 1, c.name);
+  }
+  BOOST_TEST(!r.plan.policy.evict_on_demand);
+  BOOST_TEST(r.plan.fits());
+  // Peak: every component + the largest workspace; time: compute + one pinned copy each.
+  BOOST_TEST(r.device_peak_bytes == 11_GiB + 5_GiB);
+  BOOST_TEST(close(r.predicted_seconds, 0.5 + 20 * 1.0 + 2.0 + cost.transfer_seconds(11_GiB, offload::host_memory::pinned)));
+  const auto sim = simulate(r, cost);
+  BOOST_TEST(sim_peak(sim) == r.device_peak_bytes);
+  BOOST_TEST(close(sim.seconds, r.predicted_seconds));
+}
+
+BOOST_AUTO_TEST_CASE(every_chosen_plan_fits_and_time_never_increases_with_the_budget) {
+  const auto cost = offload::cost_model::defaults();
+  for (const std::optional<std::int64_t> pinned : {std::optional<std::int64_t>{}, std::optional<std::int64_t>{2_GiB}}) {
+    double previous = std::numeric_limits<double>::infinity();
+    for (std::int64_t b = 1_GiB; b <= 20_GiB; b += 256_MiB) {
+      const auto r = offload::plan_for_budget(stages, comps, options(b, pinned));
+      const auto sim = simulate(r, cost);
+      BOOST_TEST(r.plan.fits(), offload::format_bytes(b));
+      BOOST_TEST(sim_peak(sim) <= b, offload::format_bytes(b) << ": " << r.plan.policy.str());
+      BOOST_TEST(sim_peak(sim) == r.device_peak_bytes, offload::format_bytes(b));
+      BOOST_TEST(close(sim.seconds, r.predicted_seconds), offload::format_bytes(b) << ": " << r.plan.policy.str());
+      BOOST_TEST(r.predicted_seconds <= previous * (1 + 1e-12), offload::format_bytes(b));
+      if (pinned) BOOST_TEST(r.pinned_bytes <= *pinned);
+      previous = r.predicted_seconds;
+    }
+  }
+}
+
+BOOST_AUTO_TEST_CASE(on_a_tight_budget_components_leave_and_the_time_stays_minimal) {
+  // 8 GiB: the encoder (6 + 1) cannot share the device; the decoder's 5 GiB workspace neither.
+  const auto r = offload::plan_for_budget(stages, comps, options(8_GiB, 0));
+  const auto cost = offload::cost_model::defaults();
+  BOOST_TEST(r.plan.fits());
+  for (const auto& c : comps) {
+    BOOST_TEST(!r.plan.policy.of(c.name).execute_on.is_host(), c.name);
+    BOOST_TEST(onloads_of(r.plan, c.name) == 1, c.name); // each copied once: no time lost
+  }
+  BOOST_TEST(r.pinned_bytes == 0);
+  BOOST_TEST(close(r.predicted_seconds, 22.5 + cost.transfer_seconds(11_GiB, offload::host_memory::pageable)));
+  // encode: enc + its workspace + the decoder, which may stay (it fits exactly).
+  BOOST_TEST(r.device_peak_bytes == 8_GiB);
+  BOOST_TEST(sim_peak(simulate(r, cost)) == 8_GiB);
+}
+
+BOOST_AUTO_TEST_CASE(the_pinned_budget_pins_what_saves_the_most) {
+  const auto cost = offload::cost_model::defaults();
+  // Unlimited device: everything resident, each copied once; pin what fits and saves most.
+  const auto five = offload::plan_for_budget(stages, comps, options(std::nullopt, 5_GiB));
+  BOOST_TEST((five.plan.policy.of("den").memory == offload::host_memory::pinned)); // 4 + 1 GiB
+  BOOST_TEST((five.plan.policy.of("dec").memory == offload::host_memory::pinned));
+  BOOST_TEST((five.plan.policy.of("enc").memory == offload::host_memory::pageable));
+  BOOST_TEST(five.pinned_bytes == 5_GiB);
+  const auto six = offload::plan_for_budget(stages, comps, options(std::nullopt, 6_GiB));
+  BOOST_TEST((six.plan.policy.of("enc").memory == offload::host_memory::pinned)); // 6 GiB saves more than 5
+  BOOST_TEST(six.pinned_bytes == 6_GiB);
+  BOOST_TEST(six.predicted_seconds < five.predicted_seconds);
+  BOOST_TEST(close(six.transfer_seconds, cost.transfer_seconds(6_GiB, offload::host_memory::pinned) +
+                                             cost.transfer_seconds(5_GiB, offload::host_memory::pageable)));
+}
+
+BOOST_AUTO_TEST_CASE(host_execution_when_the_device_cannot_hold_a_stage) {
+  // 6 GiB: encode needs 7 GiB on the device, so the encoder executes on the host, slowed down.
+  auto opt = options(6_GiB);
+  opt.cost.host_flops_per_second = opt.cost.accelerator_flops_per_second / 100; // 100x slower
+  const auto r = offload::plan_for_budget(stages, comps, opt);
+  BOOST_TEST(r.plan.policy.of("enc").execute_on.is_host());
+  BOOST_TEST(!r.plan.policy.of("den").execute_on.is_host());
+  BOOST_TEST(!r.plan.policy.of("dec").execute_on.is_host());
+  BOOST_TEST(close(r.compute_seconds, 0.5 * 100 + 20 + 2));
+  BOOST_TEST(r.plan.step("encode")->seconds == 50.0); // the plan carries the slowed-down stage
+  BOOST_TEST(r.host_peak_bytes == 11_GiB + 1_GiB);   // masters + the encoder's workspace on the host
+  const auto sim = simulate(r, opt.cost);
+  BOOST_TEST(sim_peak(sim) <= 6_GiB);
+  BOOST_TEST(close(sim.seconds, r.predicted_seconds));
+}
+
+BOOST_AUTO_TEST_CASE(evict_on_demand_is_chosen_when_it_saves_a_copy) {
+  // a is used by s1 and s3, c needs room at s4: static rules copy a twice (it leaves after s1, as
+  // s2 does not use it); evicting on demand keeps it until c arrives.
+  const std::vector<offload::component_info> abc = {{"a", 4_GiB}, {"b", 1_GiB}, {"c", 5_GiB}};
+  const std::vector<offload::stage> st = {{"s1", {"a"}, {}, 1, 1.0},
+                                          {"s2", {"b"}, {}, 1, 1.0},
+                                          {"s3", {"a"}, {}, 1, 1.0},
+                                          {"s4", {"c"}, {}, 1, 1.0}};
+  const auto r = offload::plan_for_budget(st, abc, options(8_GiB));
+  BOOST_TEST(r.plan.policy.evict_on_demand);
+  BOOST_TEST(r.plan.policy.str() == "a=cuda:resident:pinned,b=cuda:resident:pinned,c=cuda:resident:pinned,evict_on_demand");
+  BOOST_TEST(onloads_of(r.plan, "a") == 1);
+  const auto& s4 = *r.plan.step("s4");
+  BOOST_TEST_REQUIRE(s4.before.size() == 2u);
+  BOOST_TEST(s4.before[0].component == "a");
+  BOOST_TEST((s4.before[0].kind == offload::action_kind::evict));
+  BOOST_TEST(r.device_peak_bytes == 6_GiB); // b + c at s4; a + b before
+  const auto sim = simulate(r, offload::cost_model::defaults(), abc);
+  BOOST_TEST(sim_peak(sim) == 6_GiB);
+  BOOST_TEST(close(sim.seconds, r.predicted_seconds));
+  // Without it the same budget costs one more copy of a.
+  auto no_eod = options(8_GiB);
+  no_eod.allow_evict_on_demand = false;
+  const auto s = offload::plan_for_budget(st, abc, no_eod);
+  BOOST_TEST(onloads_of(s.plan, "a") == 2);
+  BOOST_TEST(s.predicted_seconds > r.predicted_seconds);
+}
+
+BOOST_AUTO_TEST_CASE(nothing_fits_names_the_binding_stage_and_the_shortfall) {
+  auto opt = options(5_GiB);
+  opt.allow_host_execution = false;
+  try {
+    (void)offload::plan_for_budget(stages, comps, opt);
+    BOOST_FAIL("expected capacity_error");
+  } catch (const offload::capacity_error& e) {
+    // The least device memory: each component only during its stage; encode needs 6 + 1 GiB.
+    BOOST_TEST(e.id() == "offload.capacity.no_placement_fits");
+    BOOST_TEST(e.stage() == "encode");
+    BOOST_TEST(e.device() == "mock:0");
+    BOOST_TEST(e.needed() == 7_GiB);
+    BOOST_TEST(e.available() == 5_GiB);
+    const std::string m = e.what();
+    BOOST_TEST(m.find("in stage 'encode' (enc 6.00 GiB + workspace 1.00 GiB), short by 2.00 GiB") != std::string::npos, m);
+    BOOST_TEST(m.find("a device budget of at least 7.00 GiB") != std::string::npos, m);
+    BOOST_TEST(m.find("the components of stage 'encode' alone need 6.00 GiB") != std::string::npos, m);
+  }
+  // 6.5 GiB: a smaller workspace would do.
+  opt.budgets.device = 6_GiB + 512_MiB;
+  try {
+    (void)offload::plan_for_budget(stages, comps, opt);
+    BOOST_FAIL("expected capacity_error");
+  } catch (const offload::capacity_error& e) {
+    BOOST_TEST(e.needed() - e.available() == 512_MiB);
+    BOOST_TEST(std::string(e.what()).find("a workspace in stage 'encode' smaller by 512.00 MiB") != std::string::npos);
+  }
+  // The suggested device budget fits.
+  opt.budgets.device = 7_GiB;
+  BOOST_TEST(offload::plan_for_budget(stages, comps, opt).plan.fits());
+}
+
+BOOST_AUTO_TEST_CASE(the_host_budget_binds_host_execution_and_the_masters) {
+  // Device 6 GiB: encode must run on the host, whose workspace needs 11 + 1 GiB of host memory.
+  try {
+    (void)offload::plan_for_budget(stages, comps, options(6_GiB, std::nullopt, 11_GiB + 512_MiB));
+    BOOST_FAIL("expected capacity_error");
+  } catch (const offload::capacity_error& e) {
+    BOOST_TEST(e.stage() == "encode");
+    const std::string m = e.what();
+    BOOST_TEST(m.find("a device budget of at least 7.00 GiB") != std::string::npos, m);
+    BOOST_TEST(m.find("a host budget of at least 12.00 GiB (running enc on the host)") != std::string::npos, m);
+  }
+  BOOST_TEST(offload::plan_for_budget(stages, comps, options(6_GiB, std::nullopt, 12_GiB)).plan.fits());
+  // The masters alone exceed the host budget: stage 'init' on the host.
+  try {
+    (void)offload::plan_for_budget(stages, comps, options(std::nullopt, std::nullopt, 10_GiB));
+    BOOST_FAIL("expected capacity_error");
+  } catch (const offload::capacity_error& e) {
+    BOOST_TEST(e.stage() == "init");
+    BOOST_TEST(e.device() == "cpu");
+    BOOST_TEST(e.needed() - e.available() == 1_GiB);
+    BOOST_TEST(std::string(e.what()).find("a host budget of at least 11.00 GiB") != std::string::npos);
+  }
+}
+
+BOOST_AUTO_TEST_CASE(the_json_report_carries_the_policy_and_prediction) {
+  const auto r = offload::plan_for_budget(stages, comps, options(8_GiB, 1_GiB));
+  const std::string j = r.json();
+  BOOST_TEST(j.find("\"planner\":{\"policy\":\"" + r.plan.policy.str() + "\"") != std::string::npos, j);
+  BOOST_TEST(j.find("\"budgets\":{\"device\":8589934592,\"pinned\":1073741824,\"host\":null}") != std::string::npos, j);
+  BOOST_TEST(r.summary().find(r.plan.policy.str()) != std::string::npos);
+  // The chosen policy's text parses back to the same policy and plans alike.
+  const auto again = offload::schedule(stages, comps, offload::parse_policy(r.plan.policy.str()),
+                                       {.accelerator = gpu, .devices = {{gpu, 8_GiB}}});
+  BOOST_TEST(again.peak_of(gpu) == r.device_peak_bytes);
+}
+
+BOOST_AUTO_TEST_CASE(bad_inputs_are_config_errors) {
+  BOOST_CHECK_THROW(offload::plan_for_budget(stages, comps, options(-1)), offload::config_error);
+  auto opt = options(8_GiB);
+  opt.cost.h2d_pageable_bytes_per_second = 0;
+  BOOST_CHECK_THROW(offload::plan_for_budget(stages, comps, opt), offload::config_error);
+  const std::vector<offload::stage> bad = {{"x", {"nope"}, {}}};
+  BOOST_CHECK_THROW(offload::plan_for_budget(bad, comps, options(8_GiB)), offload::config_error);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(cost_model_file)
+
+BOOST_AUTO_TEST_CASE(save_and_load_round_trip) {
+  auto c = offload::cost_model::defaults();
+  c.h2d_pinned_bytes_per_second = 24.5e9;
+  c.host_flops_per_second = 3.25e10;
+  c.host = "test host";
+  c.sources["host_flops_per_second"] = "measured: fp32 matmul 1024^3";
+  const auto file = std::filesystem::temp_directory_path() / "offload_cost_model_test.json";
+  c.save(file);
+  const auto d = offload::cost_model::load(file);
+  BOOST_TEST(d.h2d_pinned_bytes_per_second == 24.5e9);
+  BOOST_TEST(d.host_flops_per_second == 3.25e10);
+  BOOST_TEST(d.h2d_pageable_bytes_per_second == c.h2d_pageable_bytes_per_second);
+  BOOST_TEST(d.host == "test host");
+  BOOST_TEST(d.sources.at("host_flops_per_second") == "measured: fp32 matmul 1024^3");
+  std::filesystem::remove(file);
+}
+
+BOOST_AUTO_TEST_CASE(left_out_figures_keep_their_defaults_and_bad_ones_are_named) {
+  const auto c = offload::cost_model::parse(R"({"format":"offload.cost_model/1","host_flops_per_second":5e10})");
+  BOOST_TEST(c.host_flops_per_second == 5e10);
+  BOOST_TEST(c.h2d_pinned_bytes_per_second == offload::cost_model::defaults().h2d_pinned_bytes_per_second);
+  BOOST_TEST(c.sources.at("h2d_pinned_bytes_per_second").starts_with("default:"));
+  BOOST_TEST(c.sources.at("host_flops_per_second") == "given (no source recorded)");
+  auto message = [](std::string_view text) {
+    try {
+      (void)offload::cost_model::parse(text, "cost.json");
+    } catch (const offload::config_error& e) {
+      return std::string(e.what());
+    }
+    return std::string("<no error>");
+  };
+  BOOST_TEST(message(R"({"h2d_pined_bytes_per_second":1e9})").find("cost.json: unknown key 'h2d_pined_bytes_per_second'") != std::string::npos);
+  BOOST_TEST(message(R"({"host_flops_per_second":-1})").find("'host_flops_per_second' is -1; expected a positive number") != std::string::npos);
+  BOOST_TEST(message(R"({"host_flops_per_second":"fast"})").find("is a string; expected a number") != std::string::npos);
+  BOOST_TEST(message(R"({"format":"other/2"})").find("format 'other/2'") != std::string::npos);
+  BOOST_TEST(message("{").find("expected JSON") != std::string::npos);
+  BOOST_CHECK_THROW(offload::cost_model::load("/nonexistent/cost.json"), offload::config_error);
+}
+
+BOOST_AUTO_TEST_SUITE_END()

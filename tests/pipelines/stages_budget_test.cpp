@@ -1,0 +1,174 @@
+// The budget planner on the Wan presets (mock GPU): every chosen plan fits its budget in simulation,
+// the predicted time never increases with the budget, an unlimited budget keeps everything
+// resident, and the compute model reproduces the H100 step times it was fitted to.
+#include "wan/budget.hpp"
+#include "wan/configs/configs.hpp"
+
+#include <offload/testing/simulate.hpp>
+
+#include <boost/test/unit_test.hpp>
+
+#include <cmath>
+#include <regex>
+
+using namespace offload::literals;
+using offload::device_id;
+
+namespace {
+
+const device_id gpu = device_id::mock(0);
+
+offload::budget_options budget(std::optional<std::int64_t> device, std::optional<std::int64_t> pinned = std::nullopt,
+                               std::optional<std::int64_t> host = std::nullopt) {
+  return {.accelerator = gpu, .budgets = {.device = device, .pinned = pinned, .host = host}};
+}
+
+offload::testing::simulation_result simulate(const offload::budget_plan& r, const wan::generation_shape& shape,
+                                             const offload::cost_model& cost) {
+  return offload::testing::simulate(r.plan, wan::preset_components(shape.task),
+                                    {.h2d_bytes_per_second = cost.h2d_pinned_bytes_per_second,
+                                     .h2d_pageable_bytes_per_second = cost.h2d_pageable_bytes_per_second,
+                                     .d2h_bytes_per_second = cost.d2h_bytes_per_second});
+}
+
+std::int64_t sim_peak(const offload::testing::simulation_result& s) {
+  const auto it = s.peak_bytes.find(gpu);
+  return it == s.peak_bytes.end() ? 0 : it->second;
+}
+
+double seconds_of(const std::vector<offload::stage>& stages, std::string_view name) {
+  for (const auto& s : stages)
+    if (s.name == name) return s.seconds;
+  BOOST_FAIL("no stage " << name);
+  return 0;
+}
+
+const wan::generation_shape t2v_1_3B{"t2v-1.3B", 832, 480, 81, 50};
+const wan::generation_shape t2v_14B{"t2v-14B", 1280, 720, 81, 50};
+
+} // namespace
+
+BOOST_AUTO_TEST_SUITE(stages_budget)
+
+BOOST_AUTO_TEST_CASE(budgets_from_2_to_80_GiB_fit_in_simulation_and_time_never_increases) {
+  const auto cost = offload::cost_model::defaults();
+  for (const auto& shape : {t2v_1_3B, t2v_14B, wan::generation_shape{"i2v-14B", 832, 480, 81, 40}}) {
+    for (const std::optional<std::int64_t> pinned : {std::optional<std::int64_t>{}, std::optional<std::int64_t>{8_GiB}}) {
+      double previous = std::numeric_limits<double>::infinity();
+      for (std::int64_t b = 2_GiB; b <= 80_GiB; b += 1_GiB) {
+        const auto r = wan::plan_generation(shape, budget(b, pinned));
+        const auto sim = simulate(r, shape, cost);
+        const auto where = shape.task + " at " + offload::format_bytes(b) + ": " + r.plan.policy.str();
+        BOOST_TEST(r.plan.fits(), where);
+        BOOST_TEST(sim_peak(sim) <= b, where);
+        BOOST_TEST(sim_peak(sim) == r.device_peak_bytes, where);
+        BOOST_TEST(std::abs(sim.seconds - r.predicted_seconds) <= 1e-9 * r.predicted_seconds, where);
+        BOOST_TEST(r.predicted_seconds <= previous * (1 + 1e-12), where);
+        if (pinned) BOOST_TEST(r.pinned_bytes <= *pinned, where);
+        previous = r.predicted_seconds;
+      }
+    }
+  }
+}
+
+BOOST_AUTO_TEST_CASE(an_unlimited_budget_keeps_everything_resident) {
+  for (const auto& task : wan::configs::wan_tasks()) {
+    wan::generation_shape shape{task, 832, 480, task.starts_with("t2i") ? 1 : 81, 50};
+    const auto r = wan::plan_generation(shape, budget(std::nullopt));
+    for (const auto& c : wan::preset_components(task)) {
+      const auto& cp = r.plan.policy.of(c.name);
+      BOOST_TEST(!cp.execute_on.is_host(), task << " " << c.name);
+      BOOST_TEST((cp.load == offload::load_rule::init && cp.evict == offload::evict_rule::never), task << " " << c.name);
+    }
+    BOOST_TEST(!r.plan.policy.evict_on_demand, task);
+    BOOST_TEST(r.plan.bytes_to_devices == r.plan.peak_of(device_id::cpu()), task); // each copied once
+  }
+  // T2V-1.3B: the resident preset's peak (24.63 GiB measured).
+  const auto r = wan::plan_generation(t2v_1_3B, budget(std::nullopt));
+  BOOST_TEST(std::abs(static_cast<double>(r.device_peak_bytes) / offload::GiB - 24.63) / 24.63 <= 0.03);
+}
+
+BOOST_AUTO_TEST_CASE(the_seed_card_keeps_every_stage_on_the_gpu) {
+  // 11.49 GiB (the seed's RTX 4080): no stage needs the host, each model is copied once.
+  const auto r = wan::plan_generation(t2v_1_3B, budget(11.49_GiB, 0));
+  for (const auto& c : wan::preset_components("t2v-1.3B")) {
+    BOOST_TEST(!r.plan.policy.of(c.name).execute_on.is_host(), c.name);
+    int onloads = 0;
+    for (const auto& st : r.plan.steps)
+      for (const auto& a : st.before) onloads += a.kind == offload::action_kind::onload && a.component == c.name;
+    BOOST_TEST(onloads == 1, c.name);
+  }
+  BOOST_TEST(r.device_peak_bytes <= 11.49_GiB);
+  // 8 GiB: T5 (10.58 GiB) and the decode (8.75 GiB) cannot fit: they run on the host.
+  const auto small = wan::plan_generation(t2v_1_3B, budget(8_GiB));
+  BOOST_TEST(small.plan.policy.of("t5").execute_on.is_host());
+  BOOST_TEST(small.plan.policy.of("vae").execute_on.is_host());
+  BOOST_TEST(!small.plan.policy.of("dit").execute_on.is_host());
+  BOOST_TEST(small.predicted_seconds > r.predicted_seconds);
+}
+
+BOOST_AUTO_TEST_CASE(the_compute_model_reproduces_the_h100_step_times) {
+  const auto cost = offload::cost_model::defaults();
+  BOOST_TEST(cost.accelerator_flops_per_second == wan::compute_constants::h100_flops_per_second);
+  const auto s13 = wan::timed_pipeline_stages(t2v_1_3B, cost);
+  BOOST_TEST_MESSAGE("T2V-1.3B: " << seconds_of(s13, "denoise") << " s/step (1.45 measured), decode "
+                                  << seconds_of(s13, "decode") << " s (3.3)");
+  BOOST_TEST(std::abs(seconds_of(s13, "denoise") - 1.45) / 1.45 <= 0.12);
+  BOOST_TEST(std::abs(seconds_of(s13, "decode") - 3.3) <= 1e-9);
+  const auto s14 = wan::timed_pipeline_stages(t2v_14B, cost);
+  BOOST_TEST_MESSAGE("T2V-14B 720p: " << seconds_of(s14, "denoise") << " s/step (26-29 measured)");
+  BOOST_TEST(seconds_of(s14, "denoise") >= 26 * 0.88);
+  BOOST_TEST(seconds_of(s14, "denoise") <= 29 * 1.12);
+  // Work scales as the model says: fewer frames, less work per step.
+  const auto fewer = wan::timed_pipeline_stages({"t2v-1.3B", 832, 480, 41, 50}, cost);
+  BOOST_TEST(seconds_of(fewer, "denoise") < seconds_of(s13, "denoise"));
+  // A faster accelerator takes less time, in proportion.
+  auto fast = cost;
+  fast.accelerator_flops_per_second *= 2;
+  BOOST_TEST(std::abs(seconds_of(wan::timed_pipeline_stages(t2v_1_3B, fast), "denoise") * 2 - seconds_of(s13, "denoise")) <= 1e-9);
+}
+
+BOOST_AUTO_TEST_CASE(nothing_fits_names_stage_shortfall_and_a_shape_that_fits) {
+  // T2V-14B 720p on 64 GiB without host execution: the DiT (53.2 GiB) and its denoise workspace.
+  auto opt = budget(64_GiB);
+  opt.allow_host_execution = false;
+  try {
+    (void)wan::plan_generation(t2v_14B, opt);
+    BOOST_FAIL("expected capacity_error");
+  } catch (const offload::capacity_error& e) {
+    const std::string m = e.what();
+    BOOST_TEST_MESSAGE(m);
+    BOOST_TEST(e.stage() == "denoise");
+    BOOST_TEST(e.available() == 64_GiB);
+    BOOST_TEST(e.needed() > 64_GiB);
+    BOOST_TEST(m.find("short by " + offload::format_bytes(e.needed() - e.available())) != std::string::npos, m);
+    BOOST_TEST(m.find("a device budget of at least " + offload::format_bytes(e.needed())) != std::string::npos, m);
+    // The advice is right: the frame count it names fits, four more frames do not.
+    std::smatch f;
+    BOOST_TEST_REQUIRE(std::regex_search(m, f, std::regex("; ([0-9]+) frames \\(of 81\\) fit at 1280x720")), m);
+    const int frames = std::stoi(f[1]);
+    auto shape = t2v_14B;
+    shape.frame_num = frames;
+    BOOST_TEST(wan::plan_generation(shape, opt).plan.fits());
+    shape.frame_num = frames + 4;
+    BOOST_CHECK_THROW(wan::plan_generation(shape, opt), offload::capacity_error);
+    BOOST_TEST(m.find("size 832*480 fits with 81 frames") != std::string::npos, m);
+    // And so is the device budget it names.
+    opt.budgets.device = e.needed();
+    BOOST_TEST(wan::plan_generation(t2v_14B, opt).plan.fits());
+  }
+  // T2V-1.3B on 8 GiB without host execution: T5 alone is 10.58 GiB, no shape helps.
+  auto small = budget(8_GiB);
+  small.allow_host_execution = false;
+  try {
+    (void)wan::plan_generation(t2v_1_3B, small);
+    BOOST_FAIL("expected capacity_error");
+  } catch (const offload::capacity_error& e) {
+    const std::string m = e.what();
+    BOOST_TEST(e.stage() == "text_encode");
+    BOOST_TEST(m.find("the components of stage 'text_encode' alone need 10.58 GiB") != std::string::npos, m);
+    BOOST_TEST(m.find("no smaller frame count or supported size of task t2v-1.3B fits") != std::string::npos, m);
+  }
+}
+
+BOOST_AUTO_TEST_SUITE_END()
