@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "parity_harness.hpp"
+#include "tiny_components.hpp"
 
 namespace wt = wan::testing;
 using offload::device_id;
@@ -39,19 +40,7 @@ namespace {
 
 const device_id gpu = device_id::mock(0);
 
-std::shared_ptr<wan::WanComponents> components(const std::string& kind) {
-  static std::map<std::string, std::shared_ptr<wan::WanComponents>> cache;
-  if (auto it = cache.find(kind); it != cache.end()) return it->second;
-  wan::component_options o;
-  o.clip_vision_heads = wt::manifest_entry("checkpoints/models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth")
-                            .at("config").at("vision_heads").get<int64_t>();
-  wan::component_paths p;
-  p.t5_checkpoint = wt::checkpoint_path("models_t5_umt5-xxl-enc-bf16.pth");
-  p.vae_checkpoint = wt::checkpoint_path("Wan2.1_VAE.pth");
-  if (kind == "i2v") p.clip_checkpoint = wt::checkpoint_path("models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth");
-  p.dit_dir = wt::checkpoint_path(kind);
-  return cache[kind] = wan::WanComponents::load(kind, p, o);
-}
+std::shared_ptr<wan::WanComponents> components(const std::string& kind) { return wt::tiny_components(kind); }
 
 /// One tiny generation (the sizes of pipelines_test.cpp, one sampling step less work: 2 steps).
 torch::Tensor generate(const std::string& kind, const wan::execution& exec) {
