@@ -42,30 +42,8 @@ const device_id gpu = device_id::mock(0);
 
 std::shared_ptr<wan::WanComponents> components(const std::string& kind) { return wt::tiny_components(kind); }
 
-/// One tiny generation (the sizes of pipelines_test.cpp, one sampling step less work: 2 steps).
-torch::Tensor generate(const std::string& kind, const wan::execution& exec) {
-  auto comps = components(kind);
-  const auto prompt = torch::tensor({17, 250, 3, 99, 1}, torch::kLong);
-  const auto neg = torch::tensor({42, 7, 1}, torch::kLong);
-  if (kind == "t2v") {
-    wan::WanT2V pipe("t2v-1.3B", comps, exec);
-    wan::t2v_params p;
-    p.size = {32, 32};
-    p.frame_num = 5;
-    p.sampling_steps = 2;
-    p.seed = 7;
-    return pipe.generate(prompt, neg, p);
-  }
-  wan::WanI2V pipe("i2v-14B", comps, exec);
-  wan::i2v_params p;
-  p.max_area = 32 * 32;
-  p.frame_num = 5;
-  p.sampling_steps = 2;
-  p.seed = 8;
-  auto gen = at::detail::createCPUGenerator(4);
-  auto img = torch::randint(0, 256, {30, 34, 3}, gen, torch::TensorOptions().dtype(torch::kByte));
-  return pipe.generate(prompt, neg, img, p);
-}
+/// One tiny generation (the problem of pipelines_test.cpp).
+torch::Tensor generate(const std::string& kind, const wan::execution& exec) { return wt::tiny_generate(kind, exec); }
 
 /// The registry behind a Wan component (its concrete offloadable type).
 const offload::tensor_registry& registry_of(const offload::component& c) {

@@ -58,55 +58,8 @@ const std::vector<std::string> presets = {
     "offload_model,evict_on_demand",
 };
 
-/// Runs the pipeline of `kind` on a tiny problem; returns the video.
 torch::Tensor generate(const std::string& kind, const wan::execution& exec, const wan::stage_observer& observer) {
-  auto comps = components(kind);
-  const auto prompt = torch::tensor({17, 250, 3, 99, 1}, torch::kLong);
-  const auto neg = torch::tensor({42, 7, 1}, torch::kLong);
-  if (kind == "t2v") {
-    wan::WanT2V pipe("t2v-1.3B", comps, exec);
-    pipe.observer = observer;
-    wan::t2v_params p;
-    p.size = {32, 32};
-    p.frame_num = 5;
-    p.sampling_steps = 2;
-    p.seed = 7;
-    return pipe.generate(prompt, neg, p);
-  }
-  if (kind == "i2v") {
-    wan::WanI2V pipe("i2v-14B", comps, exec);
-    pipe.observer = observer;
-    wan::i2v_params p;
-    p.max_area = 32 * 32;
-    p.frame_num = 5;
-    p.sampling_steps = 2;
-    p.seed = 8;
-    auto gen = at::detail::createCPUGenerator(4);
-    auto img = torch::randint(0, 256, {30, 34, 3}, gen, torch::TensorOptions().dtype(torch::kByte));
-    return pipe.generate(prompt, neg, img, p);
-  }
-  if (kind == "flf2v") {
-    wan::WanFLF2V pipe("flf2v-14B", comps, exec);
-    pipe.observer = observer;
-    wan::flf2v_params p;
-    p.max_area = 16 * 16;
-    p.sampling_steps = 2;
-    p.seed = 9;
-    auto gen = at::detail::createCPUGenerator(5);
-    auto first = torch::randint(0, 256, {16, 16, 3}, gen, torch::TensorOptions().dtype(torch::kByte));
-    auto last = torch::randint(0, 256, {16, 16, 3}, gen, torch::TensorOptions().dtype(torch::kByte));
-    return pipe.generate(prompt, neg, first, last, p);
-  }
-  wan::WanVace pipe("vace-1.3B", comps, exec);
-  pipe.observer = observer;
-  wan::vace_params p;
-  p.sampling_steps = 2;
-  p.seed = 10;
-  auto gen = at::detail::createCPUGenerator(6);
-  auto frames = torch::rand({3, 5, 32, 32}, gen) * 2 - 1;
-  auto mask = (torch::rand({1, 5, 32, 32}, gen) > 0.5).to(torch::kFloat32);
-  auto ref = torch::rand({3, 1, 32, 32}, gen) * 2 - 1;
-  return pipe.generate(prompt, neg, {frames}, {mask}, {{ref}}, p);
+  return wt::tiny_generate(kind, exec, observer);
 }
 
 torch::Tensor host_video(const std::string& kind) {
