@@ -202,6 +202,18 @@ int dry_run(const options& o) {
   return exit_ok;
 }
 
+/// The keyword arguments every pipeline shares (solver, steps, shift, guide scale, seed), from the flags.
+template <class Params>
+Params sampling_params(const options& o) {
+  Params p;
+  p.shift = o.sample_shift;
+  p.sample_solver = o.sample_solver;
+  p.sampling_steps = o.sample_steps;
+  p.guide_scale = o.sample_guide_scale;
+  p.seed = o.base_seed;
+  return p;
+}
+
 int generate(const options& given) {
   const options o = with_budget_placement(given); // --vram_budget: the planner chooses the policy
   const auto& cfg = wan::configs::wan_config(o.task);
@@ -265,38 +277,23 @@ int generate(const options& given) {
   if (kind == "t2v") {
     wan::WanT2V pipe(o.task, components, exec);
     pipe.observer = observer;
-    wan::t2v_params p;
+    auto p = sampling_params<wan::t2v_params>(o);
     p.size = {o.width, o.height};
     p.frame_num = o.frame_num;
-    p.shift = o.sample_shift;
-    p.sample_solver = o.sample_solver;
-    p.sampling_steps = o.sample_steps;
-    p.guide_scale = o.sample_guide_scale;
-    p.seed = o.base_seed;
     video = pipe.generate(o.prompt, p);
   } else if (kind == "i2v") {
     wan::WanI2V pipe(o.task, components, exec);
     pipe.observer = observer;
-    wan::i2v_params p;
+    auto p = sampling_params<wan::i2v_params>(o);
     p.max_area = wan::configs::MAX_AREA_CONFIGS().at(o.size);
     p.frame_num = o.frame_num;
-    p.shift = o.sample_shift;
-    p.sample_solver = o.sample_solver;
-    p.sampling_steps = o.sample_steps;
-    p.guide_scale = o.sample_guide_scale;
-    p.seed = o.base_seed;
     video = pipe.generate(o.prompt, image, p);
   } else if (kind == "flf2v") {
     wan::WanFLF2V pipe(o.task, components, exec);
     pipe.observer = observer;
-    wan::flf2v_params p;
+    auto p = sampling_params<wan::flf2v_params>(o);
     p.max_area = wan::configs::MAX_AREA_CONFIGS().at(o.size);
     p.frame_num = o.frame_num;
-    p.shift = o.sample_shift;
-    p.sample_solver = o.sample_solver;
-    p.sampling_steps = o.sample_steps;
-    p.guide_scale = o.sample_guide_scale;
-    p.seed = o.base_seed;
     video = pipe.generate(o.prompt, first_frame, last_frame, p);
   } else {
     wan::WanVace pipe(o.task, components, exec);
@@ -307,12 +304,7 @@ int generate(const options& given) {
         {src_video.defined() ? std::optional<torch::Tensor>(video_to_tensor(src_video)) : std::nullopt},
         {src_mask.defined() ? std::optional<torch::Tensor>(video_to_tensor(src_mask)) : std::nullopt},
         {refs}, o.frame_num, {o.width, o.height}, torch::kCPU);
-    wan::vace_params p;
-    p.shift = o.sample_shift;
-    p.sample_solver = o.sample_solver;
-    p.sampling_steps = o.sample_steps;
-    p.guide_scale = o.sample_guide_scale;
-    p.seed = o.base_seed;
+    auto p = sampling_params<wan::vace_params>(o);
     video = pipe.generate(o.prompt, source.video, source.mask, source.ref_images, p);
   }
   prog.finish();
