@@ -6,6 +6,13 @@
 /// `testing::sized_component` (bytes only, for simulations of real model sizes without weights).
 
 #include <offload/device.hpp>
+#include <offload/errors.hpp>
+#include <offload/placement_policy.hpp>
+#include <offload/stage.hpp>
+
+#include <fmt/format.h>
+
+#include <optional>
 
 #include <cstdint>
 #include <string>
@@ -38,6 +45,20 @@ public:
   /// Keeps the host masters in pinned memory (or not). Called by the executor, at home, from the
   /// policy. Components without tensors only record it.
   virtual void use_pinned_memory(bool pinned) { (void)pinned; }
+  /// The sizes of its block list when it declares one (it can then be streamed).
+  [[nodiscard]] virtual std::optional<block_layout> blocks() const { return std::nullopt; }
+  /// Streams its block list while placed (see block_stream.hpp). Called by the executor, at home,
+  /// from the policy. Throws config_error `offload.config.not_streamable` without a block list.
+  virtual void set_streaming(stream_options options) {
+    if (options.enabled())
+      throw config_error("offload.config.not_streamable",
+                         fmt::format("component '{}' declares no block list, so it cannot be streamed; "
+                                     "drop ':stream' from its policy",
+                                     name()));
+  }
 };
+
+/// What the scheduler needs to know of a component: name, bytes and block list.
+[[nodiscard]] inline component_info info_of(const component& c) { return {c.name(), c.bytes(), c.blocks()}; }
 
 } // namespace offload

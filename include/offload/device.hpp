@@ -19,7 +19,12 @@
 #include <offload/units.hpp>
 
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <c10/core/Device.h>
+#include <c10/core/Event.h>
+#include <c10/core/Stream.h>
+#include <c10/core/StreamGuard.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <c10/util/Exception.h>
 
 #include <fmt/format.h>
@@ -101,6 +106,17 @@ struct device_id {
   }
 };
 
+/// The completion of an asynchronous copy, or a point on a device's compute stream.
+///
+/// Consumers wait on events, never on the whole device: `device::wait(e)` makes the device's
+/// compute stream wait until the copy is done. A default-constructed event is complete.
+struct transfer_event {
+  double ready_at = 0;      ///< virtual seconds when the copy completes (mock devices)
+  std::uint64_t id = 0;     ///< 0: complete (synchronous copy or compute point); else in flight
+  std::shared_ptr<c10::Event> native; ///< the LibTorch event on real devices
+  [[nodiscard]] bool pending() const noexcept { return id != 0 || native != nullptr; }
+};
+
 /// Abstract device: accounting, copies, statistics. Non-template core (see offloadable.hpp).
 class device {
 public:
@@ -159,6 +175,38 @@ public:
   /// Waits until every copy issued to this device has completed.
   virtual void synchronize() {}
 
+  /// A device buffer of `bytes` raw bytes, accounted like allocate() under `what`; give it back
+  /// with release(bytes). Block streaming copies weights into such buffers, reused every step.
+  [[nodiscard]] at::Tensor allocate_buffer(std::int64_t bytes, std::string_view what) {
+    allocate(bytes, what);
+    try {
+      return do_allocate_buffer(bytes);
+    } catch (...) {
+      release(bytes);
+      throw;
+    }
+  }
+
+  /// Copies host tensor `host` into `dst` (a view of a buffer on this device, same shape and
+  /// dtype) on the device's transfer stream, after `not_before` (a compute point: the previous
+  /// reader of `dst` is done). Returns the copy's completion; nothing may read `dst` before
+  /// wait() on it. Counted in transfers() and bytes_in().
+  [[nodiscard]] transfer_event copy_into_async(const at::Tensor& host, at::Tensor& dst, std::string_view what,
+                                               bool pinned, const transfer_event& not_before = {}) {
+    ++transfers_;
+    before_transfer(static_cast<std::int64_t>(host.nbytes()), what);
+    bytes_in_ += static_cast<std::int64_t>(host.nbytes());
+    return do_copy_into_async(host, dst, what, pinned, not_before);
+  }
+  /// Makes the compute stream wait for `e` (no host wait).
+  void wait(const transfer_event& e) { if (e.pending()) do_wait(e); }
+  /// A point on the compute stream: copies issued after it with `not_before` start when the work
+  /// queued so far has run (the slot's previous reader is done).
+  [[nodiscard]] transfer_event record_compute() { return do_record_compute(); }
+  /// Declares that the compute stream is about to read data whose copy completes at `e`. Real
+  /// devices trust the stream order; the mock checks that wait(e) came first.
+  void note_read(const transfer_event& e, std::string_view what) { do_note_read(e, what); }
+
 protected:
   virtual void before_allocate(std::int64_t /*bytes*/, std::string_view /*what*/) {}
   virtual void before_transfer(std::int64_t /*bytes*/, std::string_view /*what*/) {}
@@ -166,6 +214,18 @@ protected:
                            bool /*pinned*/) {}
   virtual at::Tensor do_copy_from_host(const at::Tensor& host, std::string_view what, bool pinned) = 0;
   virtual void do_copy_to_host(const at::Tensor& on_device, at::Tensor& host, std::string_view what) = 0;
+  virtual at::Tensor do_allocate_buffer(std::int64_t bytes) {
+    return at::empty({bytes}, at::TensorOptions().dtype(at::kByte).device(id().torch_device()));
+  }
+  /// Default: a synchronous copy, complete on return.
+  virtual transfer_event do_copy_into_async(const at::Tensor& host, at::Tensor& dst, std::string_view /*what*/,
+                                            bool /*pinned*/, const transfer_event& /*not_before*/) {
+    dst.copy_(host);
+    return {};
+  }
+  virtual void do_wait(const transfer_event& /*e*/) {}
+  virtual transfer_event do_record_compute() { return {}; }
+  virtual void do_note_read(const transfer_event& /*e*/, std::string_view /*what*/) {}
 
 private:
   std::int64_t used_ = 0, peak_ = 0, allocations_ = 0, transfers_ = 0, bytes_in_ = 0, bytes_out_ = 0;
@@ -211,9 +271,47 @@ protected:
   }
   void do_copy_to_host(const at::Tensor& t, at::Tensor& host, std::string_view) override { host.copy_(t); }
 
+  // Asynchronous copies on a dedicated stream from LibTorch's pool, ordered by events. Written
+  // against c10's device-generic stream/event interface, so it compiles with a CPU-only LibTorch.
+  transfer_event do_copy_into_async(const at::Tensor& host, at::Tensor& dst, std::string_view what, bool pinned,
+                                    const transfer_event& not_before) override {
+    const c10::Stream copy = copy_stream();
+    try {
+      c10::StreamGuard guard(copy);
+      if (not_before.native) not_before.native->block(copy);
+      dst.copy_(host, /*non_blocking=*/pinned);
+      auto done = std::make_shared<c10::Event>(c10::DeviceType::CUDA);
+      done->record(copy);
+      return {0, 0, std::move(done)};
+    } catch (const c10::Error& e) {
+      throw capacity_error("offload.capacity.cuda_error",
+                           fmt::format("asynchronous copy of '{}' ({}) to {} failed: {}", what,
+                                       format_bytes(host.nbytes()), id().str(), e.what_without_backtrace()),
+                           id().str(), "", used(), capacity_.value_or(0));
+    }
+  }
+  void do_wait(const transfer_event& e) override {
+    if (e.native) e.native->block(compute_stream());
+  }
+  transfer_event do_record_compute() override {
+    auto point = std::make_shared<c10::Event>(c10::DeviceType::CUDA);
+    point->record(compute_stream());
+    return {0, 0, std::move(point)};
+  }
+
 private:
+  [[nodiscard]] const c10::impl::DeviceGuardImplInterface& impl() const {
+    return *c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA);
+  }
+  [[nodiscard]] c10::Stream compute_stream() const { return impl().getStream(id().torch_device()); }
+  [[nodiscard]] c10::Stream copy_stream() {
+    if (!copy_stream_) copy_stream_ = impl().getStreamFromGlobalPool(id().torch_device());
+    return *copy_stream_;
+  }
+
   int index_;
   std::optional<std::int64_t> capacity_;
+  std::optional<c10::Stream> copy_stream_;
 };
 
 /// A clock in seconds: wall time for real runs, virtual time when mock devices simulate transfers.

@@ -59,8 +59,11 @@ public:
                                        "scheduler every component",
                                        c->name(), plan_.policy.label()));
       comps_[c->name()] = c;
-      if (c->location().is_host())
-        c->use_pinned_memory(plan_.policy.of(c->name()).memory == host_memory::pinned);
+      if (c->location().is_host()) {
+        const auto& cp = plan_.policy.of(c->name());
+        c->use_pinned_memory(cp.memory == host_memory::pinned);
+        c->set_streaming(plan_.execute_on.at(c->name()).is_host() ? stream_options{} : cp.stream);
+      }
     }
     for (const auto& [name, _] : plan_.execute_on)
       if (!comps_.count(name))

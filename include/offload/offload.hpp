@@ -3,6 +3,7 @@
 /// Umbrella header of offload: every public concept. Test doubles (mock devices, sized components,
 /// simulation) are in offload/testing/ and included separately.
 
+#include <offload/block_stream.hpp>
 #include <offload/budget_planner.hpp>
 #include <offload/compat.hpp>
 #include <offload/component.hpp>

@@ -77,6 +77,15 @@ public:
   void use_pinned_memory(bool pinned) override {
     if (pinned != registry_.pinned()) registry_.set_pinned(pinned, detail::cuda_available());
   }
+  /// Declares the module's block list (`blocks.<i>.*`), which policies may then stream. Chainable.
+  offloadable& declare_blocks(const std::string& prefix, int count) {
+    registry_.set_blocks(prefix, count);
+    return *this;
+  }
+  [[nodiscard]] std::optional<block_layout> blocks() const override { return registry_.blocks(); }
+  void set_streaming(stream_options options) override { registry_.set_streaming(options); }
+  /// The block stream the module's forward uses (offload::block_use), or nullptr.
+  [[nodiscard]] block_stream* stream() noexcept { return registry_.stream(); }
 
 private:
   std::string name_;

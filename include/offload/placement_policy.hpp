@@ -64,12 +64,23 @@ struct target {
   }
 };
 
+/// Block streaming of a component's block list (`:stream=K:prefetch=D`): K device slots hold
+/// blocks, the next D blocks are copied while the current one computes. 0 slots: not streamed
+/// (the whole component moves as one).
+struct stream_options {
+  int slots = 0;
+  int prefetch = 0;
+  [[nodiscard]] bool enabled() const noexcept { return slots > 0; }
+  friend bool operator==(const stream_options&, const stream_options&) = default;
+};
+
 /// The policy of one component.
 struct component_policy {
   offload::target execute_on = target::accelerator();
   load_rule load = load_rule::init;
   evict_rule evict = evict_rule::never;
   host_memory memory = host_memory::pageable;
+  stream_options stream{};
   friend bool operator==(const component_policy&, const component_policy&) = default;
 };
 
@@ -236,11 +247,28 @@ private:
       fail_at(target_pos, "a target (cpu, cuda, gpu, cuda:N, mock:N)");
     }
     (void)explicit_index;
+    std::optional<int> prefetch;
+    std::size_t prefetch_pos = 0;
     while (peek() == ':') {
       ++pos_;
       const std::size_t opt_pos = pos_;
-      const std::string opt = identifier("an option: resident, on_demand, offload, lazy, preload, pinned, pageable");
+      const std::string opt = identifier(
+          "an option: resident, on_demand, offload, lazy, preload, pinned, pageable, stream, prefetch");
       const bool host = cp.execute_on.is_host();
+      if ((opt == "stream" || opt == "prefetch") && host)
+        fail_at(opt_pos, "only 'pinned' or 'pageable' after 'cpu' (a component that executes on the "
+                         "host is not streamed)");
+      if (opt == "stream") {
+        cp.stream.slots = peek() == '=' ? (++pos_, number(1, 999, "the number of device slots (1-999)")) : 2;
+        continue;
+      }
+      if (opt == "prefetch") {
+        if (peek() != '=') fail("'=' and a prefetch depth after 'prefetch' (prefetch=1)");
+        ++pos_;
+        prefetch_pos = pos_;
+        prefetch = number(0, 998, "a prefetch depth (0-998)");
+        continue;
+      }
       if (opt == "pinned") cp.memory = host_memory::pinned;
       else if (opt == "pageable") cp.memory = host_memory::pageable;
       else if (host)
@@ -252,9 +280,31 @@ private:
       else if (opt == "lazy") cp.load = load_rule::first_use, cp.evict = evict_rule::never;
       else if (opt == "preload") cp.load = load_rule::init;
       else
-        fail_at(opt_pos, "an option (resident, on_demand, offload, lazy, preload, pinned, pageable)");
+        fail_at(opt_pos, "an option (resident, on_demand, offload, lazy, preload, pinned, pageable, "
+                         "stream, prefetch)");
+    }
+    if (prefetch && !cp.stream.enabled())
+      fail_at(prefetch_pos, "'stream' or 'stream=K' before 'prefetch' (prefetch applies to streamed blocks)");
+    if (cp.stream.enabled()) {
+      // Default: every slot but the one computing prefetches.
+      cp.stream.prefetch = prefetch.value_or(cp.stream.slots - 1);
+      if (cp.stream.prefetch > cp.stream.slots - 1)
+        fail_at(prefetch_pos, fmt::format("a prefetch depth of at most {} with stream={} (one slot computes, "
+                                          "the others prefetch); raise stream= or lower prefetch=",
+                                          cp.stream.slots - 1, cp.stream.slots));
     }
     return cp;
+  }
+
+  int number(int lo, int hi, std::string_view expected) {
+    const std::size_t start = pos_;
+    long v = 0;
+    while (pos_ < text_.size() && is_digit(text_[pos_])) {
+      v = v * 10 + (text_[pos_++] - '0');
+      if (v > hi) fail_at(start, expected);
+    }
+    if (start == pos_ || v < lo) fail_at(start, expected);
+    return static_cast<int>(v);
   }
 
   static bool is_digit(char c) { return c >= '0' && c <= '9'; }
@@ -304,6 +354,7 @@ inline std::string entry_text(const component_policy& c) {
       else s += ":offload";
     }
   }
+  if (c.stream.enabled()) s += fmt::format(":stream={}:prefetch={}", c.stream.slots, c.stream.prefetch);
   if (c.memory == host_memory::pinned) s += ":pinned";
   return s;
 }

@@ -53,6 +53,9 @@ struct plan_step {
   std::map<device_id, std::int64_t> resident_bytes;
   std::map<device_id, std::int64_t> workspace_bytes;
   std::map<device_id, std::int64_t> peak_bytes;
+  /// Per streamed component: bytes its blocks copy into their slots during the stage (all
+  /// repetitions; each block once per repetition when the model runs its branches block-major).
+  std::map<std::string, std::int64_t> streamed_bytes;
 };
 
 /// Where the plan does not fit.
@@ -71,6 +74,8 @@ public:
   std::vector<plan_step> steps;
   std::map<std::string, device_id> execute_on;             ///< per component
   std::map<std::string, std::int64_t> component_bytes;     ///< per component
+  /// Streamed components: bytes on their device (all but the blocks, plus the slots).
+  std::map<std::string, std::int64_t> device_bytes;
   std::map<device_id, std::optional<std::int64_t>> capacity;
   std::map<device_id, std::int64_t> peak_bytes;
   std::optional<plan_failure> failure;
@@ -139,6 +144,8 @@ public:
         for (const auto& a : *list)
           acts[i] += fmt::format("{}{}{} {}", acts[i].empty() ? "" : ", ", list == &s.after ? "after: " : "",
                                  to_string(a.kind), a.component);
+      for (const auto& [c, b] : s.streamed_bytes)
+        acts[i] += fmt::format("{}stream {} {}", acts[i].empty() ? "" : ", ", c, format_bytes(b));
       for (const auto& d : accelerators()) {
         std::string names;
         if (const auto it = s.resident.find(d); it != s.resident.end())
@@ -193,12 +200,14 @@ public:
       }
       std::string uses;
       for (const auto& u : s.uses) json_append(uses, json_string(u));
+      std::string streamed;
+      for (const auto& [c, b] : s.streamed_bytes) json_append(streamed, fmt::format("{}:{}", json_string(c), b));
       json_append(stages,
                   fmt::format(R"({{"name":{},"repeat":{},"uses":[{}],"before":{},"after":{},"resident":{{{}}},)"
-                              R"("resident_bytes":{},"workspace_bytes":{},"peak_bytes":{}}})",
+                              R"("resident_bytes":{},"workspace_bytes":{},"peak_bytes":{},"streamed_bytes":{{{}}}}})",
                               json_string(s.stage), s.repeat, uses, actions(s.before), actions(s.after),
                               resident, device_map(s.resident_bytes), device_map(s.workspace_bytes),
-                              device_map(s.peak_bytes)));
+                              device_map(s.peak_bytes), streamed));
     }
     std::string caps;
     for (const auto& [d, c] : capacity)

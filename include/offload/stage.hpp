@@ -13,6 +13,7 @@
 /// \endcode
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -37,10 +38,26 @@ struct stage {
   double seconds = 0;
 };
 
+/// The block list of a component (the DiT's `blocks`), for block streaming: the bytes of each
+/// block and of the fixed-size device slot that holds any one of them (tensors aligned to 256 B).
+struct block_layout {
+  std::vector<std::int64_t> block_bytes;
+  std::int64_t slot_bytes = 0;
+  [[nodiscard]] std::int64_t count() const noexcept { return static_cast<std::int64_t>(block_bytes.size()); }
+  [[nodiscard]] std::int64_t total() const noexcept {
+    std::int64_t n = 0;
+    for (auto b : block_bytes) n += b;
+    return n;
+  }
+  friend bool operator==(const block_layout&, const block_layout&) = default;
+};
+
 /// A component as the scheduler sees it: a name and its size on a device.
 struct component_info {
   std::string name;
   std::int64_t bytes = 0;
+  /// Its block list when it declares one (it can then be streamed: `dit=cuda:stream=2`).
+  std::optional<block_layout> blocks;
 };
 
 } // namespace offload

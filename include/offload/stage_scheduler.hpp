@@ -18,6 +18,7 @@
 /// show(p.table());
 /// \endcode
 
+#include <offload/block_stream.hpp>
 #include <offload/errors.hpp>
 #include <offload/placement_policy.hpp>
 #include <offload/plan.hpp>
@@ -71,6 +72,7 @@ public:
       const device_id d = exec(c.name);
       p.execute_on[c.name] = d;
       p.component_bytes[c.name] = c.bytes;
+      if (streamed(c.name)) p.device_bytes[c.name] = footprint(c.name);
       if (!d.is_host()) p.capacity[d] = capacity_of(d);
       total_bytes_ += c.bytes;
     }
@@ -118,7 +120,7 @@ public:
         if (cap && used_[d] + b > *cap) record_failure(p, s.name, d, "workspace", used_[d] + b, *cap);
         running_[d] = std::max(running_[d], used_[d] + b);
       }
-      p.predicted_seconds += s.seconds * s.repeat;
+      p.predicted_seconds += stage_seconds(p, step, s);
       snapshot(step);
       // after: evict what the next stage does not use.
       const stage* next = i + 1 < stages_.size() ? &stages_[i + 1] : nullptr;
@@ -169,6 +171,20 @@ private:
         throw config_error("offload.config.repeat",
                            fmt::format("stage '{}' repeats {} times; expected >= 1", s.name, s.repeat));
     }
+    for (const auto& c : comps_) {
+      const auto& st = policy_.of(c.name).stream;
+      if (!st.enabled() || exec(c.name).is_host()) continue;
+      if (!c.blocks || c.blocks->count() == 0)
+        throw config_error("offload.config.not_streamable",
+                           fmt::format("policy '{}' streams component '{}', which declares no block list; "
+                                       "drop ':stream' for it or declare its blocks",
+                                       policy_.label(), c.name));
+      if (st.prefetch >= st.slots)
+        throw config_error("offload.config.stream_prefetch",
+                           fmt::format("policy '{}': component '{}' prefetches {} blocks with {} slots; "
+                                       "expected a depth of at most {} (one slot computes)",
+                                       policy_.label(), c.name, st.prefetch, st.slots, st.slots - 1));
+    }
     for (const auto& n : policy_.explicit_names)
       if (!names.count(n))
         throw config_error("offload.config.unknown_component",
@@ -190,10 +206,64 @@ private:
       if (s.id == d) return &s;
     return nullptr;
   }
-  [[nodiscard]] std::int64_t bytes_of(const std::string& name) const {
+  [[nodiscard]] const component_info* info(const std::string& name) const {
     for (const auto& c : comps_)
-      if (c.name == name) return c.bytes;
-    return 0;
+      if (c.name == name) return &c;
+    return nullptr;
+  }
+  /// Whether `name` streams its blocks on its execution device.
+  [[nodiscard]] bool streamed(const std::string& name) const {
+    const auto* c = info(name);
+    return c && c->blocks && policy_.of(name).stream.enabled() && !exec(name).is_host();
+  }
+  /// Slots actually allocated: never more than the blocks.
+  [[nodiscard]] int slots_of(const std::string& name) const {
+    return static_cast<int>(std::min<std::int64_t>(policy_.of(name).stream.slots, info(name)->blocks->count()));
+  }
+  /// Bytes on its device while placed: everything, or (streamed) all but the blocks plus K slots.
+  [[nodiscard]] std::int64_t bytes_of(const std::string& name) const {
+    const auto* c = info(name);
+    if (!c) return 0;
+    return streamed(name) ? footprint(name) : c->bytes;
+  }
+  [[nodiscard]] std::int64_t footprint(const std::string& name) const {
+    const auto* c = info(name);
+    return c->bytes - c->blocks->total() + slots_of(name) * c->blocks->slot_bytes;
+  }
+  /// Bytes copied when placed: everything, or (streamed) all but the blocks.
+  [[nodiscard]] std::int64_t transfer_bytes_of(const std::string& name) const {
+    const auto* c = info(name);
+    if (!c) return 0;
+    return streamed(name) ? c->bytes - c->blocks->total() : c->bytes;
+  }
+
+  /// Compute plus streaming time of a stage; counts the bytes it streams into `step`.
+  double stage_seconds(plan& p, plan_step& step, const stage& s) {
+    const double compute = s.seconds * s.repeat;
+    double seconds = compute;
+    for (const auto& name : s.uses) {
+      if (!streamed(name)) continue;
+      const auto* c = info(name);
+      const device_id d = exec(name);
+      auto it = sims_.find(name);
+      if (it == sims_.end())
+        it = sims_.emplace(name, slot_schedule(static_cast<int>(c->blocks->count()), slots_of(name),
+                                               policy_.of(name).stream.prefetch)).first;
+      const std::int64_t bytes = it->second.run_passes(s.repeat, *c->blocks);
+      step.streamed_bytes[name] = bytes;
+      p.bytes_to_devices += bytes;
+      const auto* spec = spec_of(d);
+      if (!spec || spec->h2d_bytes_per_second <= 0) continue;
+      const double transfer = static_cast<double>(bytes) / spec->h2d_bytes_per_second;
+      // Prefetching hides the copies behind compute except each pass's first block; without it
+      // every copy waits.
+      if (policy_.of(name).stream.prefetch > 0)
+        seconds = std::max(seconds, transfer) +
+                  s.repeat * static_cast<double>(c->blocks->block_bytes.front()) / spec->h2d_bytes_per_second;
+      else
+        seconds += transfer;
+    }
+    return seconds;
   }
   [[nodiscard]] bool on_device(const std::string& name) const {
     const auto it = loc_.find(name);
@@ -219,9 +289,10 @@ private:
       record_failure(p, stage_name, d, fmt::format("onload {}", name), used_[d], *cap);
     loc_[name] = d;
     step.before.push_back({action_kind::onload, name, d, b, std::move(reason)});
-    p.bytes_to_devices += b;
+    const std::int64_t moved = transfer_bytes_of(name);
+    p.bytes_to_devices += moved;
     if (const auto* s = spec_of(d); s && s->h2d_bytes_per_second > 0)
-      p.predicted_seconds += static_cast<double>(b) / s->h2d_bytes_per_second;
+      p.predicted_seconds += static_cast<double>(moved) / s->h2d_bytes_per_second;
   }
 
   void evict(plan& p, std::vector<action>& into, const std::string& name, std::string reason) {
@@ -229,6 +300,7 @@ private:
     const device_id d = loc_[name];
     used_[d] -= bytes_of(name);
     loc_[name] = device_id::cpu();
+    sims_.erase(name); // its slots are freed
     into.push_back({action_kind::evict, name, d, bytes_of(name), std::move(reason)});
   }
 
@@ -307,6 +379,7 @@ private:
   const placement_policy& policy_;
   const schedule_options& opt_;
   std::map<std::string, device_id> loc_;
+  std::map<std::string, slot_schedule> sims_; ///< slot contents of streamed components on a device
   std::map<device_id, std::int64_t> used_, running_;
   std::int64_t total_bytes_ = 0;
 };
@@ -347,6 +420,13 @@ inline std::string suggest(const std::vector<stage>& stages, const std::vector<c
   for (const auto& c : comps)
     if (accel(c.name) && policy.of(c.name).evict != evict_rule::when_idle)
       tries.push_back(with_change(policy, fmt::format("{}={}:on_demand", c.name,
+                                                      policy.of(c.name).execute_on.k == target::kind::named
+                                                          ? policy.of(c.name).execute_on.id.str()
+                                                          : std::string("cuda"))));
+  // Streaming a block list keeps its compute on the accelerator with a few blocks resident.
+  for (const auto& c : comps)
+    if (accel(c.name) && c.blocks && !policy.of(c.name).stream.enabled())
+      tries.push_back(with_change(policy, fmt::format("{}={}:on_demand:stream=2", c.name,
                                                       policy.of(c.name).execute_on.k == target::kind::named
                                                           ? policy.of(c.name).execute_on.id.str()
                                                           : std::string("cuda"))));

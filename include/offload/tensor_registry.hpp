@@ -14,6 +14,7 @@
 /// reg.place_on(devices.host());                                  // evict: frees, copies nothing
 /// \endcode
 
+#include <offload/block_stream.hpp>
 #include <offload/component.hpp>
 #include <offload/device.hpp>
 #include <offload/errors.hpp>
@@ -25,6 +26,8 @@
 #include <fmt/format.h>
 
 #include <map>
+#include <memory>
+#include <optional>
 #include <string>
 #include <unordered_set>
 #include <vector>
@@ -110,11 +113,88 @@ public:
   void set_mutable(std::string_view prefix) {
     bool any = false;
     for (auto& e : entries_)
-      if (e.path.compare(0, prefix.size(), prefix) == 0) e.mut = mutability::mutable_, any = true;
+      if (e.path.compare(0, prefix.size(), prefix) == 0) {
+        if (e.block >= 0)
+          throw config_error("offload.config.blocks",
+                             fmt::format("tensor '{}.{}' is part of block {}; streamed blocks must be immutable",
+                                         component_, e.path, e.block));
+        e.mut = mutability::mutable_, any = true;
+      }
     if (!any)
       throw placement_error("offload.placement.unknown_tensor",
                             fmt::format("no tensor of '{}' starts with '{}'", component_, prefix));
   }
+
+  /// Declares the block list `prefix` (`blocks`): the tensors `prefix.<i>.*` form block i, for
+  /// i in 0..count-1. Declared blocks can be streamed (set_streaming). At home only, once.
+  void set_blocks(const std::string& prefix, int count) {
+    require_home("declare blocks");
+    if (stream_)
+      throw placement_error("offload.placement.duplicate_blocks",
+                            fmt::format("component '{}' already declares a block list; declare it once", component_));
+    if (count < 1)
+      throw config_error("offload.config.blocks",
+                         fmt::format("component '{}': a block list needs at least 1 block, found {}", component_, count));
+    std::vector<std::vector<block_stream::tensor_ref>> blocks(static_cast<std::size_t>(count));
+    std::vector<int> owner(entries_.size(), -1);
+    for (std::size_t idx = 0; idx < entries_.size(); ++idx) {
+      const std::string& path = entries_[idx].path;
+      if (path.size() <= prefix.size() + 1 || path.compare(0, prefix.size(), prefix) != 0 ||
+          path[prefix.size()] != '.')
+        continue;
+      const auto dot = path.find('.', prefix.size() + 1);
+      const std::string num = path.substr(prefix.size() + 1, dot - prefix.size() - 1);
+      if (num.empty() || num.size() > 6 || num.find_first_not_of("0123456789") != std::string::npos) continue;
+      const int b = std::stoi(num);
+      if (b >= count)
+        throw config_error("offload.config.blocks",
+                           fmt::format("component '{}': tensor '{}' belongs to block {}, but the list '{}' was "
+                                       "declared with {} blocks; declare the right count",
+                                       component_, path, b, prefix, count));
+      if (entries_[idx].mut == mutability::mutable_)
+        throw config_error("offload.config.blocks",
+                           fmt::format("component '{}': tensor '{}' is mutable; streamed blocks must be "
+                                       "immutable (they are never copied back)",
+                                       component_, path));
+      owner[idx] = b;
+      blocks[static_cast<std::size_t>(b)].push_back(
+          {path, [this, idx]() -> const at::Tensor& { return entries_[idx].master; },
+           [this, idx](const at::Tensor& t) { entries_[idx].assign(t); }});
+    }
+    for (int b = 0; b < count; ++b)
+      if (blocks[static_cast<std::size_t>(b)].empty())
+        throw config_error("offload.config.blocks",
+                           fmt::format("component '{}': block {} of '{}' has no tensor (expected "
+                                       "'{}.{}.*'); declare the right prefix and count",
+                                       component_, b, prefix, prefix, b));
+    std::vector<int> position(static_cast<std::size_t>(count), 0);
+    for (std::size_t idx = 0; idx < entries_.size(); ++idx)
+      if (owner[idx] >= 0) {
+        entries_[idx].block = owner[idx];
+        entries_[idx].block_pos = position[static_cast<std::size_t>(owner[idx])]++;
+      }
+    stream_ = std::make_unique<block_stream>(component_, std::move(blocks));
+  }
+
+  /// The declared block list's sizes, if any.
+  [[nodiscard]] std::optional<block_layout> blocks() const {
+    if (!stream_) return std::nullopt;
+    return stream_->layout();
+  }
+
+  /// Streams the declared blocks when placed (0 slots: the component moves as a whole). At home.
+  void set_streaming(stream_options options) {
+    require_home("change streaming");
+    if (options.enabled() && !stream_)
+      throw config_error("offload.config.not_streamable",
+                         fmt::format("component '{}' declares no block list, so it cannot be streamed; "
+                                     "declare one (set_blocks) or drop ':stream' from its policy",
+                                     component_));
+    if (stream_) stream_->configure(options);
+  }
+  [[nodiscard]] bool streaming() const noexcept { return stream_ && stream_->enabled(); }
+  /// The block stream models call (block_use), or nullptr without a block list.
+  [[nodiscard]] block_stream* stream() noexcept { return stream_.get(); }
 
   /// Keeps host masters in pinned (page-locked) memory: faster and asynchronous host-to-device
   /// copies. On a machine without CUDA the flag is recorded (mock devices charge pinned bandwidth).
@@ -169,7 +249,9 @@ public:
     out.reserve(entries_.size());
     for (const auto& e : entries_) {
       const at::Tensor t = e.current();
-      out.push_back({e.path, e.kind, location(), t.scalar_type(), static_cast<std::int64_t>(t.nbytes())});
+      const bool at_home = e.block >= 0 && streaming() && !stream_->in_use(e.block);
+      out.push_back({e.path, e.kind, at_home ? device_id::cpu() : location(), t.scalar_type(),
+                     static_cast<std::int64_t>(t.nbytes())});
     }
     return out;
   }
@@ -181,9 +263,14 @@ public:
     if (where_ == &target) return;
     if (where_) evict();
     if (target.id().is_host()) return;
+    const bool streamed = streaming();
     std::size_t done = 0;
     try {
       for (auto& e : entries_) {
+        if (streamed && e.block >= 0) {
+          ++done;
+          continue;
+        }
         const auto nbytes = static_cast<std::int64_t>(e.master.nbytes());
         target.allocate(nbytes, qualified(e.path));
         try {
@@ -195,9 +282,11 @@ public:
         e.assign(e.placed);
         ++done;
       }
+      if (streamed) stream_->attach(target, pinned_);
     } catch (...) {
       for (std::size_t i = 0; i < done; ++i) {
         auto& e = entries_[i];
+        if (streamed && e.block >= 0) continue;
         target.release(static_cast<std::int64_t>(e.master.nbytes()));
         e.assign(e.master);
         e.placed = at::Tensor();
@@ -218,6 +307,20 @@ public:
     const c10::Device physical = expected.torch_device();
     for (const auto& e : entries_) {
       const at::Tensor t = e.current();
+      if (!expected.is_host() && e.block >= 0 && streaming()) {
+        // A streamed block: a view of its slot while in use, else its host master.
+        const at::Tensor& want = stream_->expected(e.block, static_cast<std::size_t>(e.block_pos));
+        if (t.defined() && want.defined() && t.data_ptr() == want.data_ptr() &&
+            t.scalar_type() == e.master.scalar_type())
+          continue;
+        throw placement_error(
+            "offload.placement.device_mismatch",
+            fmt::format("tensor '{}' (block {}, streamed) expected {} ({}), found another tensor "
+                        "(stage '{}', policy '{}'); streamed blocks are reached only through "
+                        "block_use, never moved by hand",
+                        qualified(e.path), e.block, stream_->in_use(e.block) ? "its slot on " + expected.str() : "its host master",
+                        c10::toString(e.master.scalar_type()), where.stage, where.policy));
+      }
       const bool on_device = t.defined() && t.device() == physical;
       const at::Tensor& ours = expected.is_host() ? e.master : e.placed;
       const bool ours_ok = t.defined() && ours.defined() && t.data_ptr() == ours.data_ptr();
@@ -257,7 +360,9 @@ private:
     at::Tensor handle;          ///< parameter/buffer: shares the module's TensorImpl
     at::Tensor* slot = nullptr; ///< auxiliary: the owner's member
     at::Tensor master;          ///< host master
-    at::Tensor placed;          ///< device copy while placed
+    at::Tensor placed;          ///< device copy while placed (not for streamed blocks)
+    int block = -1;             ///< index in the declared block list, or -1
+    int block_pos = 0;          ///< position among its block's tensors
     [[nodiscard]] at::Tensor current() const { return slot ? *slot : handle; }
     void assign(const at::Tensor& t) {
       if (slot) *slot = t;
@@ -307,9 +412,12 @@ private:
     // already refreshed holds the same values) and a later eviction can retry. Interleaving the
     // copies with the releases left a half-evicted component whose next eviction released bytes
     // twice and copied from undefined tensors.
+    const bool streamed = streaming();
     for (auto& e : entries_)
       if (e.mut == mutability::mutable_) from.copy_to_host(e.placed, e.master, qualified(e.path));
+    if (streamed) stream_->detach();
     for (auto& e : entries_) {
+      if (streamed && e.block >= 0) continue;
       e.assign(e.master);
       e.placed = at::Tensor();
       from.release(static_cast<std::int64_t>(e.master.nbytes()));
@@ -320,6 +428,7 @@ private:
   std::string component_;
   std::vector<entry> entries_;
   std::unordered_set<const void*> seen_;
+  std::unique_ptr<block_stream> stream_;
   device* where_ = nullptr;
   bool pinned_ = false;
 };

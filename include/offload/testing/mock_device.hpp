@@ -8,6 +8,13 @@
 /// and throws capacity_error — the simulated out-of-memory — when an allocation would exceed its
 /// capacity. Fault injection makes the N-th allocation or the N-th transfer fail on demand.
 ///
+/// Streams: the run's virtual clock is the compute stream. Asynchronous copies
+/// (`copy_into_async`) run on a separate transfer stream: each starts when the stream is free and
+/// its `not_before` point has passed, and takes bytes / bandwidth, overlapping compute. `wait(e)`
+/// moves the compute clock to the copy's end. Reading data before waiting on its copy
+/// (`note_read`) throws `offload.placement.read_before_transfer`, so a schedule that forgets an
+/// event fails in a test instead of computing on half-copied weights on a GPU.
+///
 /// **Example**
 /// \code
 /// offload::device_set devices;
@@ -17,6 +24,7 @@
 
 #include <offload/device.hpp>
 
+#include <algorithm>
 #include <optional>
 #include <string>
 #include <vector>
@@ -37,6 +45,7 @@ struct transfer_record {
   device_id from, to;
   std::int64_t bytes = 0;
   double start = 0, end = 0; ///< virtual seconds
+  bool async = false;        ///< on the transfer stream (overlaps compute), not blocking
 };
 
 class mock_device final : public device {
@@ -83,6 +92,44 @@ protected:
   at::Tensor do_copy_from_host(const at::Tensor& host, std::string_view, bool) override {
     return host.clone(); // a distinct allocation in host memory standing for device memory
   }
+  at::Tensor do_allocate_buffer(std::int64_t bytes) override {
+    return at::empty({bytes}, at::TensorOptions().dtype(at::kByte)); // host memory standing for device
+  }
+  transfer_event do_copy_into_async(const at::Tensor& host, at::Tensor& dst, std::string_view what, bool pinned,
+                                    const transfer_event& not_before) override {
+    dst.copy_(host);
+    const auto bytes = static_cast<std::int64_t>(host.nbytes());
+    const double bw = (!pinned && options_.h2d_pageable_bytes_per_second > 0) ? options_.h2d_pageable_bytes_per_second
+                                                                              : options_.h2d_bytes_per_second;
+    const double start = std::max({clock_->now(), stream_free_at_, not_before.ready_at});
+    stream_free_at_ = start + (bw > 0 ? static_cast<double>(bytes) / bw : 0.0);
+    log_.push_back({std::string(what), device_id::cpu(), id(), bytes, start, stream_free_at_, true});
+    const std::uint64_t event = next_event_++;
+    in_flight_.push_back(event);
+    return {stream_free_at_, event, nullptr};
+  }
+  void do_wait(const transfer_event& e) override {
+    if (e.ready_at > clock_->now()) clock_->advance(e.ready_at - clock_->now());
+    // One transfer stream: a copy completes after every copy issued before it.
+    std::erase_if(in_flight_, [&](std::uint64_t id) { return id <= e.id; });
+  }
+  transfer_event do_record_compute() override { return {clock_->now(), 0, nullptr}; }
+  void do_note_read(const transfer_event& e, std::string_view what) override {
+    if (e.id != 0 && std::find(in_flight_.begin(), in_flight_.end(), e.id) != in_flight_.end())
+      throw placement_error("offload.placement.read_before_transfer",
+                            fmt::format("'{}' is read on {} at {:.6f} s before its copy (event {}, done at "
+                                        "{:.6f} s) was waited on; call device::wait(event) before "
+                                        "reading what copy_into_async wrote",
+                                        what, id().str(), clock_->now(), e.id, e.ready_at));
+  }
+
+public:
+  /// When the transfer stream is next free (virtual seconds).
+  [[nodiscard]] double transfer_stream_free_at() const noexcept { return stream_free_at_; }
+  /// Asynchronous copies not yet waited on.
+  [[nodiscard]] std::size_t copies_in_flight() const noexcept { return in_flight_.size(); }
+
+protected:
   void do_copy_to_host(const at::Tensor& t, at::Tensor& host, std::string_view) override { host.copy_(t); }
 
 private:
@@ -91,6 +138,9 @@ private:
   offload::clock* clock_;
   std::vector<transfer_record> log_;
   std::int64_t fail_alloc_ = 0, fail_transfer_ = 0;
+  double stream_free_at_ = 0;
+  std::uint64_t next_event_ = 1;
+  std::vector<std::uint64_t> in_flight_;
 };
 
 /// Adds `mock:<index>` to `devices`, switching the run's clock to virtual time.

@@ -1,0 +1,366 @@
+// Block streaming (block_stream.hpp) on mock devices: slot decisions, bit-identical outputs,
+// CFG-aware reuse (one copy per block per pass for two branches), no allocation per step,
+// event order, overlap on the virtual clock, plans that count the streamed bytes, and faults.
+#include <offload/block_stream.hpp>
+#include <offload/executor.hpp>
+#include <offload/offloadable.hpp>
+#include <offload/stage_scheduler.hpp>
+
+#include <offload/testing/mock_device.hpp>
+
+#include <boost/test/unit_test.hpp>
+#include <torch/torch.h>
+
+using namespace offload::literals;
+using offload::device_id;
+
+namespace {
+
+constexpr int kBlocks = 6;
+
+// A DiT-like module: an embedding, a list of blocks, a head. forward() runs every branch through
+// block i before block i+1 (block-major), the order CFG-aware reuse needs.
+struct toy_streamedImpl : torch::nn::Module {
+  torch::nn::Linear embed{nullptr}, head{nullptr};
+  torch::nn::ModuleList blocks{nullptr};
+  std::vector<torch::nn::Linear> block_list;
+  offload::block_stream* stream = nullptr;
+  std::function<void(int)> on_block; // called inside each block use (tests)
+
+  toy_streamedImpl() {
+    embed = register_module("embed", torch::nn::Linear(8, 16));
+    blocks = register_module("blocks", torch::nn::ModuleList());
+    for (int i = 0; i < kBlocks; ++i) {
+      block_list.push_back(torch::nn::Linear(16, 16));
+      blocks->push_back(block_list.back());
+    }
+    head = register_module("head", torch::nn::Linear(16, 4));
+  }
+
+  std::vector<at::Tensor> forward(const std::vector<at::Tensor>& branches) {
+    std::vector<at::Tensor> h;
+    for (const auto& x : branches) h.push_back(embed(x));
+    for (int i = 0; i < kBlocks; ++i) {
+      offload::block_use use(stream, i);
+      if (on_block) on_block(i);
+      for (auto& v : h) v = torch::gelu(block_list[static_cast<std::size_t>(i)](v)) + v;
+    }
+    for (auto& v : h) v = head(v);
+    return h;
+  }
+};
+TORCH_MODULE(toy_streamed);
+
+struct fixture {
+  toy_streamed model;
+  offload::offloadable<toy_streamed> comp{"dit", model};
+  fixture() {
+    torch::manual_seed(7);
+    for (auto& p : model->parameters()) {
+      torch::NoGradGuard g;
+      p.uniform_(-0.5, 0.5);
+    }
+    comp.declare_blocks("blocks", kBlocks);
+    model->stream = comp.stream();
+  }
+  std::int64_t block_bytes() const { return (16 * 16 + 16) * 4; }
+};
+
+std::vector<at::Tensor> inputs() {
+  torch::manual_seed(3);
+  return {torch::randn({5, 8}), torch::randn({5, 8})};
+}
+
+bool identical(const std::vector<at::Tensor>& a, const std::vector<at::Tensor>& b) {
+  if (a.size() != b.size()) return false;
+  for (std::size_t i = 0; i < a.size(); ++i)
+    if (!torch::equal(a[i], b[i])) return false;
+  return true;
+}
+
+std::string id_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const offload::error& e) {
+    return e.id();
+  }
+  return "<no error>";
+}
+
+} // namespace
+
+BOOST_AUTO_TEST_SUITE(block_stream)
+
+BOOST_AUTO_TEST_CASE(slot_schedule_decisions) {
+  using L = offload::detail::slot_schedule::load;
+  auto str = [](const std::vector<L>& v) {
+    std::string s;
+    for (const auto& l : v) s += fmt::format("{}>{} ", l.block, l.slot);
+    return s;
+  };
+  // 4 blocks, 2 slots, prefetch 1.
+  offload::detail::slot_schedule s(4, 2, 1);
+  BOOST_TEST(str(s.acquire(0, "dit")) == "0>0 1>1 ");
+  s.release(0);
+  BOOST_TEST(str(s.acquire(1, "dit")) == "2>0 ");
+  s.release(1);
+  BOOST_TEST(str(s.acquire(2, "dit")) == "3>1 ");
+  s.release(2);
+  BOOST_TEST(str(s.acquire(3, "dit")) == "");
+  s.release(3);
+  // Next pass: block 0 replaces the block needed latest (3), block 1 goes where 2 was.
+  BOOST_TEST(str(s.acquire(0, "dit")) == "0>1 1>0 ");
+  // Every slot in use: a clear error.
+  offload::detail::slot_schedule one(3, 1, 0);
+  (void)one.acquire(0, "dit");
+  BOOST_TEST(id_of([&] { (void)one.acquire(1, "dit"); }) == "offload.placement.stream_slots");
+  // With 3 blocks and 2 slots, the second pass finds block 1 still loaded: 2 loads, not 3.
+  offload::detail::slot_schedule three(3, 2, 1);
+  offload::block_layout layout{{10, 20, 30}, 32};
+  BOOST_TEST(three.run_passes(1, layout) == 60);
+  BOOST_TEST(three.run_passes(1, layout) == 40);
+  BOOST_TEST(three.run_passes(1, layout) == 40);
+  // As many slots as blocks: loaded once.
+  offload::detail::slot_schedule all(3, 5, 1);
+  BOOST_TEST(all.slots() == 3);
+  BOOST_TEST(all.run_passes(3, layout) == 60);
+}
+
+BOOST_AUTO_TEST_CASE(layout_and_declaration_errors) {
+  fixture f;
+  const auto l = f.comp.blocks();
+  BOOST_REQUIRE(l.has_value());
+  BOOST_TEST(l->count() == kBlocks);
+  BOOST_TEST(l->block_bytes[0] == f.block_bytes());
+  BOOST_TEST(l->slot_bytes == offload::detail::align_up(16 * 16 * 4) + offload::detail::align_up(16 * 4));
+  BOOST_TEST(l->total() == kBlocks * f.block_bytes());
+
+  toy_streamed m;
+  offload::offloadable c("dit", m);
+  BOOST_TEST(id_of([&] { c.declare_blocks("blocks", 4); }) == "offload.config.blocks");  // block 5 exists
+  BOOST_TEST(id_of([&] { c.declare_blocks("blocks", 8); }) == "offload.config.blocks");  // block 6 empty
+  BOOST_TEST(id_of([&] { c.set_streaming({2, 1}); }) == "offload.config.not_streamable");
+  c.declare_blocks("blocks", kBlocks);
+  BOOST_TEST(id_of([&] { c.declare_blocks("blocks", kBlocks); }) == "offload.placement.duplicate_blocks");
+}
+
+BOOST_AUTO_TEST_CASE(streamed_outputs_are_bit_identical_and_move_each_block_once_per_pass) {
+  const auto x = inputs();
+  fixture ref;
+  const auto expected = ref.model->forward(x); // on the host, resident
+
+  for (auto [k, d] : {std::pair{1, 0}, std::pair{2, 1}, std::pair{3, 2}, std::pair{3, 1}}) {
+    BOOST_TEST_CONTEXT("stream=" << k << ":prefetch=" << d) {
+      fixture f;
+      offload::device_set devices;
+      auto& gpu = offload::testing::add_mock(devices, 0, {.capacity = 1_GiB});
+      f.comp.set_streaming({k, d});
+      f.comp.place_on(gpu);
+      const std::int64_t rest = f.comp.bytes() - kBlocks * f.block_bytes();
+      const std::int64_t slot = f.comp.blocks()->slot_bytes;
+      BOOST_TEST(gpu.used() == rest + k * slot);
+      // Blocks not in use point at their host masters; in use at their slot.
+      f.comp.audit(gpu.id(), {"denoise", "test"});
+      f.model->on_block = [&](int i) {
+        f.comp.audit(gpu.id(), {"denoise", "test"});
+        BOOST_TEST(f.comp.stream()->in_use(i));
+      };
+      std::vector<std::int64_t> allocations, bytes;
+      for (int pass = 0; pass < 3; ++pass) {
+        const auto in0 = gpu.bytes_in();
+        const auto out = f.model->forward(x); // two branches through each block
+        BOOST_TEST(identical(out, expected));
+        allocations.push_back(gpu.allocations());
+        bytes.push_back(gpu.bytes_in() - in0);
+      }
+      // No allocation after placement: the slots are reused.
+      BOOST_TEST(allocations[0] == allocations[2]);
+      // CFG-aware: each block copied at most once per pass for two branches; with 3 slots and a
+      // prefetch of 1, one block of the last window is still there at the next pass.
+      offload::detail::slot_schedule sim(kBlocks, k, d);
+      for (int pass = 0; pass < 3; ++pass) {
+        BOOST_TEST(bytes[static_cast<std::size_t>(pass)] == sim.run_passes(1, *f.comp.blocks()));
+        BOOST_TEST(bytes[static_cast<std::size_t>(pass)] <= kBlocks * f.block_bytes());
+      }
+      BOOST_TEST(bytes[0] == kBlocks * f.block_bytes());
+      if (k <= 2) BOOST_TEST(bytes[1] == kBlocks * f.block_bytes());
+      if (k == 3 && d == 1) BOOST_TEST(bytes[1] == (kBlocks - 2) * f.block_bytes());
+      BOOST_TEST(gpu.copies_in_flight() == 0u);
+      f.comp.place_on(devices.host());
+      BOOST_TEST(gpu.used() == 0);
+      for (const auto& t : f.comp.tensors().tensors()) BOOST_TEST(t.device == device_id::cpu());
+      f.comp.audit(device_id::cpu(), {"after", "test"});
+    }
+  }
+}
+
+BOOST_AUTO_TEST_CASE(reading_before_waiting_is_caught) {
+  offload::device_set devices;
+  auto& gpu = offload::testing::add_mock(devices, 0, {.capacity = 1_GiB, .h2d_bytes_per_second = 1e6});
+  at::Tensor buf = gpu.allocate_buffer(4096, "slot");
+  at::Tensor view = buf.narrow(0, 0, 4096).view(at::kFloat);
+  const at::Tensor src = torch::ones({1024});
+  const auto e = gpu.copy_into_async(src, view, "dit.blocks.0.w", true);
+  BOOST_TEST(e.ready_at > devices.clock().now());
+  BOOST_TEST(id_of([&] { gpu.note_read(e, "dit.blocks.0.w"); }) == "offload.placement.read_before_transfer");
+  gpu.wait(e);
+  BOOST_TEST(devices.clock().now() == e.ready_at);
+  gpu.note_read(e, "dit.blocks.0.w");
+  BOOST_TEST(torch::equal(view, src));
+  gpu.release(4096);
+}
+
+BOOST_AUTO_TEST_CASE(prefetch_overlaps_compute_on_the_virtual_clock) {
+  // Each block computes for 2 ms; its copy takes 1 ms: prefetching hides all but the first copy.
+  const auto x = inputs();
+  auto run = [&](int k, int d, std::vector<offload::testing::transfer_record>* log) {
+    fixture f;
+    offload::device_set devices;
+    const double bw = static_cast<double>(f.block_bytes()) / 1e-3;
+    auto& gpu = offload::testing::add_mock(devices, 0, {.capacity = 1_GiB, .h2d_bytes_per_second = bw});
+    f.comp.set_streaming({k, d});
+    f.comp.place_on(gpu);
+    const double t0 = devices.clock().now();
+    f.model->on_block = [&](int) { devices.clock().advance(2e-3); };
+    (void)f.model->forward(x);
+    const double elapsed = devices.clock().now() - t0;
+    if (log) *log = gpu.transfer_log();
+    f.comp.place_on(devices.host());
+    return elapsed;
+  };
+  std::vector<offload::testing::transfer_record> log;
+  const double serial = run(1, 0, nullptr);
+  const double overlapped = run(2, 1, &log);
+  BOOST_TEST(serial == kBlocks * 3e-3, boost::test_tools::tolerance(1e-9));
+  BOOST_TEST(overlapped == kBlocks * 2e-3 + 1e-3, boost::test_tools::tolerance(1e-9));
+  // Every block copy ran on the transfer stream, one after the other, each within a 1 ms slot.
+  std::size_t async = 0;
+  for (std::size_t i = 0; i < log.size(); ++i) {
+    if (!log[i].async) continue;
+    ++async;
+    if (i > 0 && log[i - 1].async) BOOST_TEST(log[i].start >= log[i - 1].end);
+  }
+  BOOST_TEST(async == 2u * kBlocks);
+}
+
+BOOST_AUTO_TEST_CASE(plan_counts_streamed_bytes_and_matches_the_mock) {
+  fixture f;
+  const auto x = inputs();
+  const auto expected = [&] {
+    fixture r;
+    return r.model->forward(x);
+  }();
+  std::vector<offload::stage> stages = {{"encode", {}, {}, 1, 0}, {"denoise", {"dit"}, {{"dit", 1000}}, 4, 0}};
+  offload::device_set devices;
+  auto& gpu = offload::testing::add_mock(devices, 0, {.capacity = 1_GiB});
+  const auto policy = offload::parse_policy("dit=mock:0:on_demand:stream=2:prefetch=1");
+  offload::plan p = offload::schedule(stages, {offload::info_of(f.comp)}, policy,
+                                      {.accelerator = gpu.id(), .devices = {{gpu.id(), 1_GiB}}});
+  BOOST_REQUIRE(p.fits());
+  const auto* step = p.step("denoise");
+  const std::int64_t rest = f.comp.bytes() - kBlocks * f.block_bytes();
+  const std::int64_t slot = f.comp.blocks()->slot_bytes;
+  BOOST_TEST(p.device_bytes.at("dit") == rest + 2 * slot);
+  BOOST_TEST(step->streamed_bytes.at("dit") == 4 * kBlocks * f.block_bytes());
+  BOOST_TEST(p.peak_of(gpu.id()) == rest + 2 * slot + 1000);
+  BOOST_TEST(p.bytes_to_devices == rest + 4 * kBlocks * f.block_bytes());
+  BOOST_TEST(p.table().find("stream dit") != std::string::npos);
+  BOOST_TEST(p.json().find(R"("streamed_bytes":{"dit":)") != std::string::npos);
+
+  offload::executor ex(p, devices, {&f.comp});
+  ex.start();
+  { auto s = ex.enter("encode"); }
+  for (int i = 0; i < 4; ++i) {
+    auto s = ex.enter("denoise");
+    BOOST_TEST(identical(f.model->forward(x), expected));
+  }
+  ex.finish();
+  BOOST_TEST(gpu.bytes_in() == p.bytes_to_devices);
+  BOOST_TEST(gpu.peak() == p.peak_of(gpu.id()));
+  BOOST_TEST(gpu.used() == 0);
+}
+
+BOOST_AUTO_TEST_CASE(policy_errors_and_suggestion) {
+  fixture f;
+  std::vector<offload::stage> stages = {{"denoise", {"dit"}, {}, 2, 0}};
+  const auto info = offload::info_of(f.comp);
+  offload::component_info plain{"dit", info.bytes, std::nullopt};
+  BOOST_TEST(id_of([&] {
+               (void)offload::schedule(stages, {plain}, offload::parse_policy("dit=mock:0:stream=2"),
+                                       {.accelerator = device_id::mock(0)});
+             }) == "offload.config.not_streamable");
+  // Too small for the whole DiT, large enough for everything but 4 of its blocks: the scheduler
+  // suggests streaming.
+  const std::int64_t cap = info.bytes - 2 * info.blocks->total() / kBlocks;
+  const auto p = offload::schedule(stages, {info}, offload::parse_policy("resident"),
+                                   {.accelerator = device_id::mock(0), .devices = {{device_id::mock(0), cap}}});
+  BOOST_TEST(!p.fits());
+  BOOST_TEST(p.suggestion.find("stream=2") != std::string::npos);
+}
+
+BOOST_AUTO_TEST_CASE(faults_during_streaming_leave_everything_home) {
+  const auto x = inputs();
+  fixture ref;
+  const auto expected = ref.model->forward(x);
+  int faults = 0;
+  for (int n = 1;; ++n) {
+    fixture f;
+    offload::device_set devices;
+    auto& gpu = offload::testing::add_mock(devices, 0, {.capacity = 1_GiB});
+    f.comp.set_streaming({2, 1});
+    f.comp.place_on(gpu);
+    gpu.fail_transfer_at(n);
+    bool failed = false;
+    try {
+      (void)f.model->forward(x);
+    } catch (const offload::capacity_error& e) {
+      failed = true;
+      ++faults;
+      BOOST_TEST(e.id() == "offload.capacity.injected_fault");
+    }
+    // A failed copy leaves no block in use, and the next pass computes the same result.
+    for (int b = 0; b < kBlocks; ++b) BOOST_TEST(!f.comp.stream()->in_use(b));
+    gpu.fail_transfer_at(0);
+    BOOST_TEST(identical(f.model->forward(x), expected));
+    f.comp.place_on(devices.host());
+    BOOST_TEST(gpu.used() == 0);
+    BOOST_TEST(gpu.copies_in_flight() == 0u);
+    f.comp.audit(device_id::cpu(), {"after", "test"});
+    if (!failed) break;
+  }
+  BOOST_TEST(faults == kBlocks * 2); // two tensors per block, each copy failed once
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(stream_policy)
+
+BOOST_AUTO_TEST_CASE(grammar_round_trip_and_errors) {
+  const auto p = offload::parse_policy("offload_model,dit=cuda:on_demand:stream=4:prefetch=2:pinned");
+  const auto& dit = p.of("dit");
+  BOOST_TEST(dit.stream.slots == 4);
+  BOOST_TEST(dit.stream.prefetch == 2);
+  BOOST_TEST((dit.memory == offload::host_memory::pinned));
+  BOOST_TEST((offload::parse_policy(p.str()) == p));
+  BOOST_TEST(p.str().find("dit=cuda:on_demand:stream=4:prefetch=2:pinned") != std::string::npos);
+  // Defaults: stream alone is 2 slots; prefetch is every slot but the computing one.
+  auto stream_of = [](const char* text) {
+    const auto s = offload::parse_policy(text).of("dit").stream;
+    return fmt::format("{}/{}", s.slots, s.prefetch);
+  };
+  BOOST_TEST(stream_of("dit=cuda:stream") == "2/1");
+  BOOST_TEST(stream_of("dit=cuda:stream=3") == "3/2");
+  BOOST_TEST(stream_of("dit=cuda:stream=1") == "1/0");
+  BOOST_TEST(stream_of("dit=mock:0:stream=2:prefetch=0") == "2/0");
+  for (const char* bad : {"dit=cpu:stream", "dit=cuda:prefetch=1", "dit=cuda:stream=0", "dit=cuda:stream=2:prefetch=2",
+                          "dit=cuda:stream=x", "dit=cuda:stream=2:prefetch"})
+    BOOST_TEST_CONTEXT(bad) { BOOST_TEST(id_of([&] { (void)offload::parse_policy(bad); }) == "offload.config.policy_syntax"); }
+  // The message names the limit.
+  try {
+    (void)offload::parse_policy("dit=cuda:stream=2:prefetch=2");
+  } catch (const offload::config_error& e) {
+    BOOST_TEST(std::string(e.what()).find("at most 1 with stream=2") != std::string::npos);
+  }
+}
+
+BOOST_AUTO_TEST_SUITE_END()
