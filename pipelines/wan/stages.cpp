@@ -11,6 +11,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <charconv>
 
 namespace wan {
@@ -40,6 +41,19 @@ std::vector<offload::component_info> preset_components(std::string_view task) {
 std::int64_t dit_tokens(const generation_shape& s) {
   const std::int64_t lat_t = (s.frame_num - 1) / 4 + 1 + s.ref_images;
   return lat_t * (s.height / 16) * (s.width / 16);
+}
+
+std::int64_t decode_workspace_bytes(int width, int height, int frame_num,
+                                    const std::optional<VaeTiling>& tiling) {
+  using W = workspace_constants;
+  const double pixels = static_cast<double>(width) * height;
+  const double video = 3.0 * frame_num * pixels * 4.0;
+  auto b = [](double x) { return static_cast<std::int64_t>(x + 0.5); };
+  if (tiling) tiling->validate();
+  if (!tiling || tiling->covers(height / 8, width / 8)) return b(W::vae_bytes_per_pixel * pixels + video);
+  const double tile_pixels = static_cast<double>(std::min<std::int64_t>(8 * tiling->tile_latent_h, height)) *
+                             static_cast<double>(std::min<std::int64_t>(8 * tiling->tile_latent_w, width));
+  return b(W::vae_bytes_per_pixel * tile_pixels + video + 3.0 * frame_num * tile_pixels * 4.0 + pixels * 4.0);
 }
 
 std::vector<offload::stage> pipeline_stages(const generation_shape& s) {
@@ -75,7 +89,7 @@ std::vector<offload::stage> pipeline_stages(const generation_shape& s) {
                  {dit},
                  {{dit, b(W::dit_bytes_per_token_dim * static_cast<double>(dit_tokens(s)) * cfg.dim)}},
                  s.sampling_steps});
-  out.push_back({"decode", {vae}, {{vae, b(W::vae_bytes_per_pixel * pixels + video)}}});
+  out.push_back({"decode", {vae}, {{vae, decode_workspace_bytes(s.width, s.height, s.frame_num, s.decode_tiling)}}});
   return out;
 }
 

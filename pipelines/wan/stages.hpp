@@ -25,12 +25,22 @@
 /// - decode: the VAE decodes one latent frame at a time, so its activations scale with the pixel
 ///   count, not the frame count: `k_vae * H * W` plus the decoded video (3 x F x H x W float32);
 ///   k_vae = (8.28 GiB - 0.36 GiB video) / (832 * 480) ~ 21.3 KB per pixel.
+///   With a VaeTiling (generation_shape::decode_tiling, wan/vae_tiling.hpp) the decoder runs one
+///   spatial tile at a time: `k_vae * tile_pixels` (tile_pixels = min(8 tile_latent_h, H) x
+///   min(8 tile_latent_w, W); the overlap lies inside the tile) plus the full output video (the
+///   blend accumulator), one tile of decoded video (the weighted tile being added) and the blend
+///   weight sum (H x W float32). A tiling whose tile covers the frame runs the untiled decode and
+///   is modelled as untiled. See decode_workspace_bytes and docs/pipelines/wan.md.
 /// - vae_encode (i2v, flf2v, vace): not measured; the encoder also works chunk by chunk at full
 ///   resolution with the same channel widths, so the decode constant is used, plus the input video.
 /// - clip_encode: not measured; a ViT-H/14 at 224x224 (257 tokens) in float16: 64 MiB.
 
 #include <offload/stage.hpp>
 
+#include "wan/vae_tiling.hpp"
+
+#include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -52,6 +62,9 @@ struct generation_shape {
   int frame_num = 81;
   int sampling_steps = 50;
   int ref_images = 0; ///< VACE reference images (each adds one latent frame)
+  /// Spatially tiled VAE decode (WanVAE::decode(zs, tiling)); nullopt = untiled. Only the
+  /// decode stage's workspace depends on it (vae_encode is modelled untiled: conservative).
+  std::optional<VaeTiling> decode_tiling = std::nullopt;
 };
 
 /// Component sizes of a task's preset models as the reference stores them, without weights.
@@ -59,6 +72,15 @@ std::vector<offload::component_info> preset_components(std::string_view task);
 
 /// The stages of the task in the reference's order with workspace estimates (see the file comment).
 std::vector<offload::stage> pipeline_stages(const generation_shape& shape);
+
+/// Device workspace in bytes of the VAE decode of `frame_num` frames of `width x height`:
+/// `vae_bytes_per_pixel * W * H + video` untiled (video = 3 x frame_num x H x W float32), and
+/// with `tiling` (one that does not cover the latent [H/8, W/8]):
+/// `vae_bytes_per_pixel * tile_pixels + video + 3 x frame_num x tile_pixels x 4 + W x H x 4`
+/// with tile_pixels = min(8 tile_latent_h, H) x min(8 tile_latent_w, W). Throws
+/// offload::config_error for an invalid tiling (VaeTiling::validate).
+std::int64_t decode_workspace_bytes(int width, int height, int frame_num,
+                                    const std::optional<VaeTiling>& tiling = std::nullopt);
 
 /// Number of DiT tokens for a shape (the reference's seq_len before padding).
 std::int64_t dit_tokens(const generation_shape& shape);

@@ -3,6 +3,7 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cmath>
 #include <utility>
 
@@ -714,6 +715,185 @@ Tensor WanVAE_Impl::decode(const Tensor& z, double shift, double mul) {
   return decode_frames(z / mul + shift);
 }
 
+// --- spatial tiling (wan/vae_tiling.hpp) ----------------------------------------------------
+
+void VaeTiling::validate() const {
+  if (tile_latent_h <= 0 || tile_latent_w <= 0) {
+    throw offload::config_error(
+        "offload.wan.vae.tile_size",
+        fmt::format("VAE tiling expected tile sizes > 0 latent pixels, found tile_latent_h {} x "
+                    "tile_latent_w {}; give positive tile sizes in latent pixels (8 video pixels "
+                    "each), e.g. 32x32 for 256x256-pixel tiles",
+                    tile_latent_h, tile_latent_w));
+  }
+  const int64_t smallest = std::min(tile_latent_h, tile_latent_w);
+  if (overlap_latent < 0 || overlap_latent >= smallest) {
+    throw offload::config_error(
+        "offload.wan.vae.tile_overlap",
+        fmt::format("VAE tiling expected 0 <= overlap_latent < {} (the smaller tile size, "
+                    "tile_latent_h {} x tile_latent_w {}), found overlap_latent {}; use an overlap "
+                    "smaller than the tile, about a quarter of it (e.g. 8 for 32)",
+                    smallest, tile_latent_h, tile_latent_w, overlap_latent));
+  }
+}
+
+namespace {
+
+/// [begin, end) of one tile along one axis.
+struct Span {
+  int64_t begin, end;
+  [[nodiscard]] int64_t size() const { return end - begin; }
+};
+
+/// Tiles of `tile` over [0, size) starting every tile - overlap; the last one is moved back to
+/// end at `size` (one tile of `size` when tile >= size).
+std::vector<Span> tile_spans(int64_t size, int64_t tile, int64_t overlap) {
+  if (tile >= size) {
+    return {{0, size}};
+  }
+  const int64_t stride = tile - overlap;
+  std::vector<Span> spans{{0, tile}};
+  while (spans.back().end < size) {
+    const int64_t begin = std::min(spans.back().begin + stride, size - tile);
+    spans.push_back({begin, begin + tile});
+  }
+  return spans;
+}
+
+/// Blend weights of tile k (spans in output units) along one axis: 1 inside, a linear ramp
+/// (p + 1/2) / n up across the overlap of n units with the previous tile and down across the
+/// overlap with the next one; the two ramps of an overlap sum to 1.
+Tensor ramp_weights(const std::vector<Span>& spans, std::size_t k) {
+  const int64_t len = spans[k].size();
+  std::vector<double> w(static_cast<std::size_t>(len), 1.0);
+  if (k > 0) {
+    const int64_t n = spans[k - 1].end - spans[k].begin;
+    for (int64_t p = 0; p < n; ++p) {
+      auto& v = w[static_cast<std::size_t>(p)];
+      v = std::min(v, (static_cast<double>(p) + 0.5) / static_cast<double>(n));
+    }
+  }
+  if (k + 1 < spans.size()) {
+    const int64_t m = spans[k].end - spans[k + 1].begin;
+    for (int64_t p = len - m; p < len; ++p) {
+      auto& v = w[static_cast<std::size_t>(p)];
+      v = std::min(v, (static_cast<double>(len - p) - 0.5) / static_cast<double>(m));
+    }
+  }
+  return torch::tensor(w, torch::kFloat64);
+}
+
+/// Spans in latent units -> output units (x `factor`; the last one ends at `size`).
+std::vector<Span> scaled(const std::vector<Span>& spans, int64_t factor, int64_t size) {
+  std::vector<Span> out;
+  out.reserve(spans.size());
+  for (const Span& s : spans) {
+    out.push_back({s.begin * factor, std::min(s.end * factor, size)});
+  }
+  out.back().end = size;
+  return out;
+}
+
+/// Accumulates tiles of [B, C, T, H, W] into a weighted sum and normalises it.
+class TileBlender {
+public:
+  TileBlender(std::vector<Span> rows, std::vector<Span> cols)
+      : rows_(std::move(rows)), cols_(std::move(cols)) {}
+
+  const std::vector<Span>& rows() const { return rows_; }
+  const std::vector<Span>& cols() const { return cols_; }
+
+  /// Adds tile (i, j) with its weights; the first call allocates the output.
+  void add(std::size_t i, std::size_t j, const Tensor& tile) {
+    const Span r = rows_[i], c = cols_[j];
+    TORCH_CHECK(tile.dim() == 5 && tile.size(3) == r.size() && tile.size(4) == c.size(),
+                "VAE tile (", i, ", ", j, ") has shape ", tile.sizes(), ", expected [.., ",
+                r.size(), ", ", c.size(), "]");
+    if (!out_.defined()) {
+      dtype_ = tile.scalar_type();
+      acc_ = dtype_ == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
+      auto opts = tile.options().dtype(acc_);
+      out_ = torch::zeros({tile.size(0), tile.size(1), tile.size(2), rows_.back().end,
+                           cols_.back().end},
+                          opts);
+      wsum_ = torch::zeros({rows_.back().end, cols_.back().end}, opts);
+    }
+    const auto opts = torch::TensorOptions().dtype(acc_).device(tile.device());
+    const Tensor w = torch::outer(ramp_weights(rows_, i), ramp_weights(cols_, j)).to(opts);
+    out_.slice(3, r.begin, r.end).slice(4, c.begin, c.end).addcmul_(tile.to(acc_), w);
+    wsum_.slice(0, r.begin, r.end).slice(1, c.begin, c.end).add_(w);
+  }
+
+  /// The blended result in the tiles' dtype.
+  Tensor result() {
+    out_.div_(wsum_);
+    return out_.to(dtype_);
+  }
+
+private:
+  std::vector<Span> rows_, cols_;
+  Tensor out_, wsum_;
+  torch::Dtype dtype_ = torch::kFloat32, acc_ = torch::kFloat32;
+};
+
+void check_rank(const Tensor& t, const char* what) {
+  if (t.dim() != 5) {
+    throw offload::config_error(
+        "offload.wan.vae.input_shape",
+        fmt::format("WanVAE_::{} expected a 5-d tensor [B, C, T, H, W], found {} dims {}; add the "
+                    "batch dimension (unsqueeze(0))",
+                    what, t.dim(), fmt::join(t.sizes(), "x")));
+  }
+}
+
+} // namespace
+
+Tensor WanVAE_Impl::tiled_decode(const Tensor& z, const Scale& scale, const VaeTiling& tiling) {
+  tiling.validate();
+  check_rank(z, "tiled_decode");
+  const int64_t h = z.size(3), w = z.size(4);
+  if (tiling.covers(h, w)) {
+    return decode(z, scale);
+  }
+  // de-normalise once (elementwise, so a tile of it equals the untiled path's values)
+  const Tensor zz = z / scale[1].view({1, z_dim, 1, 1, 1}) + scale[0].view({1, z_dim, 1, 1, 1});
+  const auto lrows = tile_spans(h, tiling.tile_latent_h, tiling.overlap_latent);
+  const auto lcols = tile_spans(w, tiling.tile_latent_w, tiling.overlap_latent);
+  TileBlender blend(scaled(lrows, 8, 8 * h), scaled(lcols, 8, 8 * w));
+  for (std::size_t i = 0; i < lrows.size(); ++i) {
+    for (std::size_t j = 0; j < lcols.size(); ++j) {
+      clear_cache(); // each tile has its own causal cache over the whole sequence
+      const Tensor tile = zz.slice(3, lrows[i].begin, lrows[i].end)
+                              .slice(4, lcols[j].begin, lcols[j].end);
+      blend.add(i, j, decode_frames(tile)); // [B, 3, 1+4(T-1), 8th, 8tw]; clears the cache
+    }
+  }
+  return blend.result();
+}
+
+Tensor WanVAE_Impl::tiled_encode(const Tensor& x, const Scale& scale, const VaeTiling& tiling) {
+  tiling.validate();
+  check_rank(x, "tiled_encode");
+  const int64_t H = x.size(3), W = x.size(4);
+  const int64_t h = H / 8, w = W / 8; // the encoder's latent size (three floor halvings)
+  if (tiling.covers(h, w)) {
+    return encode(x, scale);
+  }
+  const auto lrows = tile_spans(h, tiling.tile_latent_h, tiling.overlap_latent);
+  const auto lcols = tile_spans(w, tiling.tile_latent_w, tiling.overlap_latent);
+  // video pixels of each tile: 8x the latent span; the last one takes the < 8 leftover pixels
+  const auto prows = scaled(lrows, 8, H), pcols = scaled(lcols, 8, W);
+  TileBlender blend(lrows, lcols);
+  for (std::size_t i = 0; i < lrows.size(); ++i) {
+    for (std::size_t j = 0; j < lcols.size(); ++j) {
+      const Tensor tile = x.slice(3, prows[i].begin, prows[i].end)
+                              .slice(4, pcols[j].begin, pcols[j].end);
+      blend.add(i, j, encode(tile, scale)); // clear_cache before and after, whole sequence
+    }
+  }
+  return blend.result();
+}
+
 Tensor WanVAE_Impl::reparameterize(const Tensor& mu, const Tensor& log_var) {
   const Tensor std = torch::exp(0.5 * log_var);
   const Tensor eps = torch::randn_like(std);
@@ -835,6 +1015,32 @@ std::vector<Tensor> WanVAE::decode(const std::vector<Tensor>& zs) {
     check_placement(u, "decode");
     out.push_back(
         model->decode(u.unsqueeze(0), scale()).to(torch::kFloat32).clamp_(-1, 1).squeeze(0));
+  }
+  return out;
+}
+
+std::vector<Tensor> WanVAE::encode(const std::vector<Tensor>& videos, const VaeTiling& tiling) {
+  tiling.validate();
+  std::vector<Tensor> out;
+  out.reserve(videos.size());
+  for (const Tensor& u : videos) {
+    check_placement(u, "encode");
+    out.push_back(
+        model->tiled_encode(u.unsqueeze(0), scale(), tiling).to(torch::kFloat32).squeeze(0));
+  }
+  return out;
+}
+
+std::vector<Tensor> WanVAE::decode(const std::vector<Tensor>& zs, const VaeTiling& tiling) {
+  tiling.validate();
+  std::vector<Tensor> out;
+  out.reserve(zs.size());
+  for (const Tensor& u : zs) {
+    check_placement(u, "decode");
+    out.push_back(model->tiled_decode(u.unsqueeze(0), scale(), tiling)
+                      .to(torch::kFloat32)
+                      .clamp_(-1, 1)
+                      .squeeze(0));
   }
   return out;
 }

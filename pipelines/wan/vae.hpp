@@ -47,6 +47,8 @@
 
 #include <offload/state_dict.hpp>
 
+#include "wan/vae_tiling.hpp"
+
 namespace wan {
 
 /// Frames of history a causal convolution keeps between chunks (Python CACHE_T).
@@ -274,6 +276,16 @@ public:
   torch::Tensor decode(const torch::Tensor& z, const Scale& scale);
   torch::Tensor decode(const torch::Tensor& z, double shift, double mul);
 
+  /// decode(z, scale) spatially tiled (wan/vae_tiling.hpp): each tile of the latent is decoded
+  /// through all T latent frames with its own causal cache, the tiles are blended linearly across
+  /// their overlaps in pixel space. Same output shape as decode(); exactly decode(z, scale) when
+  /// one tile covers the latent. Throws offload::config_error for invalid `tiling`.
+  torch::Tensor tiled_decode(const torch::Tensor& z, const Scale& scale, const VaeTiling& tiling);
+  /// encode(x, scale) spatially tiled: tiles of 8 * tiling sizes video pixels, each encoded
+  /// through all frames, blended in latent space. Same shape as encode(); exactly encode(x,
+  /// scale) when one tile covers the latent [H/8, W/8].
+  torch::Tensor tiled_encode(const torch::Tensor& x, const Scale& scale, const VaeTiling& tiling);
+
   static torch::Tensor reparameterize(const torch::Tensor& mu, const torch::Tensor& log_var);
   void clear_cache();
 
@@ -309,6 +321,11 @@ public:
   std::vector<torch::Tensor> encode(const std::vector<torch::Tensor>& videos);
   /// zs: each [z_dim, T, h, w] -> each [3, 1 + 4(T-1), 8h, 8w] float32 clamped to [-1, 1].
   std::vector<torch::Tensor> decode(const std::vector<torch::Tensor>& zs);
+  /// encode()/decode() spatially tiled (WanVAE_::tiled_encode / tiled_decode): lower activation
+  /// peak, same shapes; exactly the untiled result when one tile covers the latent.
+  std::vector<torch::Tensor> encode(const std::vector<torch::Tensor>& videos,
+                                    const VaeTiling& tiling);
+  std::vector<torch::Tensor> decode(const std::vector<torch::Tensor>& zs, const VaeTiling& tiling);
 
   /// Python `scale`: [mean, 1.0 / std], computed where mean/std currently are.
   [[nodiscard]] Scale scale() const;
