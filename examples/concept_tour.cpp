@@ -24,6 +24,26 @@ struct RotaryImpl : torch::nn::Module {
 TORCH_MODULE(Rotary);
 // [rope-module]
 
+// [streaming-module]
+struct DeepImpl : torch::nn::Module {
+  torch::nn::ModuleList blocks{nullptr}; // parameters "blocks.<i>.weight", "blocks.<i>.bias"
+  std::vector<torch::nn::Linear> block_list;
+  offload::block_stream* stream = nullptr; // set when wrapped; null = resident
+  DeepImpl() {
+    blocks = register_module("blocks", torch::nn::ModuleList());
+    for (int i = 0; i < 4; ++i) blocks->push_back(block_list.emplace_back(torch::nn::Linear(32, 32)));
+  }
+  at::Tensor forward(at::Tensor h) {
+    for (int i = 0; i < 4; ++i) {
+      offload::block_use use(stream, i); // block i ready on the compute stream until released
+      h = block_list[static_cast<std::size_t>(i)](h);
+    }
+    return h;
+  }
+};
+TORCH_MODULE(Deep);
+// [streaming-module]
+
 int main() {
   // [devices]
   offload::device_set devices; // always holds the host, "cpu"
@@ -111,5 +131,27 @@ int main() {
   run.finish(); // the stage's after-actions: attn leaves the mock
   std::cout << run.trace().chrome_json().size() << " bytes of Chrome trace\n";
   // [execute]
+
+  // [streaming]
+  // A model with a block list streams it through K device slots (docs/streaming.md).
+  Deep net;
+  offload::offloadable deep("deep", net);
+  deep.declare_blocks("blocks", 4);
+  net->stream = deep.stream();
+  const auto streamed = offload::parse_policy("deep=cuda:on_demand:stream=2:prefetch=1");
+  const std::vector<offload::stage> passes = {{"run", {"deep"}, {}, /*repeat=*/3}};
+  const auto stream_plan = offload::schedule(passes, {offload::info_of(deep)}, streamed,
+                                             {.accelerator = mock0, .devices = {{mock0, gpu.capacity()}}});
+  std::cout << stream_plan.table(); // footprint: 2 slots; "stream deep" bytes per stage
+  offload::executor streaming(stream_plan, devices, {&deep});
+  at::Tensor h = torch::rand({4, 32});
+  for (int pass = 0; pass < 3; ++pass) {
+    auto scope = streaming.enter("run");
+    torch::NoGradGuard g;
+    h = net->forward(h);
+  }
+  streaming.finish();
+  // [streaming]
+  assert(gpu.bytes_in() > 0);
   return gpu.used() == 0 ? 0 : 1;
 }

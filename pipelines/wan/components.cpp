@@ -58,7 +58,10 @@ component_dtypes component_dtypes::reference(const configs::WanConfig& config) {
   return d;
 }
 
-WanComponents::~WanComponents() = default;
+WanComponents::~WanComponents() {
+  // The DiT module may outlive its component (shared handle): forget the component's stream.
+  if (model) model->block_stream = nullptr;
+}
 
 std::shared_ptr<WanComponents> WanComponents::load(std::string_view kind, const component_paths& paths,
                                                    const component_options& options) {
@@ -115,6 +118,12 @@ std::shared_ptr<WanComponents> WanComponents::load(std::string_view kind, const 
       offload::offloadable_options{dtypes.dit == torch::kFloat32 ? std::nullopt
                                                                   : std::optional<c10::ScalarType>(dtypes.dit)});
   dit->register_aux("freqs", c->model->freqs, offload::dtype_rule::keep);
+  // The DiT's `blocks` can be streamed (dit=cuda:stream=K): WanModel::forward_branches uses them
+  // through offload::block_use. VaceWanModel's forward does not, so VACE declares none.
+  if (kind != "vace") {
+    dit->declare_blocks("blocks", static_cast<int>(c->model->num_layers));
+    c->model->block_stream = dit->stream();
+  }
   c->dit_component = std::move(dit);
   auto vae = std::make_unique<offload::offloadable<WanVAE_>>(std::string(VAE_COMPONENT), c->vae->model);
   vae->register_aux("mean", c->vae->mean).register_aux("std", c->vae->std);
@@ -132,7 +141,7 @@ std::vector<offload::component*> WanComponents::components() const {
 
 std::vector<offload::component_info> WanComponents::infos() const {
   std::vector<offload::component_info> out;
-  for (auto* c : components()) out.push_back({c->name(), c->bytes()});
+  for (auto* c : components()) out.push_back(offload::info_of(*c));
   return out;
 }
 

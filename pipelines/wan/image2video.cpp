@@ -108,8 +108,9 @@ torch::Tensor generate_image_conditioned(offload_run& run, const WanComponents& 
 
   WanModel model = components.model;
   const dit_call call = [&](const torch::Tensor& latent, const torch::Tensor& timestep,
-                            const std::vector<torch::Tensor>& ctx) {
-    return model->forward({latent}, timestep, {ctx[0]}, max_seq_len, clip_context, {y})[0];
+                            const std::vector<torch::Tensor>& ctx, const std::vector<torch::Tensor>& ctx_null) {
+    auto out = model->forward_branches({latent}, timestep, {{ctx[0]}, {ctx_null[0]}}, max_seq_len, clip_context, {y});
+    return std::pair{out[0][0], out[1][0]};
   };
   const torch::Tensor x0 = sample(run, call, noise, context, context_null, sampling.solver, sampling.steps,
                                   sampling.shift, sampling.guide_scale, sampling.num_train_timesteps, record);

@@ -4,6 +4,7 @@
 
 #include "wan/attention.hpp"
 
+#include <offload/block_stream.hpp>
 #include <offload/errors.hpp>
 #include <offload/state_dict.hpp>
 
@@ -571,6 +572,13 @@ std::vector<torch::Tensor> WanModelImpl::forward(std::vector<torch::Tensor> x,
                                                  const std::vector<torch::Tensor>& context,
                                                  int64_t seq_len, const torch::Tensor& clip_fea,
                                                  const std::vector<torch::Tensor>& y) {
+  return forward_branches(std::move(x), t, {context}, seq_len, clip_fea, y)[0];
+}
+
+std::vector<std::vector<torch::Tensor>>
+WanModelImpl::forward_branches(std::vector<torch::Tensor> x, const torch::Tensor& t,
+                               const std::vector<std::vector<torch::Tensor>>& contexts, int64_t seq_len,
+                               const torch::Tensor& clip_fea, const std::vector<torch::Tensor>& y) {
   if (model_type == "i2v" || model_type == "flf2v") {
     if (!clip_fea.defined() || y.empty())
       throw offload::config_error(
@@ -584,12 +592,16 @@ std::vector<torch::Tensor> WanModelImpl::forward(std::vector<torch::Tensor> x,
                       "at context.shape[1] - {}), found {}",
                       model_type, T5_CONTEXT_TOKEN_NUMBER, T5_CONTEXT_TOKEN_NUMBER, text_len));
   }
-  if (x.size() != context.size() || t.dim() != 1 || t.size(0) != static_cast<int64_t>(x.size()))
-    throw offload::config_error(
-        "offload.wan.model.batch",
-        fmt::format("WanModel: expected one context and one timestep per sample; found {} x, {} "
-                    "context, t {}",
-                    x.size(), context.size(), shape_str(t)));
+  if (contexts.empty())
+    throw offload::config_error("offload.wan.model.batch",
+                                "WanModel::forward_branches: expected at least one context, found none");
+  for (const auto& context : contexts)
+    if (x.size() != context.size() || t.dim() != 1 || t.size(0) != static_cast<int64_t>(x.size()))
+      throw offload::config_error(
+          "offload.wan.model.batch",
+          fmt::format("WanModel: expected one context and one timestep per sample; found {} x, {} "
+                      "context, t {}",
+                      x.size(), context.size(), shape_str(t)));
   if (!y.empty()) {
     if (y.size() != x.size())
       throw offload::config_error("offload.wan.model.batch",
@@ -597,40 +609,54 @@ std::vector<torch::Tensor> WanModelImpl::forward(std::vector<torch::Tensor> x,
                                               x.size()));
     for (size_t i = 0; i < x.size(); ++i) x[i] = torch::cat({x[i], y[i]}, 0); // [C_in, F, H, W]
   }
+  // Intermediates are recorded for a single branch (the golden traces hold one).
+  const bool one = contexts.size() == 1;
 
-  // embeddings
+  // embeddings (shared by the branches: same x)
   auto emb = patchify(patch_embedding, x, seq_len, "patch_embedding");
 
   // time embeddings
   auto [e, e0] = embed_time(t);
 
-  // context
+  // context, per branch
   torch::Tensor context_lens; // None
-  auto ctx = embed_text(context);
+  torch::Tensor context_clip;
   if (clip_fea.defined()) {
     if (!img_emb)
       throw offload::config_error(
           "offload.wan.model.clip_fea",
           fmt::format("WanModel({}): clip_fea given but the model has no img_emb (t2v)", model_type));
-    auto context_clip = img_emb(clip_fea); // [B, 257 (x2), dim]
-    record("img_emb", context_clip);
-    ctx = torch::cat({context_clip, ctx}, 1);
+    context_clip = img_emb(clip_fea); // [B, 257 (x2), dim]
+    if (one) record("img_emb", context_clip);
+  }
+  std::vector<torch::Tensor> ctx, h;
+  for (const auto& context : contexts) {
+    auto c = embed_text(context);
+    if (context_clip.defined()) c = torch::cat({context_clip, c}, 1);
+    ctx.push_back(c);
+    h.push_back(emb.x);
   }
 
-  auto h = emb.x;
+  // blocks, block-major: a streamed block is loaded once for every branch
   for (size_t i = 0; i < block_list.size(); ++i) {
-    h = block_list[i](h, e0, emb.seq_lens, emb.grid_sizes, freqs, ctx, context_lens);
-    record(fmt::format("block.{}", i), h);
+    offload::block_use use(block_stream, static_cast<int>(i));
+    for (size_t b = 0; b < h.size(); ++b)
+      h[b] = block_list[i](h[b], e0, emb.seq_lens, emb.grid_sizes, freqs, ctx[b], context_lens);
+    if (one) record(fmt::format("block.{}", i), h[0]);
   }
 
-  // head
-  h = head(h, e);
-  record("head", h);
+  std::vector<std::vector<torch::Tensor>> outs;
+  for (auto& hb : h) {
+    // head
+    hb = head(hb, e);
+    if (one) record("head", hb);
 
-  // unpatchify
-  auto out = unpatchify(h, emb.grid_sizes);
-  for (auto& u : out) u = u.to(torch::kFloat32);
-  return out;
+    // unpatchify
+    auto out = unpatchify(hb, emb.grid_sizes);
+    for (auto& u : out) u = u.to(torch::kFloat32);
+    outs.push_back(std::move(out));
+  }
+  return outs;
 }
 
 std::vector<torch::Tensor> WanModelImpl::unpatchify(const torch::Tensor& x,

@@ -36,6 +36,12 @@
 ///     compute-dtype rule without downcasts.
 ///   * The embedding / time / text preprocessing shared by WanModel.forward and
 ///     VaceWanModel.forward (duplicated in the reference) are protected helpers.
+///   * `forward_branches` (an addition) runs several guidance branches that share x, t, clip_fea
+///     and y but differ in context block-major: every branch goes through block i before block
+///     i+1. Each branch computes exactly what forward() computes (bit-identical), and a streamed
+///     DiT (offload block streaming, `dit=cuda:stream=K`) moves each block once per denoising
+///     step instead of once per branch. `block_stream` (not a module member) is set by the
+///     offload wiring when the DiT declares its `blocks` list; null means resident.
 ///   * `trace` (optional callback) receives the intermediates the golden files record
 ///     (`patch_embedding.b`, `sinusoidal`, `time_embedding`, `time_projection`, `text_embedding`,
 ///     `img_emb`, `block.i`, `head`), a debugging aid with no effect on results.
@@ -60,6 +66,10 @@
 #include <string>
 #include <string_view>
 #include <vector>
+
+namespace offload {
+class block_stream;
+}
 
 namespace wan {
 
@@ -280,6 +290,13 @@ public:
                                      const torch::Tensor& clip_fea = {},
                                      const std::vector<torch::Tensor>& y = {});
 
+  /// forward() for several contexts (CFG's cond and uncond) at once, block-major: returns, per
+  /// context in `contexts`, what forward(x, t, context, seq_len, clip_fea, y) returns, bit for bit.
+  std::vector<std::vector<torch::Tensor>> forward_branches(std::vector<torch::Tensor> x, const torch::Tensor& t,
+                                                           const std::vector<std::vector<torch::Tensor>>& contexts,
+                                                           int64_t seq_len, const torch::Tensor& clip_fea = {},
+                                                           const std::vector<torch::Tensor>& y = {});
+
   /// x [B, L, prod(patch) * out_dim], grid_sizes int64 [B, 3] -> B tensors [out_dim, F, H, W]
   std::vector<torch::Tensor> unpatchify(const torch::Tensor& x,
                                         const torch::Tensor& grid_sizes) const;
@@ -309,6 +326,9 @@ public:
 
   /// Optional recorder of intermediates (debugging aid).
   trace_fn trace;
+
+  /// The block stream of the offload component wrapping this model (streamed DiT), or null.
+  offload::block_stream* block_stream = nullptr;
 
 protected:
   /// Builds everything but `blocks` when !build_blocks (VaceWanModel registers its own blocks).

@@ -7,6 +7,7 @@
 #include "wan/t5.hpp"
 #include "wan/vae.hpp"
 
+#include <offload/block_stream.hpp>
 #include <offload/errors.hpp>
 
 #include <fmt/format.h>
@@ -25,6 +26,36 @@ std::int64_t bytes_of(std::int64_t params, c10::ScalarType t) { return params * 
 
 } // namespace
 
+offload::block_layout dit_block_layout(const WanModelConfig& cfg, std::int64_t element_size) {
+  if (cfg.model_type == "vace")
+    throw offload::config_error("offload.config.not_streamable",
+                                "the VACE DiT declares no block list (its forward interleaves vace_blocks and "
+                                "blocks); expected a t2v, i2v or flf2v model");
+  const int64_t d = cfg.dim, f = cfg.ffn_dim;
+  // The tensors of one WanAttentionBlock in registration order (norm1/norm2 have no weights).
+  std::vector<int64_t> numels;
+  auto attention = [&](bool i2v) {
+    for (int i = 0; i < 4; ++i) numels.insert(numels.end(), {d * d, d}); // q, k, v, o
+    if (cfg.qk_norm) numels.insert(numels.end(), {d, d});                // norm_q, norm_k
+    if (i2v) {
+      numels.insert(numels.end(), {d * d, d, d * d, d}); // k_img, v_img
+      if (cfg.qk_norm) numels.push_back(d);               // norm_k_img
+    }
+  };
+  numels.push_back(6 * d); // modulation
+  attention(false);        // self_attn
+  if (cfg.cross_attn_norm) numels.insert(numels.end(), {d, d}); // norm3
+  attention(cfg.model_type != "t2v");                           // cross_attn
+  numels.insert(numels.end(), {f * d, f, d * f, d});            // ffn.0, ffn.2
+  const int64_t elem = element_size;
+  std::int64_t bytes = 0, slot = 0;
+  for (auto n : numels) bytes += n * elem, slot += offload::detail::align_up(n * elem);
+  offload::block_layout l;
+  l.block_bytes.assign(static_cast<std::size_t>(cfg.num_layers), bytes);
+  l.slot_bytes = slot;
+  return l;
+}
+
 std::vector<offload::component_info> preset_components(std::string_view task) {
   const auto& cfg = configs::wan_config(task); // throws config_error for an unknown task
   std::vector<offload::component_info> out;
@@ -33,7 +64,10 @@ std::vector<offload::component_info> preset_components(std::string_view task) {
     out.push_back({std::string(CLIP_COMPONENT),
                    bytes_of(clip::parameter_count(CLIPConfig::clip_xlm_roberta_vit_h_14()),
                             cfg.clip_dtype.value_or(c10::ScalarType::Half))});
-  out.push_back({std::string(DIT_COMPONENT), bytes_of(parameter_count(model_config(task)), c10::ScalarType::Float)});
+  const auto dit = model_config(task);
+  out.push_back({std::string(DIT_COMPONENT), bytes_of(parameter_count(dit), c10::ScalarType::Float),
+                 is_vace_task(task) ? std::nullopt
+                                    : std::optional<offload::block_layout>(dit_block_layout(dit, 4))});
   out.push_back({std::string(VAE_COMPONENT), bytes_of(parameter_count(WanVAEConfig::video_vae()), c10::ScalarType::Float)});
   return out;
 }

@@ -48,6 +48,8 @@
 
 namespace wan {
 
+struct WanModelConfig;
+
 /// Component names of the Wan pipelines; policies and presets use them.
 inline constexpr std::string_view T5_COMPONENT = "t5";
 inline constexpr std::string_view CLIP_COMPONENT = "clip";
@@ -67,8 +69,14 @@ struct generation_shape {
   std::optional<VaeTiling> decode_tiling = std::nullopt;
 };
 
-/// Component sizes of a task's preset models as the reference stores them, without weights.
+/// Component sizes of a task's preset models as the reference stores them, without weights. The
+/// DiT of t2v / i2v / flf2v carries its block layout (it can be streamed: `dit=cuda:stream=K`).
 std::vector<offload::component_info> preset_components(std::string_view task);
+
+/// The layout of a DiT's `blocks` stored with `element_size` bytes per element: every block's bytes and the slot that holds
+/// one (tensors aligned to 256 bytes), equal to what the loaded model's component declares.
+/// config_error `offload.config.not_streamable` for VACE.
+offload::block_layout dit_block_layout(const WanModelConfig& cfg, std::int64_t element_size);
 
 /// The stages of the task in the reference's order with workspace estimates (see the file comment).
 std::vector<offload::stage> pipeline_stages(const generation_shape& shape);

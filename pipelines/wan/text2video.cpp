@@ -43,8 +43,7 @@ torch::Tensor sample(offload_run& run, const dit_call& model, const torch::Tenso
     const torch::Tensor t = timesteps[i];                          // int64 []
     const torch::Tensor timestep = torch::stack({t}).to(dit_device); // int64 [1]
 
-    const torch::Tensor noise_pred_cond = model(latents, timestep, context);        // [C, T, h, w]
-    const torch::Tensor noise_pred_uncond = model(latents, timestep, context_null); // [C, T, h, w]
+    const auto [noise_pred_cond, noise_pred_uncond] = model(latents, timestep, context, context_null); // [C, T, h, w]
     const torch::Tensor noise_pred =
         noise_pred_uncond + guide_scale * (noise_pred_cond - noise_pred_uncond); // [C, T, h, w]
 
@@ -166,8 +165,9 @@ torch::Tensor WanT2V::run(const detail::prompt_source& prompt, const detail::pro
 
   WanModel model = components->model;
   const detail::dit_call call = [&](const torch::Tensor& latent, const torch::Tensor& timestep,
-                                    const std::vector<torch::Tensor>& ctx) {
-    return model->forward({latent}, timestep, ctx, seq_len)[0];
+                                    const std::vector<torch::Tensor>& ctx, const std::vector<torch::Tensor>& ctx_null) {
+    auto out = model->forward_branches({latent}, timestep, {ctx, ctx_null}, seq_len);
+    return std::pair{out[0][0], out[1][0]};
   };
   const torch::Tensor x0 = detail::sample(run, call, noise, context, context_null, params.sample_solver,
                                           params.sampling_steps, params.shift, params.guide_scale,

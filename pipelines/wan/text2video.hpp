@@ -43,10 +43,13 @@ struct t2v_params {
 
 namespace detail {
 
-/// The denoising model call of one CFG branch: latent [C, T, h, w], timestep int64 [1], context
-/// -> noise prediction [C, T, h, w]. Everything on the DiT's device.
-using dit_call = std::function<torch::Tensor(const torch::Tensor& latent, const torch::Tensor& timestep,
-                                             const std::vector<torch::Tensor>& context)>;
+/// The denoising model call of both CFG branches: latent [C, T, h, w], timestep int64 [1], context,
+/// context_null -> {noise_pred_cond, noise_pred_uncond} [C, T, h, w]. Everything on the DiT's
+/// device. WanModel runs the two branches block-major (forward_branches): the same numbers as two
+/// forward() calls, and a streamed DiT moves each block once per step.
+using dit_call = std::function<std::pair<torch::Tensor, torch::Tensor>(
+    const torch::Tensor& latent, const torch::Tensor& timestep, const std::vector<torch::Tensor>& context,
+    const std::vector<torch::Tensor>& context_null)>;
 
 /// The sampling loop shared by the pipelines: scheduler set-up (unipc / dpm++), per step one
 /// `denoise` stage with the cond and uncond calls, CFG, scheduler step. `noise` on the DiT's
