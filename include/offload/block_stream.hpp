@@ -154,13 +154,18 @@ public:
   /// One tensor of a block: its dotted path, its host master, and how to point the module at a
   /// tensor (the master between uses, a view into a slot while in use).
   struct tensor_ref {
-    std::string path;
+    std::string path; ///< dotted; qualified with the component's name by the constructor
     std::function<const at::Tensor&()> master;
     std::function<void(const at::Tensor&)> assign;
   };
 
+  /// `blocks[i]` lists block i's tensors with paths relative to the component; they are
+  /// qualified here once (`dit.blocks.3.ffn.0.weight`), not on every copy.
   block_stream(std::string component, std::vector<std::vector<tensor_ref>> blocks)
-      : component_(std::move(component)), blocks_(std::move(blocks)) {}
+      : component_(std::move(component)), blocks_(std::move(blocks)) {
+    for (auto& b : blocks_)
+      for (auto& r : b) r.path = component_ + "." + r.path;
+  }
   block_stream(const block_stream&) = delete;
   block_stream& operator=(const block_stream&) = delete;
 
@@ -240,9 +245,12 @@ public:
     try {
       for (; filled < loads.size(); ++filled) fill(loads[filled].slot, loads[filled].block);
     } catch (...) {
-      // The failed load and the ones not issued hold nothing usable.
+      // The failed load and the ones not issued hold nothing usable: forget them, so their
+      // blocks are copied again next time.
       for (std::size_t l = filled; l < loads.size(); ++l) {
-        slots_[static_cast<std::size_t>(loads[l].slot)].views.clear();
+        auto& sl = slots_[static_cast<std::size_t>(loads[l].slot)];
+        sl.views.clear();
+        sl.ready = {};
         schedule_.forget(loads[l].slot);
       }
       schedule_.release(i);
@@ -319,19 +327,16 @@ private:
         const auto n = static_cast<std::int64_t>(m.nbytes());
         at::Tensor view = sl.buffer.narrow(0, offset, n).view(m.scalar_type()).view(m.sizes());
         offset += detail::align_up(n);
-        last = device_->copy_into_async(m, view, fmt::format("{}.{}", component_, r.path), pinned_, sl.free_after);
+        last = device_->copy_into_async(m, view, r.path, pinned_, sl.free_after);
         views.push_back(std::move(view));
         bytes_streamed_ += n;
       }
     } catch (...) {
-      // The slot's content is unknown now: forget it, so the block is copied again next time.
+      // Let the copies already issued finish before the caller (acquire) forgets the slot.
       try {
         device_->wait(last);
       } catch (...) {
       }
-      sl.views.clear();
-      sl.ready = {};
-      schedule_.forget(s);
       throw;
     }
     sl.views = std::move(views);

@@ -6,6 +6,7 @@
 #include <offload/offloadable.hpp>
 #include <offload/stage_scheduler.hpp>
 
+#include <offload/testing/errors.hpp>
 #include <offload/testing/mock_device.hpp>
 
 #include <boost/test/unit_test.hpp>
@@ -78,14 +79,6 @@ bool identical(const std::vector<at::Tensor>& a, const std::vector<at::Tensor>& 
   return true;
 }
 
-std::string id_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const offload::error& e) {
-    return e.id();
-  }
-  return "<no error>";
-}
 
 } // namespace
 
@@ -113,7 +106,7 @@ BOOST_AUTO_TEST_CASE(slot_schedule_decisions) {
   // Every slot in use: a clear error.
   offload::detail::slot_schedule one(3, 1, 0);
   (void)one.acquire(0, "dit");
-  BOOST_TEST(id_of([&] { (void)one.acquire(1, "dit"); }) == "offload.placement.stream_slots");
+  BOOST_TEST(offload::testing::error_id([&] { (void)one.acquire(1, "dit"); }) == "offload.placement.stream_slots");
   // With 3 blocks and 2 slots, the second pass finds block 1 still loaded: 2 loads, not 3.
   offload::detail::slot_schedule three(3, 2, 1);
   offload::block_layout layout{{10, 20, 30}, 32};
@@ -137,11 +130,11 @@ BOOST_AUTO_TEST_CASE(layout_and_declaration_errors) {
 
   toy_streamed m;
   offload::offloadable c("dit", m);
-  BOOST_TEST(id_of([&] { c.declare_blocks("blocks", 4); }) == "offload.config.blocks");  // block 5 exists
-  BOOST_TEST(id_of([&] { c.declare_blocks("blocks", 8); }) == "offload.config.blocks");  // block 6 empty
-  BOOST_TEST(id_of([&] { c.set_streaming({2, 1}); }) == "offload.config.not_streamable");
+  BOOST_TEST(offload::testing::error_id([&] { c.declare_blocks("blocks", 4); }) == "offload.config.blocks");  // block 5 exists
+  BOOST_TEST(offload::testing::error_id([&] { c.declare_blocks("blocks", 8); }) == "offload.config.blocks");  // block 6 empty
+  BOOST_TEST(offload::testing::error_id([&] { c.set_streaming({2, 1}); }) == "offload.config.not_streamable");
   c.declare_blocks("blocks", kBlocks);
-  BOOST_TEST(id_of([&] { c.declare_blocks("blocks", kBlocks); }) == "offload.placement.duplicate_blocks");
+  BOOST_TEST(offload::testing::error_id([&] { c.declare_blocks("blocks", kBlocks); }) == "offload.placement.duplicate_blocks");
 }
 
 BOOST_AUTO_TEST_CASE(streamed_outputs_are_bit_identical_and_move_each_block_once_per_pass) {
@@ -202,7 +195,7 @@ BOOST_AUTO_TEST_CASE(reading_before_waiting_is_caught) {
   const at::Tensor src = torch::ones({1024});
   const auto e = gpu.copy_into_async(src, view, "dit.blocks.0.w", true);
   BOOST_TEST(e.ready_at > devices.clock().now());
-  BOOST_TEST(id_of([&] { gpu.note_read(e, "dit.blocks.0.w"); }) == "offload.placement.read_before_transfer");
+  BOOST_TEST(offload::testing::error_id([&] { gpu.note_read(e, "dit.blocks.0.w"); }) == "offload.placement.read_before_transfer");
   gpu.wait(e);
   BOOST_TEST(devices.clock().now() == e.ready_at);
   gpu.note_read(e, "dit.blocks.0.w");
@@ -285,7 +278,7 @@ BOOST_AUTO_TEST_CASE(policy_errors_and_suggestion) {
   std::vector<offload::stage> stages = {{"denoise", {"dit"}, {}, 2, 0}};
   const auto info = offload::info_of(f.comp);
   offload::component_info plain{"dit", info.bytes, std::nullopt};
-  BOOST_TEST(id_of([&] {
+  BOOST_TEST(offload::testing::error_id([&] {
                (void)offload::schedule(stages, {plain}, offload::parse_policy("dit=mock:0:stream=2"),
                                        {.accelerator = device_id::mock(0)});
              }) == "offload.config.not_streamable");
@@ -354,7 +347,7 @@ BOOST_AUTO_TEST_CASE(grammar_round_trip_and_errors) {
   BOOST_TEST(stream_of("dit=mock:0:stream=2:prefetch=0") == "2/0");
   for (const char* bad : {"dit=cpu:stream", "dit=cuda:prefetch=1", "dit=cuda:stream=0", "dit=cuda:stream=2:prefetch=2",
                           "dit=cuda:stream=x", "dit=cuda:stream=2:prefetch"})
-    BOOST_TEST_CONTEXT(bad) { BOOST_TEST(id_of([&] { (void)offload::parse_policy(bad); }) == "offload.config.policy_syntax"); }
+    BOOST_TEST_CONTEXT(bad) { BOOST_TEST(offload::testing::error_id([&] { (void)offload::parse_policy(bad); }) == "offload.config.policy_syntax"); }
   // The message names the limit.
   try {
     (void)offload::parse_policy("dit=cuda:stream=2:prefetch=2");

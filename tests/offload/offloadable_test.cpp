@@ -1,5 +1,6 @@
 #include <offload/offloadable.hpp>
 
+#include <offload/testing/errors.hpp>
 #include <offload/testing/mock_device.hpp>
 
 #include <boost/test/unit_test.hpp>
@@ -29,14 +30,6 @@ struct toy_ditImpl : torch::nn::Module {
 };
 TORCH_MODULE(toy_dit);
 
-std::string message_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const offload::error& e) {
-    return e.what();
-  }
-  return "<no error>";
-}
 
 } // namespace
 
@@ -110,7 +103,7 @@ BOOST_AUTO_TEST_CASE(complex_aux_that_follows_dtype_is_refused) {
   toy_dit dit;
   offload::offloadable c("dit", dit);
   c.register_aux("freqs", dit->freqs, offload::dtype_rule::follow);
-  const auto msg = message_of([&] { c.convert(torch::kBFloat16); });
+  const auto msg = offload::testing::error_message([&] { c.convert(torch::kBFloat16); });
   BOOST_TEST(msg.find("offload.placement.complex_follows_dtype") != std::string::npos);
   BOOST_TEST(msg.find("'dit.freqs'") != std::string::npos);
   BOOST_TEST(msg.find("dtype_rule::keep") != std::string::npos);
@@ -124,7 +117,7 @@ BOOST_AUTO_TEST_CASE(audit_names_path_devices_dtypes_stage_and_policy) {
   auto& gpu = offload::testing::add_mock(devices, 0);
   c.place_on(gpu);
   vae.mean = vae.mean.clone(); // replaced behind offload's back: the Wan bug class
-  const auto msg = message_of([&] { c.audit(device_id::mock(0), {"decode", "offload_model+vae_cpu"}); });
+  const auto msg = offload::testing::error_message([&] { c.audit(device_id::mock(0), {"decode", "offload_model+vae_cpu"}); });
   BOOST_TEST(msg.find("offload.placement.device_mismatch") != std::string::npos);
   BOOST_TEST(msg.find("tensor 'vae.mean' (auxiliary) expected mock:0/Float") != std::string::npos);
   BOOST_TEST(msg.find("found cpu/Float (not the copy offload placed)") != std::string::npos);
@@ -133,7 +126,7 @@ BOOST_AUTO_TEST_CASE(audit_names_path_devices_dtypes_stage_and_policy) {
   // A parameter converted by hand is caught with its dotted path and both dtypes.
   offload::offloadable lin("enc", torch::nn::Linear(2, 2));
   lin.module()->weight.set_data(lin.module()->weight.to(torch::kFloat64));
-  const auto msg2 = message_of([&] { lin.audit(device_id::cpu(), {"text_encode", "t5_cpu"}); });
+  const auto msg2 = offload::testing::error_message([&] { lin.audit(device_id::cpu(), {"text_encode", "t5_cpu"}); });
   BOOST_TEST(msg2.find("tensor 'enc.weight' (parameter) expected cpu/Float, found cpu/Double") !=
              std::string::npos);
 }
@@ -186,7 +179,7 @@ BOOST_AUTO_TEST_CASE(failed_copy_back_leaves_the_component_on_its_device) {
   bn.running_mean.fill_(7.0f);
   bn.running_var.fill_(3.0f);
   gpu.fail_transfer_at(2); // running_mean copies back, running_var fails
-  const auto msg = message_of([&] { c.place_on(devices.host()); });
+  const auto msg = offload::testing::error_message([&] { c.place_on(devices.host()); });
   BOOST_TEST(msg.find("offload.capacity.injected_fault") != std::string::npos, msg);
   BOOST_TEST(msg.find("vae.1.running_var") != std::string::npos, msg);
   BOOST_TEST(c.location() == device_id::mock(0));
@@ -211,13 +204,13 @@ BOOST_AUTO_TEST_CASE(wraps_holders_and_shared_pointers) {
 BOOST_AUTO_TEST_CASE(refuses_modules_not_on_the_host_and_undefined_aux) {
   at::Tensor undefined;
   offload::offloadable c("c", torch::nn::Linear(2, 2));
-  const auto msg = message_of([&] { c.register_aux("cache", undefined); });
+  const auto msg = offload::testing::error_message([&] { c.register_aux("cache", undefined); });
   BOOST_TEST(msg.find("auxiliary tensor 'c.cache' is undefined") != std::string::npos);
   offload::device_set devices;
   auto& gpu = offload::testing::add_mock(devices, 0);
   c.place_on(gpu);
   at::Tensor late = torch::ones({2});
-  const auto msg2 = message_of([&] { c.register_aux("late", late); });
+  const auto msg2 = offload::testing::error_message([&] { c.register_aux("late", late); });
   BOOST_TEST(msg2.find("while it is on mock:0") != std::string::npos);
 }
 

@@ -6,6 +6,7 @@
 #include "wan/components.hpp"
 #include "wan/stages.hpp"
 
+#include <offload/testing/errors.hpp>
 #include <offload/testing/mock_device.hpp>
 
 #include <boost/test/unit_test.hpp>
@@ -35,14 +36,6 @@ torch::Tensor host_video(const std::string& kind) {
   return cache[kind] = wt::tiny_generate(kind, {&devices, gpu, offload::parse_policy(host_policy(kind))});
 }
 
-std::string id_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const offload::error& e) {
-    return e.id();
-  }
-  return "<no error>";
-}
 
 void run_streamed(const std::string& kind) {
   const torch::Tensor reference = host_video(kind);
@@ -134,7 +127,7 @@ BOOST_AUTO_TEST_CASE(preset_dit_layouts_and_streamed_plans) {
 BOOST_AUTO_TEST_CASE(vace_refuses_streaming) {
   offload::device_set devices;
   auto& mock = offload::testing::add_mock(devices, 0);
-  BOOST_TEST(id_of([&] {
+  BOOST_TEST(offload::testing::error_id([&] {
                (void)wt::tiny_generate("vace", {&devices, gpu, offload::parse_policy("dit=cuda:stream=1")});
              }) == "offload.config.not_streamable");
   BOOST_TEST(mock.used() == 0);

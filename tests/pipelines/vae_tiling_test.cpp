@@ -18,6 +18,8 @@
 
 #include <torch/torch.h>
 
+#include <functional>
+
 #include <boost/test/unit_test.hpp>
 
 #include <algorithm>
@@ -146,31 +148,28 @@ BOOST_AUTO_TEST_CASE(without_attention_the_error_is_confined_to_the_overlap) {
   BOOST_TEST(inside > 1e-3);   // the border effect exists, and only there
 }
 
-BOOST_AUTO_TEST_CASE(decode_error_vs_untiled) {
-  torch::NoGradGuard no_grad;
-  auto& vae = golden_vae();
-  // 20 x 28 latent (160 x 224 pixels), 3 latent frames (9 video frames): several tiles per axis.
-  const auto z = random_latent(3, 20, 28, 1234);
-  const auto ref = vae.decode({z})[0];
-  struct setting {
-    wan::VaeTiling tiling;
-    double max_abs_tol, rel_tol;
-  };
-  // Bounds: the measured errors (docs/pipelines/wan.md) rounded up by ~20%. The computation is
-  // deterministic (fixed seed and weights, CPU float32), so they guard against regressions; a
-  // misplaced tile, a cache shared between tiles or a hard seam gives errors of order 1.
-  const std::vector<setting> settings{
-      {{8, 8, 2}, 0.93, 0.30},   // measured 0.773, 0.247
-      {{8, 8, 4}, 0.71, 0.24},   // measured 0.590, 0.194
-      {{12, 16, 4}, 0.60, 0.14}, // measured 0.500, 0.110
-      {{16, 16, 8}, 0.31, 0.066} // measured 0.253, 0.055
-  };
+namespace {
+
+// One tiling setting and its bounds. Bounds: the measured errors (docs/pipelines/wan.md) rounded
+// up by ~20%. The computation is deterministic (fixed seed and weights, CPU float32), so they
+// guard against regressions; a misplaced tile, a cache shared between tiles or a hard seam gives
+// errors of order 1.
+struct tiling_bound {
+  wan::VaeTiling tiling;
+  double max_abs_tol, rel_tol;
+};
+
+/// Runs `tiled(tiling)` for every setting against the untiled `ref`, checks the shape and the
+/// bounds, prints the errors, and checks that they shrink as tiles and overlaps grow.
+void check_against_untiled(const std::string& what, const torch::Tensor& ref,
+                           const std::function<torch::Tensor(const wan::VaeTiling&)>& tiled,
+                           const std::vector<tiling_bound>& settings) {
   std::vector<double> rel;
   for (const auto& [tiling, max_abs_tol, rel_tol] : settings) {
-    const auto tiled = vae.decode({z}, tiling)[0];
-    BOOST_TEST(tiled.sizes() == ref.sizes());
-    const auto e = compare(tiled, ref);
-    BOOST_TEST_MESSAGE("vae_tiling decode 20x28 latent, tile " << tiling.tile_latent_h << "x" << tiling.tile_latent_w
+    const auto out = tiled(tiling);
+    BOOST_TEST(out.sizes() == ref.sizes());
+    const auto e = compare(out, ref);
+    BOOST_TEST_MESSAGE("vae_tiling " << what << ", tile " << tiling.tile_latent_h << "x" << tiling.tile_latent_w
                        << " overlap " << tiling.overlap_latent << ": max abs err " << e.max_abs
                        << " (max |ref| " << e.max_ref << "), rel L2 err " << e.rel);
     BOOST_TEST(e.max_abs <= max_abs_tol);
@@ -181,37 +180,36 @@ BOOST_AUTO_TEST_CASE(decode_error_vs_untiled) {
   for (std::size_t i = 1; i < rel.size(); ++i) BOOST_TEST(rel[i] < rel[i - 1]);
 }
 
+} // namespace
+
+BOOST_AUTO_TEST_CASE(decode_error_vs_untiled) {
+  torch::NoGradGuard no_grad;
+  auto& vae = golden_vae();
+  // 20 x 28 latent (160 x 224 pixels), 3 latent frames (9 video frames): several tiles per axis.
+  const auto z = random_latent(3, 20, 28, 1234);
+  check_against_untiled("decode 20x28 latent", vae.decode({z})[0],
+                        [&](const wan::VaeTiling& t) { return vae.decode({z}, t)[0]; },
+                        {
+                            {{8, 8, 2}, 0.93, 0.30},   // measured 0.773, 0.247
+                            {{8, 8, 4}, 0.71, 0.24},   // measured 0.590, 0.194
+                            {{12, 16, 4}, 0.60, 0.14}, // measured 0.500, 0.110
+                            {{16, 16, 8}, 0.31, 0.066} // measured 0.253, 0.055
+                        });
+}
+
 BOOST_AUTO_TEST_CASE(encode_error_vs_untiled) {
   torch::NoGradGuard no_grad;
   auto& vae = golden_vae();
   torch::manual_seed(99);
   const auto video = torch::rand({3, 9, 160, 224}) * 2 - 1; // latent [16, 3, 20, 28]
-  const auto ref = vae.encode({video})[0];
-  struct setting {
-    wan::VaeTiling tiling;
-    double max_abs_tol, rel_tol;
-  };
-  // Bounds: measured errors rounded up by ~20% (as for decode).
-  const std::vector<setting> settings{
-      {{8, 8, 2}, 0.28, 0.10},    // measured 0.232, 0.083
-      {{8, 8, 4}, 0.20, 0.078},   // measured 0.164, 0.064
-      {{12, 16, 4}, 0.17, 0.038}, // measured 0.137, 0.031
-      {{16, 16, 8}, 0.067, 0.020} // measured 0.056, 0.016
-  };
-  std::vector<double> rel;
-  for (const auto& [tiling, max_abs_tol, rel_tol] : settings) {
-    const auto tiled = vae.encode({video}, tiling)[0];
-    BOOST_TEST(tiled.sizes() == ref.sizes());
-    const auto e = compare(tiled, ref);
-    BOOST_TEST_MESSAGE("vae_tiling encode 160x224 video, tile " << tiling.tile_latent_h << "x" << tiling.tile_latent_w
-                       << " overlap " << tiling.overlap_latent << ": max abs err " << e.max_abs
-                       << " (max |ref| " << e.max_ref << "), rel L2 err " << e.rel);
-    BOOST_TEST(e.max_abs <= max_abs_tol);
-    BOOST_TEST(e.rel <= rel_tol);
-    rel.push_back(e.rel);
-  }
-  // larger overlaps and tiles leave less of the frame near a tile border: the error shrinks
-  for (std::size_t i = 1; i < rel.size(); ++i) BOOST_TEST(rel[i] < rel[i - 1]);
+  check_against_untiled("encode 160x224 video", vae.encode({video})[0],
+                        [&](const wan::VaeTiling& t) { return vae.encode({video}, t)[0]; },
+                        {
+                            {{8, 8, 2}, 0.28, 0.10},    // measured 0.232, 0.083
+                            {{8, 8, 4}, 0.20, 0.078},   // measured 0.164, 0.064
+                            {{12, 16, 4}, 0.17, 0.038}, // measured 0.137, 0.031
+                            {{16, 16, 8}, 0.067, 0.020} // measured 0.056, 0.016
+                        });
 }
 
 BOOST_AUTO_TEST_CASE(shapes_equal_untiled_for_sizes_not_divisible_by_the_tile) {
