@@ -89,9 +89,6 @@ std::shared_ptr<WanComponents> WanComponents::load(std::string_view kind, const 
           fmt::format("'{}' holds a '{}' DiT; the {} pipeline expects model_type '{}'",
                       (paths.dit_dir / "config.json").string(), c->model->model_type, kind, kind));
   }
-  c->model->eval();
-  for (auto& p : c->model->parameters()) p.requires_grad_(false);
-
   const bool tokenizer = !paths.t5_tokenizer.empty() && std::filesystem::exists(paths.t5_tokenizer);
   c->text_encoder = std::make_unique<T5EncoderModel>(c->model->text_len, dtypes.t5, torch::kCPU,
                                                      paths.t5_checkpoint,
@@ -106,29 +103,68 @@ std::shared_ptr<WanComponents> WanComponents::load(std::string_view kind, const 
                                                 options.clip_vision_heads);
     c->clip = std::make_unique<CLIPModel>(dtypes.clip, torch::kCPU, paths.clip_checkpoint, clip_cfg);
   }
+  c->wrap(options);
+  return c;
+}
+
+std::shared_ptr<WanComponents> WanComponents::from_models(std::string_view kind, WanModel model,
+                                                          std::unique_ptr<T5EncoderModel> text_encoder,
+                                                          std::unique_ptr<WanVAE> vae,
+                                                          std::unique_ptr<CLIPModel> clip,
+                                                          const component_options& options) {
+  check_kind(kind);
+  const auto missing = [&](std::string_view what) {
+    throw offload::config_error("offload.wan.components.missing_model",
+                                fmt::format("WanComponents::from_models('{}'): expected {}, found none", kind, what));
+  };
+  if (!model) missing("a DiT");
+  if (!text_encoder) missing("a T5 encoder");
+  if (!vae) missing("a VAE");
+  if (has_clip(kind) != static_cast<bool>(clip))
+    throw offload::config_error(
+        "offload.wan.components.missing_model",
+        fmt::format("WanComponents::from_models('{}'): {} CLIP model expected, found {}", kind,
+                    has_clip(kind) ? "a" : "no", clip ? "one" : "none"));
+  std::shared_ptr<WanComponents> c(new WanComponents());
+  c->kind = std::string(kind);
+  if (kind == "vace") {
+    c->vace_model = VaceWanModel(std::dynamic_pointer_cast<VaceWanModelImpl>(model.ptr()));
+    if (!c->vace_model)
+      throw offload::config_error("offload.wan.components.model_type",
+                                  "WanComponents::from_models('vace'): expected a VaceWanModel, found a WanModel");
+  }
+  c->model = std::move(model);
+  c->text_encoder = std::move(text_encoder);
+  c->vae = std::move(vae);
+  c->clip = std::move(clip);
+  c->wrap(options);
+  return c;
+}
+
+void WanComponents::wrap(const component_options& options) {
+  const component_dtypes& dtypes = options.dtypes;
+  model->eval();
+  for (auto& p : model->parameters()) p.requires_grad_(false);
 
   // Components: every tensor each model owns, aux tensors declared.
-  c->t5_component = std::make_unique<offload::offloadable<T5Encoder>>(std::string(T5_COMPONENT),
-                                                                      c->text_encoder->model);
-  if (c->clip)
-    c->clip_component = std::make_unique<offload::offloadable<XLMRobertaCLIP>>(std::string(CLIP_COMPONENT),
-                                                                              c->clip->model);
+  t5_component = std::make_unique<offload::offloadable<T5Encoder>>(std::string(T5_COMPONENT), text_encoder->model);
+  if (clip)
+    clip_component = std::make_unique<offload::offloadable<XLMRobertaCLIP>>(std::string(CLIP_COMPONENT), clip->model);
   auto dit = std::make_unique<offload::offloadable<WanModel>>(
-      std::string(DIT_COMPONENT), c->model,
+      std::string(DIT_COMPONENT), model,
       offload::offloadable_options{dtypes.dit == torch::kFloat32 ? std::nullopt
                                                                   : std::optional<c10::ScalarType>(dtypes.dit)});
-  dit->register_aux("freqs", c->model->freqs, offload::dtype_rule::keep);
+  dit->register_aux("freqs", model->freqs, offload::dtype_rule::keep);
   // The DiT's `blocks` can be streamed (dit=cuda:stream=K): WanModel::forward_branches uses them
   // through offload::block_use. VaceWanModel's forward does not, so VACE declares none.
   if (kind != "vace") {
-    dit->declare_blocks("blocks", static_cast<int>(c->model->num_layers));
-    c->model->block_stream = dit->stream();
+    dit->declare_blocks("blocks", static_cast<int>(model->num_layers));
+    model->block_stream = dit->stream();
   }
-  c->dit_component = std::move(dit);
-  auto vae = std::make_unique<offload::offloadable<WanVAE_>>(std::string(VAE_COMPONENT), c->vae->model);
-  vae->register_aux("mean", c->vae->mean).register_aux("std", c->vae->std);
-  c->vae_component = std::move(vae);
-  return c;
+  dit_component = std::move(dit);
+  auto vae_c = std::make_unique<offload::offloadable<WanVAE_>>(std::string(VAE_COMPONENT), vae->model);
+  vae_c->register_aux("mean", vae->mean).register_aux("std", vae->std);
+  vae_component = std::move(vae_c);
 }
 
 std::vector<offload::component*> WanComponents::components() const {

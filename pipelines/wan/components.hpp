@@ -93,6 +93,15 @@ public:
   /// `kind`: "t2v" (also t2i), "i2v", "flf2v" or "vace". Loads every model on the host, strictly.
   static std::shared_ptr<WanComponents> load(std::string_view kind, const component_paths& paths,
                                              const component_options& options = {});
+  /// Wraps models already built (random weights for benchmarks, models loaded elsewhere) exactly as
+  /// load() wraps the ones it reads: `model` is a VaceWanModel for "vace"; `clip` is given for i2v
+  /// and flf2v only. `options.dtypes.dit` converts the DiT as in load(); the other models keep the
+  /// dtype they were built with. Throws offload::config_error naming what is missing.
+  static std::shared_ptr<WanComponents> from_models(std::string_view kind, WanModel model,
+                                                    std::unique_ptr<T5EncoderModel> text_encoder,
+                                                    std::unique_ptr<WanVAE> vae,
+                                                    std::unique_ptr<CLIPModel> clip = nullptr,
+                                                    const component_options& options = {});
 
   WanComponents(const WanComponents&) = delete;
   WanComponents& operator=(const WanComponents&) = delete;
@@ -121,6 +130,8 @@ public:
 
 private:
   WanComponents() = default;
+  /// Wraps the models as offloadable components (load and from_models).
+  void wrap(const component_options& options);
 };
 
 /// Called inside every stage scope, at each repetition (after the executor applied the stage's
