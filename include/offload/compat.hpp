@@ -23,6 +23,16 @@
 #define OFFLOAD_TORCH2 0
 #endif
 
+/// The CUDA caching allocator's statistics (peak allocated and reserved bytes per device) can be
+/// read when LibTorch ships c10/cuda/CUDACachingAllocator.h and the CUDA runtime headers it includes
+/// are on the include path: PyTorch's bundled LibTorch 2.x with a CUDA toolkit, not Debian's
+/// CPU-only 1.13. Code that reads them includes that header itself, under this macro.
+#if __has_include(<c10/cuda/CUDACachingAllocator.h>) && __has_include(<cuda_runtime_api.h>)
+#define OFFLOAD_HAS_CUDA_ALLOCATOR_STATS 1
+#else
+#define OFFLOAD_HAS_CUDA_ALLOCATOR_STATS 0
+#endif
+
 namespace offload::detail {
 /// Whether this LibTorch can use CUDA (pinning host memory needs it).
 inline bool cuda_available() { return at::globalContext().hasCUDA(); }
