@@ -335,6 +335,15 @@ CLIPModel::CLIPModel(torch::Dtype dtype_, torch::Device device_,
   model->to(device);
 }
 
+CLIPModel::CLIPModel(torch::Dtype dtype_, torch::Device device_, const CLIPConfig& config)
+    : dtype(dtype_), device(device_) {
+  model = XLMRobertaCLIP(config);
+  model->to(dtype);
+  model->eval();
+  for (auto& p : model->parameters()) p.set_requires_grad(false);
+  model->to(device);
+}
+
 torch::Tensor CLIPModel::visual(const std::vector<torch::Tensor>& videos) {
   torch::NoGradGuard no_grad;
   const auto x = preprocess_videos(videos, model->config);  // [N, 3, S, S]

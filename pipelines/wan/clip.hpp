@@ -21,7 +21,8 @@
 //    the function flash_attention computes; the GPU kernel's bf16 rounding of q/k/v is not applied.
 //  * The reference runs the visual tower under torch.cuda.amp.autocast(dtype); LibTorch has no
 //    such context here, so CLIPModel::visual casts the preprocessed images to the module dtype.
-//  * Freshly built modules are not initialised like the Python (weights come from a checkpoint).
+//  * Freshly built modules are not initialised like the Python (weights come from a checkpoint;
+//    the config overload of CLIPModel keeps LibTorch's default initialisation, for benchmarks).
 
 #include <array>
 #include <cstdint>
@@ -210,6 +211,9 @@ public:
   /// switches to eval mode and moves it to `device`.
   CLIPModel(torch::Dtype dtype, torch::Device device, const std::filesystem::path& checkpoint_path,
             std::optional<CLIPConfig> config = std::nullopt);
+  /// Builds XLMRobertaCLIP(config) without a checkpoint (random weights, LibTorch's default
+  /// initialisation; benchmarks) in `dtype`, eval mode, on `device`.
+  CLIPModel(torch::Dtype dtype, torch::Device device, const CLIPConfig& config);
 
   /// videos: [3, F, H, W] each, values in [-1, 1]. Returns [sum F, 257, vision_dim] (the output
   /// of all transformer blocks but the last).

@@ -308,6 +308,16 @@ T5EncoderModel::T5EncoderModel(std::int64_t text_len_, torch::Dtype dtype_,
   }
 }
 
+T5EncoderModel::T5EncoderModel(std::int64_t text_len_, torch::Dtype dtype_, torch::Device device_,
+                               const T5Config& config)
+    : text_len(text_len_), dtype(dtype_), device(device_) {
+  model = T5Encoder(config);
+  model->to(dtype);
+  model->eval();
+  for (auto& p : model->parameters()) p.set_requires_grad(false);
+  model->to(device);
+}
+
 std::vector<torch::Tensor> T5EncoderModel::operator()(const std::vector<std::string>& texts,
                                                       torch::Device target) {
   if (!tokenizer) {

@@ -8,7 +8,8 @@
 //
 // Deliberate deviations:
 //  * T5CrossAttention / T5Decoder / T5Model / init_weights are not ported (Wan never runs them).
-//    Freshly built modules get LibTorch's default initialisation; every use loads a checkpoint.
+//    Freshly built modules get LibTorch's default initialisation: the pipelines load a checkpoint;
+//    benchmarks use the random weights (T5EncoderModel's config overload).
 //  * T5Encoder takes a T5Config instead of positional arguments; it cannot share an external
 //    nn.Embedding (`vocab` as module), which only T5Model uses.
 //  * T5EncoderModel builds the encoder from a config inferred from the checkpoint
@@ -186,6 +187,9 @@ public:
                  const std::filesystem::path& checkpoint_path,
                  const std::filesystem::path& tokenizer_path = {},
                  std::optional<T5Config> config = std::nullopt);
+  /// Builds the encoder of `config` without a checkpoint (random weights, LibTorch's default
+  /// initialisation; benchmarks), in `dtype`, eval mode, on `device`. No tokenizer.
+  T5EncoderModel(std::int64_t text_len, torch::Dtype dtype, torch::Device device, const T5Config& config);
 
   /// Tokenizes, encodes and returns one [seq_len_i, dim] tensor per text (trimmed to the mask).
   std::vector<torch::Tensor> operator()(const std::vector<std::string>& texts,
