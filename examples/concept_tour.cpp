@@ -140,6 +140,7 @@ int main() {
   net->stream = deep.stream();
   const auto streamed = offload::parse_policy("deep=cuda:on_demand:stream=2:prefetch=1");
   const std::vector<offload::stage> passes = {{"run", {"deep"}, {}, /*repeat=*/3}};
+  const auto passes_of = [](const std::string& name) { return std::vector<offload::stage>{{"run", {name}, {}, 1}}; };
   const auto stream_plan = offload::schedule(passes, {offload::info_of(deep)}, streamed,
                                              {.accelerator = mock0, .devices = {{mock0, gpu.capacity()}}});
   std::cout << stream_plan.table(); // footprint: 2 slots; "stream deep" bytes per stage
@@ -152,6 +153,27 @@ int main() {
   }
   streaming.finish();
   // [streaming]
+
+  // [storage]
+  // A storage rule says which tensors may be stored narrower; the policy picks the dtype
+  // (docs/storage_and_tiling.md). The plan counts the stored bytes; the executor converts the
+  // selected masters once, before the first placement.
+  Deep narrow;
+  offload::offloadable narrow_c("narrow", narrow);
+  narrow_c.declare_storage_rule([](std::string_view path) { return path.ends_with(".weight"); });
+  const auto stored_plan = offload::schedule(passes_of("narrow"), {offload::info_of(narrow_c)},
+                                             offload::parse_policy("narrow=cuda:store=bf16"), {.accelerator = mock0});
+  std::cout << "narrow: " << offload::format_bytes(stored_plan.component_bytes.at("narrow")) << " stored as bf16\n";
+  { offload::executor convert(stored_plan, devices, {&narrow_c}); } // masters converted here
+  assert(narrow_c.tensors().master("blocks.0.weight").scalar_type() == torch::kBFloat16);
+  assert(narrow_c.tensors().master("blocks.0.bias").scalar_type() == torch::kFloat32);
+  // A component that runs tiled reads the policy's tile options (`vae=cuda:tile=32:overlap=8`).
+  narrow_c.declare_tileable();
+  const auto tiled_plan = offload::schedule(passes_of("narrow"), {offload::info_of(narrow_c)},
+                                            offload::parse_policy("narrow=cuda:tile=8:overlap=2"), {.accelerator = mock0});
+  { offload::executor tiled(tiled_plan, devices, {&narrow_c}); }
+  assert((narrow_c.tiling() == offload::tile_options{8, 2}));
+  // [storage]
   assert(gpu.bytes_in() > 0);
   return gpu.used() == 0 ? 0 : 1;
 }

@@ -173,11 +173,16 @@ public:
 
   /// Sizes of the blocks and of one slot (each tensor aligned to 256 bytes).
   [[nodiscard]] block_layout layout() const {
+    return layout([](std::string_view, const at::Tensor& master) { return static_cast<std::int64_t>(master.nbytes()); });
+  }
+  /// The same with each tensor's bytes given by `size(qualified path, master)` (the layout under
+  /// another storage dtype).
+  [[nodiscard]] block_layout layout(const std::function<std::int64_t(std::string_view, const at::Tensor&)>& size) const {
     block_layout l;
     for (const auto& b : blocks_) {
       std::int64_t bytes = 0, slot = 0;
       for (const auto& t : b) {
-        const auto n = static_cast<std::int64_t>(t.master().nbytes());
+        const auto n = size(t.path, t.master());
         bytes += n;
         slot += detail::align_up(n);
       }

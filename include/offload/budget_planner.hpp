@@ -60,6 +60,9 @@ struct budget_options {
   bool allow_host_execution = true;
   /// Consider evict_on_demand policies.
   bool allow_evict_on_demand = true;
+  /// Consider streaming the block list of components that declare one (`stream=2:pinned`: two
+  /// device slots, one block prefetched, pinned masters).
+  bool allow_streaming = true;
 };
 
 /// The planner's choice: the scheduler's plan for it (fits every budget) and its prediction.

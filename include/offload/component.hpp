@@ -13,6 +13,7 @@
 #include <fmt/format.h>
 
 #include <optional>
+#include <vector>
 
 #include <cstdint>
 #include <string>
@@ -56,9 +57,72 @@ public:
                                      "drop ':stream' from its policy",
                                      name()));
   }
+  /// Its sizes under the storage dtypes its storage rule offers (see storage.hpp); none by default.
+  [[nodiscard]] virtual std::vector<stored_size> storage_sizes() const { return {}; }
+  /// Converts the tensors its storage rule selects to `dtype` (native: leaves it as it is). Called
+  /// by the executor, at home, from the policy. Throws config_error `offload.config.no_storage_rule`
+  /// without a rule.
+  virtual void set_storage(storage_dtype dtype) {
+    if (dtype != storage_dtype::native)
+      throw config_error("offload.config.no_storage_rule",
+                         fmt::format("component '{}' declares no storage rule, so it cannot be stored as {}; "
+                                     "drop ':store' from its policy",
+                                     name(), to_string(dtype)));
+  }
+  /// Whether it honours tile options (set_tiling).
+  [[nodiscard]] virtual bool tileable() const { return false; }
+  /// Runs tiled with `options` (the model reads them through tiling()). Called by the executor from
+  /// the policy. Throws config_error `offload.config.not_tileable` unless tileable().
+  virtual void set_tiling(tile_options options) {
+    if (options.enabled())
+      throw config_error("offload.config.not_tileable",
+                         fmt::format("component '{}' does not run tiled; drop ':tile' from its policy", name()));
+  }
+  /// The tile options in force (disabled by default).
+  [[nodiscard]] virtual tile_options tiling() const { return {}; }
 };
 
-/// What the scheduler needs to know of a component: name, bytes and block list.
-[[nodiscard]] inline component_info info_of(const component& c) { return {c.name(), c.bytes(), c.blocks()}; }
+/// What the scheduler needs to know of a component: name, bytes, block list, storage sizes and
+/// whether it runs tiled.
+[[nodiscard]] inline component_info info_of(const component& c) {
+  return {c.name(), c.bytes(), c.blocks(), c.storage_sizes(), c.tileable()};
+}
+
+namespace detail {
+
+/// The components as the policy stores them: each `store=` replaced by the component's stored size
+/// (bytes and blocks). Throws config_error `offload.config.no_storage_rule` for a dtype the
+/// component does not offer and `offload.config.not_tileable` for `tile` on one that does not tile.
+inline std::vector<component_info> stored_infos(const std::vector<component_info>& comps,
+                                                const placement_policy& policy) {
+  std::vector<component_info> out = comps;
+  for (auto& c : out) {
+    const auto& cp = policy.of(c.name);
+    if (cp.tile.enabled() && !c.tileable)
+      throw config_error("offload.config.not_tileable",
+                         fmt::format("policy '{}' tiles component '{}', which does not run tiled; drop ':tile' "
+                                     "for it",
+                                     policy.label(), c.name));
+    if (cp.store == storage_dtype::native) continue;
+    const stored_size* s = c.stored_as(cp.store);
+    if (!s)
+      throw config_error("offload.config.no_storage_rule",
+                         fmt::format("policy '{}' stores component '{}' as {}, which it does not offer ({}); "
+                                     "drop ':store' for it",
+                                     policy.label(), c.name, to_string(cp.store),
+                                     c.storage.empty() ? std::string("it declares no storage rule")
+                                                       : fmt::format("it offers {}", [&] {
+                                                           std::string o;
+                                                           for (const auto& v : c.storage)
+                                                             o += (o.empty() ? "" : ", ") + std::string(to_string(v.dtype));
+                                                           return o;
+                                                         }())));
+    c.bytes = s->bytes;
+    c.blocks = s->blocks;
+  }
+  return out;
+}
+
+} // namespace detail
 
 } // namespace offload

@@ -61,6 +61,8 @@ public:
       comps_[c->name()] = c;
       if (c->location().is_host()) {
         const auto& cp = plan_.policy.of(c->name());
+        c->set_storage(cp.store); // before pinning: converted masters are pinned as they are
+        c->set_tiling(cp.tile);
         c->use_pinned_memory(cp.memory == host_memory::pinned);
         c->set_streaming(plan_.execute_on.at(c->name()).is_host() ? stream_options{} : cp.stream);
       }

@@ -21,6 +21,7 @@
 #include <offload/stage.hpp>
 #include <offload/stage_scheduler.hpp>
 #include <offload/state_dict.hpp>
+#include <offload/storage.hpp>
 #include <offload/tensor_registry.hpp>
 #include <offload/trace.hpp>
 #include <offload/units.hpp>

@@ -19,8 +19,11 @@
 #include <offload/compat.hpp>
 #include <offload/tensor_registry.hpp>
 
+#include <functional>
 #include <string>
+#include <string_view>
 #include <utility>
+#include <vector>
 
 namespace offload {
 
@@ -87,10 +90,34 @@ public:
   /// The block stream the module's forward uses (offload::block_use), or nullptr.
   [[nodiscard]] block_stream* stream() noexcept { return registry_.stream(); }
 
+  /// Declares which tensors a policy's `store=bf16|fp16` converts (paths without the component
+  /// prefix, e.g. `blocks.0.ffn.0.weight`); see storage.hpp. Chainable.
+  offloadable& declare_storage_rule(std::function<bool(std::string_view path)> selects) {
+    registry_.set_storage_rule(std::move(selects));
+    return *this;
+  }
+  [[nodiscard]] std::vector<stored_size> storage_sizes() const override { return registry_.stored_sizes(); }
+  void set_storage(storage_dtype dtype) override { registry_.set_storage(dtype); }
+
+  /// Declares that the module runs tiled when a policy asks (`:tile=N:overlap=M`); the module's
+  /// caller reads tiling() and tiles its work. Chainable.
+  offloadable& declare_tileable() {
+    tileable_ = true;
+    return *this;
+  }
+  [[nodiscard]] bool tileable() const override { return tileable_; }
+  void set_tiling(tile_options options) override {
+    if (!tileable_) component::set_tiling(options); // throws when enabled
+    tiling_ = options;
+  }
+  [[nodiscard]] tile_options tiling() const override { return tiling_; }
+
 private:
   std::string name_;
   M module_;
   tensor_registry registry_;
+  bool tileable_ = false;
+  tile_options tiling_{};
 };
 
 template <class M>

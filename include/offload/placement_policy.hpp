@@ -8,12 +8,14 @@
 /// \code
 /// auto p = offload::placement_policy::parse("offload_model,vae=cuda:on_demand");
 /// auto q = offload::placement_policy::parse("t5=cpu,vae=cuda:on_demand,dit=cuda");
+/// auto s = offload::placement_policy::parse("dit=cuda:on_demand:stream=2:store=bf16,vae=cuda:tile=32");
 /// auto r = offload::wan_flags({.offload_model = true, .vae_cpu = true});
 /// std::string text = r.str();   // canonical form, parses back to the same policy
 /// \endcode
 
 #include <offload/device.hpp>
 #include <offload/errors.hpp>
+#include <offload/storage.hpp>
 
 #include <fmt/format.h>
 
@@ -74,6 +76,16 @@ struct stream_options {
   friend bool operator==(const stream_options&, const stream_options&) = default;
 };
 
+/// Tiled execution of a component that offers it (`:tile=N:overlap=M`, e.g. the Wan VAE's
+/// spatial tiles): tiles of `size` units overlapping by `overlap` (the component says what a unit
+/// is; the Wan VAE counts latent pixels). 0: not tiled.
+struct tile_options {
+  int size = 0;
+  int overlap = 0;
+  [[nodiscard]] bool enabled() const noexcept { return size > 0; }
+  friend bool operator==(const tile_options&, const tile_options&) = default;
+};
+
 /// The policy of one component.
 struct component_policy {
   offload::target execute_on = target::accelerator();
@@ -81,6 +93,9 @@ struct component_policy {
   evict_rule evict = evict_rule::never;
   host_memory memory = host_memory::pageable;
   stream_options stream{};
+  /// Storage dtype of the tensors its storage rule selects (storage.hpp); native: as they are.
+  storage_dtype store = storage_dtype::native;
+  tile_options tile{};
   friend bool operator==(const component_policy&, const component_policy&) = default;
 };
 
@@ -247,17 +262,19 @@ private:
       fail_at(target_pos, "a target (cpu, cuda, gpu, cuda:N, mock:N)");
     }
     (void)explicit_index;
-    std::optional<int> prefetch;
-    std::size_t prefetch_pos = 0;
+    std::optional<int> prefetch, overlap;
+    std::size_t prefetch_pos = 0, overlap_pos = 0, tile_pos = 0;
+    static constexpr std::string_view all_options =
+        "an option (resident, on_demand, offload, lazy, preload, pinned, pageable, stream, prefetch, "
+        "store, tile, overlap)";
     while (peek() == ':') {
       ++pos_;
       const std::size_t opt_pos = pos_;
-      const std::string opt = identifier(
-          "an option: resident, on_demand, offload, lazy, preload, pinned, pageable, stream, prefetch");
+      const std::string opt = identifier(all_options);
       const bool host = cp.execute_on.is_host();
       if ((opt == "stream" || opt == "prefetch") && host)
-        fail_at(opt_pos, "only 'pinned' or 'pageable' after 'cpu' (a component that executes on the "
-                         "host is not streamed)");
+        fail_at(opt_pos, "only 'pinned', 'pageable', 'store' or 'tile' after 'cpu' (a component that "
+                         "executes on the host is not streamed)");
       if (opt == "stream") {
         cp.stream.slots = peek() == '=' ? (++pos_, number(1, 999, "the number of device slots (1-999)")) : 2;
         continue;
@@ -269,19 +286,42 @@ private:
         prefetch = number(0, 998, "a prefetch depth (0-998)");
         continue;
       }
+      if (opt == "store") {
+        if (peek() != '=') fail("'=' and a storage dtype after 'store' (store=bf16)");
+        ++pos_;
+        const std::size_t dtype_pos = pos_;
+        const std::string name = identifier("a storage dtype: bf16 or fp16");
+        const auto d = parse_storage_dtype(name);
+        if (!d) fail_at(dtype_pos, "a storage dtype: bf16 or fp16");
+        cp.store = *d;
+        continue;
+      }
+      if (opt == "tile") {
+        if (peek() != '=') fail("'=' and a tile size after 'tile' (tile=32)");
+        ++pos_;
+        tile_pos = pos_;
+        cp.tile.size = number(1, 99999, "a tile size (1-99999)");
+        continue;
+      }
+      if (opt == "overlap") {
+        if (peek() != '=') fail("'=' and an overlap after 'overlap' (overlap=8)");
+        ++pos_;
+        overlap_pos = pos_;
+        overlap = number(0, 99998, "an overlap (0-99998)");
+        continue;
+      }
       if (opt == "pinned") cp.memory = host_memory::pinned;
       else if (opt == "pageable") cp.memory = host_memory::pageable;
       else if (host)
-        fail_at(opt_pos, "only 'pinned' or 'pageable' after 'cpu' (a component that executes on the "
-                         "host never moves)");
+        fail_at(opt_pos, "only 'pinned', 'pageable', 'store' or 'tile' after 'cpu' (a component that "
+                         "executes on the host never moves)");
       else if (opt == "resident") cp.load = load_rule::init, cp.evict = evict_rule::never;
       else if (opt == "on_demand") cp.load = load_rule::first_use, cp.evict = evict_rule::when_idle;
       else if (opt == "offload") cp.evict = evict_rule::after_use;
       else if (opt == "lazy") cp.load = load_rule::first_use, cp.evict = evict_rule::never;
       else if (opt == "preload") cp.load = load_rule::init;
       else
-        fail_at(opt_pos, "an option (resident, on_demand, offload, lazy, preload, pinned, pageable, "
-                         "stream, prefetch)");
+        fail_at(opt_pos, all_options);
     }
     if (prefetch && !cp.stream.enabled())
       fail_at(prefetch_pos, "'stream' or 'stream=K' before 'prefetch' (prefetch applies to streamed blocks)");
@@ -292,6 +332,16 @@ private:
         fail_at(prefetch_pos, fmt::format("a prefetch depth of at most {} with stream={} (one slot computes, "
                                           "the others prefetch); raise stream= or lower prefetch=",
                                           cp.stream.slots - 1, cp.stream.slots));
+    }
+    if (overlap && !cp.tile.enabled())
+      fail_at(overlap_pos, "'tile=N' before 'overlap' (overlap applies to tiles)");
+    if (cp.tile.enabled()) {
+      // Default: a quarter of the tile.
+      cp.tile.overlap = overlap.value_or(cp.tile.size / 4);
+      if (cp.tile.overlap >= cp.tile.size)
+        fail_at(overlap ? overlap_pos : tile_pos,
+                fmt::format("an overlap smaller than the tile ({}); found overlap={}: raise tile= or lower overlap=",
+                            cp.tile.size, cp.tile.overlap));
     }
     return cp;
   }
@@ -355,6 +405,8 @@ inline std::string entry_text(const component_policy& c) {
     }
   }
   if (c.stream.enabled()) s += fmt::format(":stream={}:prefetch={}", c.stream.slots, c.stream.prefetch);
+  if (c.store != storage_dtype::native) s += fmt::format(":store={}", to_string(c.store));
+  if (c.tile.enabled()) s += fmt::format(":tile={}:overlap={}", c.tile.size, c.tile.overlap);
   if (c.memory == host_memory::pinned) s += ":pinned";
   return s;
 }

@@ -12,6 +12,8 @@
 /// };
 /// \endcode
 
+#include <offload/storage.hpp>
+
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -52,12 +54,32 @@ struct block_layout {
   friend bool operator==(const block_layout&, const block_layout&) = default;
 };
 
+/// What a component would weigh with its storage rule applied (`dit=cuda:store=bf16`).
+struct stored_size {
+  storage_dtype dtype = storage_dtype::native;
+  std::int64_t bytes = 0;
+  std::optional<block_layout> blocks;
+  friend bool operator==(const stored_size&, const stored_size&) = default;
+};
+
 /// A component as the scheduler sees it: a name and its size on a device.
 struct component_info {
   std::string name;
   std::int64_t bytes = 0;
   /// Its block list when it declares one (it can then be streamed: `dit=cuda:stream=2`).
   std::optional<block_layout> blocks;
+  /// Its sizes under each storage dtype its storage rule offers (empty: no rule, `store` refused).
+  std::vector<stored_size> storage;
+  /// Whether it runs tiled when asked (`vae=cuda:tile=32`); the stage list then carries the tiled
+  /// workspace.
+  bool tileable = false;
+
+  /// The size stored as `d`, or nullptr when the component offers no such storage.
+  [[nodiscard]] const stored_size* stored_as(storage_dtype d) const {
+    for (const auto& s : storage)
+      if (s.dtype == d) return &s;
+    return nullptr;
+  }
 };
 
 } // namespace offload

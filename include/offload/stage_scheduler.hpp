@@ -19,6 +19,7 @@
 /// \endcode
 
 #include <offload/block_stream.hpp>
+#include <offload/component.hpp>
 #include <offload/errors.hpp>
 #include <offload/placement_policy.hpp>
 #include <offload/plan.hpp>
@@ -60,7 +61,7 @@ class scheduler {
 public:
   scheduler(const std::vector<stage>& stages, const std::vector<component_info>& comps,
             const placement_policy& policy, const schedule_options& opt)
-      : stages_(stages), comps_(comps), policy_(policy), opt_(opt) {}
+      : stages_(stages), comps_(stored_infos(comps, policy)), policy_(policy), opt_(opt) {}
 
   plan run() {
     validate();
@@ -375,7 +376,7 @@ private:
   }
 
   const std::vector<stage>& stages_;
-  const std::vector<component_info>& comps_;
+  const std::vector<component_info> comps_; ///< as the policy stores them (stored_infos)
   const placement_policy& policy_;
   const schedule_options& opt_;
   std::map<std::string, device_id> loc_;

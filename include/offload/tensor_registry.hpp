@@ -25,6 +25,7 @@
 
 #include <fmt/format.h>
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -227,6 +228,60 @@ public:
     }
   }
 
+  /// Declares the storage rule: `selects(path)` says which floating tensors (dotted paths without the
+  /// component prefix) a policy's `store=bf16|fp16` converts. At home, once.
+  void set_storage_rule(std::function<bool(std::string_view path)> selects) {
+    require_home("declare a storage rule");
+    if (storage_rule_)
+      throw placement_error("offload.placement.duplicate_storage_rule",
+                            fmt::format("component '{}' already declares a storage rule; declare it once", component_));
+    if (!selects)
+      throw config_error("offload.config.storage_rule",
+                         fmt::format("component '{}': the storage rule is empty; pass a predicate over tensor paths",
+                                     component_));
+    storage_rule_ = std::move(selects);
+  }
+  [[nodiscard]] bool has_storage_rule() const noexcept { return static_cast<bool>(storage_rule_); }
+
+  /// Its sizes stored as bf16 and as fp16 (none without a storage rule): what the scheduler plans
+  /// with for `store=`. Computed from the masters as they are now, so a component already converted
+  /// reports its current size.
+  [[nodiscard]] std::vector<stored_size> stored_sizes() const {
+    std::vector<stored_size> out;
+    if (!storage_rule_) return out;
+    for (const storage_dtype d : {storage_dtype::bf16, storage_dtype::fp16}) {
+      stored_size s;
+      s.dtype = d;
+      for (const auto& e : entries_) s.bytes += stored_bytes(e.path, e.master, d);
+      if (stream_)
+        s.blocks = stream_->layout([&](std::string_view qualified_path, const at::Tensor& master) {
+          return stored_bytes(qualified_path.substr(component_.size() + 1), master, d);
+        });
+      out.push_back(std::move(s));
+    }
+    return out;
+  }
+
+  /// Converts the tensors the storage rule selects to `dtype` (native: nothing). Only at home. A
+  /// pinned master stays pinned. One-way: a later `native` keeps the converted masters.
+  void set_storage(storage_dtype dtype) {
+    if (dtype == storage_dtype::native) return;
+    if (!storage_rule_)
+      throw config_error("offload.config.no_storage_rule",
+                         fmt::format("component '{}' declares no storage rule, so it cannot be stored as {}; "
+                                     "declare one (set_storage_rule) or drop ':store' from its policy",
+                                     component_, to_string(dtype)));
+    require_home("change the storage dtype");
+    const c10::ScalarType to = dtype == storage_dtype::bf16 ? c10::ScalarType::BFloat16 : c10::ScalarType::Half;
+    for (auto& e : entries_) {
+      if (!converts(e.path, e.master) || e.master.scalar_type() == to) continue;
+      at::Tensor converted = e.master.to(to);
+      if (pinned_ && e.master.is_pinned()) converted = converted.pin_memory();
+      e.master = converted;
+      e.assign(e.master);
+    }
+  }
+
   [[nodiscard]] device_id location() const noexcept { return where_ ? where_->id() : device_id::cpu(); }
 
   /// Bytes of every tensor (each shared tensor once).
@@ -370,6 +425,14 @@ private:
     }
   };
 
+  /// Whether the storage rule converts this tensor (floating, not complex, selected).
+  [[nodiscard]] bool converts(std::string_view path, const at::Tensor& master) const {
+    return storage_rule_ && master.is_floating_point() && storage_rule_(path);
+  }
+  [[nodiscard]] std::int64_t stored_bytes(std::string_view path, const at::Tensor& master, storage_dtype d) const {
+    return converts(path, master) ? static_cast<std::int64_t>(master.numel()) * element_size(d)
+                                  : static_cast<std::int64_t>(master.nbytes());
+  }
   [[nodiscard]] std::string qualified(std::string_view path) const {
     return fmt::format("{}.{}", component_, path);
   }
@@ -429,6 +492,7 @@ private:
   std::vector<entry> entries_;
   std::unordered_set<const void*> seen_;
   std::unique_ptr<block_stream> stream_;
+  std::function<bool(std::string_view)> storage_rule_;
   device* where_ = nullptr;
   bool pinned_ = false;
 };

@@ -8,6 +8,7 @@
 
 #include <offload/testing/errors.hpp>
 #include <offload/testing/mock_device.hpp>
+#include <offload/testing/simulate.hpp>
 
 #include <boost/test/unit_test.hpp>
 #include <torch/torch.h>
@@ -354,6 +355,151 @@ BOOST_AUTO_TEST_CASE(grammar_round_trip_and_errors) {
   } catch (const offload::config_error& e) {
     BOOST_TEST(std::string(e.what()).find("at most 1 with stream=2") != std::string::npos);
   }
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+// Storage dtype (`store=bf16`, storage.hpp) and tile options (`tile=N:overlap=M`) as policy options:
+// the grammar, the stored sizes a storage rule reports, the plan that uses them, the executor that
+// converts the selected masters (and only those) before the first placement, and the errors.
+BOOST_AUTO_TEST_SUITE(storage_policy)
+
+namespace {
+
+// The toy DiT with a storage rule: the embedding's weight and every block tensor (not the head,
+// not the embedding's bias).
+bool toy_rule(std::string_view path) { return path == "embed.weight" || path.starts_with("blocks."); }
+
+} // namespace
+
+BOOST_AUTO_TEST_CASE(grammar_round_trip_and_errors) {
+  const auto p = offload::parse_policy("dit=cuda:on_demand:stream=2:store=bf16:pinned,vae=cpu:tile=32,x=mock:0:tile=8:overlap=1:store=fp16");
+  BOOST_TEST((p.of("dit").store == offload::storage_dtype::bf16));
+  BOOST_TEST((p.of("x").store == offload::storage_dtype::fp16));
+  BOOST_TEST((p.of("dit").tile == offload::tile_options{}));
+  BOOST_TEST((p.of("vae").tile == offload::tile_options{32, 8})); // overlap defaults to a quarter
+  BOOST_TEST((p.of("x").tile == offload::tile_options{8, 1}));
+  BOOST_TEST(p.str() == "dit=cuda:on_demand:stream=2:prefetch=1:store=bf16:pinned,vae=cpu:tile=32:overlap=8,"
+                        "x=mock:0:resident:store=fp16:tile=8:overlap=1");
+  BOOST_TEST((offload::parse_policy(p.str()) == p));
+  BOOST_TEST((offload::parse_policy("vae=cuda:tile=3").of("vae").tile == offload::tile_options{3, 0}));
+  BOOST_TEST((offload::parse_policy("dit=cuda:store=bfloat16").of("dit").store == offload::storage_dtype::bf16));
+  for (const char* bad : {"dit=cuda:store", "dit=cuda:store=fp8", "dit=cuda:store=", "vae=cuda:overlap=2",
+                          "vae=cuda:tile=8:overlap=8", "vae=cuda:tile=0", "vae=cuda:tile", "vae=cuda:tile=x"})
+    BOOST_TEST_CONTEXT(bad) {
+      BOOST_TEST(offload::testing::error_id([&] { (void)offload::parse_policy(bad); }) == "offload.config.policy_syntax");
+    }
+  const std::string msg = offload::testing::error_message([] { (void)offload::parse_policy("vae=cuda:tile=8:overlap=9"); });
+  BOOST_TEST(msg.find("an overlap smaller than the tile (8); found overlap=9") != std::string::npos, msg);
+}
+
+BOOST_AUTO_TEST_CASE(stored_sizes_plan_and_conversion) {
+  fixture f;
+  f.comp.declare_storage_rule(toy_rule);
+  // By hand: embed.weight 8x16 and every block (16x16 + 16) in 2 bytes; embed.bias and the head
+  // (16x4 + 4) stay float32. A bf16 block slot: 512 + 32 -> 512 + 256 (each tensor 256-aligned).
+  const std::int64_t block16 = (16 * 16 + 16) * 2;
+  const std::int64_t stored = 8 * 16 * 2 + 16 * 4 + kBlocks * block16 + (16 * 4 + 4) * 4;
+  const auto sizes = f.comp.storage_sizes();
+  BOOST_REQUIRE(sizes.size() == 2u);
+  for (const auto& s : sizes) {
+    BOOST_TEST(s.bytes == stored);
+    BOOST_REQUIRE(s.blocks.has_value());
+    BOOST_TEST(s.blocks->block_bytes == std::vector<std::int64_t>(kBlocks, block16));
+    BOOST_TEST(s.blocks->slot_bytes == 512 + 256);
+  }
+  const auto info = offload::info_of(f.comp);
+  BOOST_REQUIRE(info.stored_as(offload::storage_dtype::bf16) != nullptr);
+
+  // The plan uses the stored sizes; the executor converts before the first placement, and the
+  // mock moves exactly the planned bytes.
+  std::vector<offload::stage> stages = {{"encode", {}, {}, 1, 0}, {"denoise", {"dit"}, {{"dit", 1000}}, 3, 0}};
+  offload::device_set devices;
+  auto& gpu = offload::testing::add_mock(devices, 0, {.capacity = 1_GiB});
+  const auto policy = offload::parse_policy("dit=mock:0:on_demand:stream=2:store=bf16");
+  const auto p = offload::schedule(stages, {info}, policy, {.accelerator = gpu.id(), .devices = {{gpu.id(), 1_GiB}}});
+  BOOST_REQUIRE(p.fits());
+  const std::int64_t rest = stored - kBlocks * block16;
+  BOOST_TEST(p.component_bytes.at("dit") == stored);
+  BOOST_TEST(p.device_bytes.at("dit") == rest + 2 * (512 + 256));
+  BOOST_TEST(p.step("denoise")->streamed_bytes.at("dit") == 3 * kBlocks * block16);
+
+  std::vector<at::Tensor> expected;
+  for (const auto& b : f.model->block_list) expected.push_back(b->weight.detach().to(torch::kBFloat16));
+  const at::Tensor head = f.model->head->weight.detach().clone();
+  offload::executor ex(p, devices, {&f.comp});
+  BOOST_TEST(f.comp.bytes() == stored);
+  BOOST_TEST((f.comp.tensors().master("embed.weight").scalar_type() == torch::kBFloat16));
+  BOOST_TEST((f.comp.tensors().master("embed.bias").scalar_type() == torch::kFloat32));
+  BOOST_TEST((f.comp.tensors().master("head.weight").scalar_type() == torch::kFloat32));
+  BOOST_TEST(torch::equal(f.comp.tensors().master("head.weight"), head));
+  ex.start();
+  { auto s = ex.enter("encode"); }
+  for (int r = 0; r < 3; ++r) {
+    auto s = ex.enter("denoise");
+    for (int i = 0; i < kBlocks; ++i) {
+      offload::block_use use(f.model->stream, i);
+      const auto& w = f.model->block_list[static_cast<std::size_t>(i)]->weight;
+      BOOST_TEST((w.scalar_type() == torch::kBFloat16));
+      BOOST_TEST(torch::equal(w, expected[static_cast<std::size_t>(i)]), "block " << i);
+    }
+  }
+  ex.finish();
+  BOOST_TEST(gpu.bytes_in() == p.bytes_to_devices);
+  BOOST_TEST(gpu.peak() == p.peak_of(gpu.id()));
+  BOOST_TEST(gpu.used() == 0);
+
+  // One-way: the component now is what it was converted to; a policy without `store` plans with it.
+  BOOST_TEST(offload::info_of(f.comp).bytes == stored);
+  BOOST_TEST(f.comp.storage_sizes().front().bytes == stored);
+  f.comp.set_storage(offload::storage_dtype::native);
+  BOOST_TEST((f.comp.tensors().master("embed.weight").scalar_type() == torch::kBFloat16));
+}
+
+BOOST_AUTO_TEST_CASE(simulation_uses_the_stored_size) {
+  fixture f;
+  f.comp.declare_storage_rule(toy_rule);
+  const auto info = offload::info_of(f.comp);
+  std::vector<offload::stage> stages = {{"denoise", {"dit"}, {{"dit", 100}}, 2, 0.5}};
+  const auto p = offload::schedule(stages, {info}, offload::parse_policy("dit=mock:0:store=fp16"),
+                                   {.accelerator = device_id::mock(0)});
+  const auto sim = offload::testing::simulate(p, {info});
+  BOOST_TEST(sim.peak_bytes.at(device_id::mock(0)) == p.peak_of(device_id::mock(0)));
+  BOOST_TEST(p.peak_of(device_id::mock(0)) == info.stored_as(offload::storage_dtype::fp16)->bytes + 100);
+}
+
+BOOST_AUTO_TEST_CASE(errors_name_the_component_and_the_policy) {
+  fixture f; // no storage rule, not tileable
+  std::vector<offload::stage> stages = {{"denoise", {"dit"}, {}, 1, 0}};
+  const auto info = offload::info_of(f.comp);
+  BOOST_TEST(info.storage.empty());
+  BOOST_TEST(!info.tileable);
+  const auto plan_msg = offload::testing::error_message([&] {
+    (void)offload::schedule(stages, {info}, offload::parse_policy("dit=mock:0:store=bf16"), {.accelerator = device_id::mock(0)});
+  });
+  BOOST_TEST(plan_msg.find("policy 'dit=mock:0:store=bf16' stores component 'dit' as bf16") != std::string::npos, plan_msg);
+  BOOST_TEST(plan_msg.find("declares no storage rule") != std::string::npos, plan_msg);
+  BOOST_TEST(offload::testing::error_id([&] {
+               (void)offload::schedule(stages, {info}, offload::parse_policy("dit=mock:0:tile=4"), {.accelerator = device_id::mock(0)});
+             }) == "offload.config.not_tileable");
+  BOOST_TEST(offload::testing::error_id([&] { f.comp.set_storage(offload::storage_dtype::bf16); }) ==
+             "offload.config.no_storage_rule");
+  BOOST_TEST(offload::testing::error_id([&] { f.comp.set_tiling({4, 1}); }) == "offload.config.not_tileable");
+  f.comp.set_storage(offload::storage_dtype::native); // nothing asked, nothing refused
+  f.comp.set_tiling({});
+  // Declared: the executor hands the policy's tiles to the component, which the model reads.
+  f.comp.declare_tileable();
+  BOOST_TEST(offload::info_of(f.comp).tileable);
+  offload::device_set devices;
+  offload::testing::add_mock(devices, 0);
+  const auto p = offload::schedule(stages, {offload::info_of(f.comp)}, offload::parse_policy("dit=mock:0:tile=16:overlap=3"),
+                                   {.accelerator = device_id::mock(0)});
+  offload::executor ex(p, devices, {&f.comp});
+  BOOST_TEST((f.comp.tiling() == offload::tile_options{16, 3}));
+  // A rule declared twice, or after placement, is refused.
+  f.comp.declare_storage_rule(toy_rule);
+  BOOST_TEST(offload::testing::error_id([&] { f.comp.declare_storage_rule(toy_rule); }) ==
+             "offload.placement.duplicate_storage_rule");
 }
 
 BOOST_AUTO_TEST_SUITE_END()

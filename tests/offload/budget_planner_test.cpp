@@ -242,6 +242,46 @@ BOOST_AUTO_TEST_CASE(the_json_report_carries_the_policy_and_prediction) {
   BOOST_TEST(again.peak_of(gpu) == r.device_peak_bytes);
 }
 
+BOOST_AUTO_TEST_CASE(streaming_is_chosen_when_the_whole_denoiser_does_not_fit) {
+  // A denoiser of 11 GiB: 10 blocks of 1 GiB (slot 1 GiB) and 1 GiB of the rest. On a 6 GiB
+  // device it fits only streamed: the rest + 2 slots + its 2 GiB workspace = 5 GiB.
+  offload::component_info den{"den", 11_GiB, offload::block_layout{std::vector<std::int64_t>(10, 1_GiB), 1_GiB}};
+  const std::vector<offload::component_info> c = {{"enc", 2_GiB}, den};
+  const std::vector<offload::stage> st = {{"encode", {"enc"}, {{"enc", 1_GiB}}, 1, 0.5},
+                                          {"denoise", {"den"}, {{"den", 2_GiB}}, 20, 1.0}};
+  const auto cost = offload::cost_model::defaults();
+  const auto r = offload::plan_for_budget(st, c, options(6_GiB));
+  const auto& cp = r.plan.policy.of("den");
+  BOOST_TEST(!cp.execute_on.is_host());
+  BOOST_TEST((cp.stream == offload::stream_options{2, 1}));
+  BOOST_TEST((cp.memory == offload::host_memory::pinned));
+  BOOST_TEST(r.plan.fits());
+  BOOST_TEST(r.device_peak_bytes <= 6_GiB);
+  BOOST_TEST(r.plan.device_bytes.at("den") == 3_GiB);
+  // Each step streams the 10 blocks (hidden behind its second of compute) but its first one.
+  const double pinned = cost.h2d_pinned_bytes_per_second;
+  BOOST_REQUIRE(10 * static_cast<double>(1_GiB) / pinned < 1.0);
+  const double expected = 0.5 + 20 * 1.0 + static_cast<double>(2_GiB + 1_GiB) / pinned + 20 * static_cast<double>(1_GiB) / pinned;
+  BOOST_TEST(close(r.predicted_seconds, expected), r.predicted_seconds << " vs " << expected);
+  BOOST_TEST(r.plan.step("denoise")->streamed_bytes.at("den") == 20 * 10_GiB);
+  // The scheduler's own plan of the chosen policy peaks where the planner says.
+  const auto again = offload::schedule(st, c, offload::parse_policy(r.plan.policy.str()), {.accelerator = gpu});
+  BOOST_TEST(again.peak_of(gpu) == r.device_peak_bytes);
+
+  // Without streaming, the denoiser runs on the host: slower.
+  auto no_stream = options(6_GiB);
+  no_stream.allow_streaming = false;
+  const auto h = offload::plan_for_budget(st, c, no_stream);
+  BOOST_TEST(h.plan.policy.of("den").execute_on.is_host());
+  BOOST_TEST(h.predicted_seconds > r.predicted_seconds);
+  // Streamed masters must be pinned: a pinned budget below the denoiser's 11 GiB rules it out.
+  const auto small_pin = offload::plan_for_budget(st, c, options(6_GiB, 10_GiB));
+  BOOST_TEST(!small_pin.plan.policy.of("den").stream.enabled());
+  // With room for the whole denoiser, nothing is streamed (the copies would only cost time).
+  const auto roomy = offload::plan_for_budget(st, c, options(20_GiB));
+  BOOST_TEST(!roomy.plan.policy.of("den").stream.enabled());
+}
+
 BOOST_AUTO_TEST_CASE(bad_inputs_are_config_errors) {
   BOOST_CHECK_THROW(offload::plan_for_budget(stages, comps, options(-1)), offload::config_error);
   auto opt = options(8_GiB);

@@ -85,7 +85,7 @@ BOOST_AUTO_TEST_CASE(errors_point_at_the_offending_position) {
   e = error_of("t5=tpu");
   BOOST_TEST(e.find("a target (cpu, cuda, gpu, cuda:N, mock:N), found 'tpu'") != std::string::npos);
   e = error_of("t5=cpu:offload");
-  BOOST_TEST(e.find("only 'pinned' or 'pageable' after 'cpu'") != std::string::npos);
+  BOOST_TEST(e.find("only 'pinned', 'pageable', 'store' or 'tile' after 'cpu'") != std::string::npos);
   e = error_of("t5=cpu;vae=cuda");
   BOOST_TEST(e.find("',' or '+' between items") != std::string::npos);
   e = error_of("t5=cpu,t5=cuda");

@@ -30,6 +30,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <limits>
 #include <optional>
@@ -89,7 +90,14 @@ private:
     evict_rule evict = evict_rule::never;
     std::vector<unsigned char> resident; ///< per step: on the accelerator
     int onloads = 0;
-    int deviation = 0; ///< 0 for resident (init, never)
+    int deviation = 0;             ///< 0 for resident (init, never)
+    std::int64_t bytes = 0;        ///< on the device while resident (streamed: all but the blocks + slots)
+    std::int64_t onload_bytes = 0; ///< copied per onload (streamed: all but the blocks)
+    stream_options stream{};       ///< streamed: its masters must be pinned
+    double stream_seconds = 0;     ///< time the block copies add to the stages beyond their compute
+    [[nodiscard]] double transfer_lb(const cost_model& cost) const {
+      return onloads * cost.transfer_seconds(onload_bytes, host_memory::pinned) + stream_seconds;
+    }
   };
   struct exec_info {
     unsigned host_mask = 0; ///< bit c: component c executes on the host
@@ -130,31 +138,51 @@ private:
         {load_rule::init, evict_rule::after_use},      {load_rule::first_use, evict_rule::after_use},
         {load_rule::first_use, evict_rule::when_idle}, {load_rule::init, evict_rule::when_idle}};
     holdings_.assign(n_, {});
-    min_onloads_.assign(n_, 0);
+    min_transfer_lb_.assign(n_, 0);
     for (std::size_t c = 0; c < n_; ++c) {
-      for (const auto& [load, evict] : rules) {
-        placement_policy p;
-        p.fallback = component_policy{target::host()};
-        p.components[comps_[c].name] = component_policy{target::accelerator(), load, evict};
-        const plan pl = schedule(stages_, comps_, p, {.accelerator = opt_.accelerator, .suggest = false});
-        ++schedules_;
-        holding h{load, evict, std::vector<unsigned char>(steps_, 0), 0,
-                  load == load_rule::init && evict == evict_rule::never ? 0 : 1};
-        for (std::size_t s = 0; s < steps_; ++s) {
-          const auto it = pl.steps[s].resident.find(opt_.accelerator);
-          if (it != pl.steps[s].resident.end())
-            h.resident[s] = std::find(it->second.begin(), it->second.end(), comps_[c].name) != it->second.end();
-          for (const auto& a : pl.steps[s].before)
-            if (a.kind == action_kind::onload && a.component == comps_[c].name) ++h.onloads;
+      const auto& info = comps_[c];
+      const bool streamable = opt_.allow_streaming && info.blocks && info.blocks->count() > 1;
+      for (const stream_options stream : {stream_options{}, stream_options{2, 1}}) {
+        if (stream.enabled() && !streamable) continue;
+        for (const auto& [load, evict] : rules) {
+          placement_policy p;
+          p.fallback = component_policy{target::host()};
+          p.components[info.name] = component_policy{target::accelerator(), load, evict,
+                                                     stream.enabled() ? host_memory::pinned : host_memory::pageable,
+                                                     stream};
+          const plan pl = schedule(stages_, comps_, p, {.accelerator = opt_.accelerator, .suggest = false});
+          ++schedules_;
+          holding h{load, evict, std::vector<unsigned char>(steps_, 0), 0,
+                    (load == load_rule::init && evict == evict_rule::never ? 0 : 1) + (stream.enabled() ? 1 : 0)};
+          h.bytes = stream.enabled() ? pl.device_bytes.at(info.name) : info.bytes;
+          h.onload_bytes = stream.enabled() ? info.bytes - info.blocks->total() : info.bytes;
+          h.stream = stream;
+          for (std::size_t s = 0; s < steps_; ++s) {
+            const auto it = pl.steps[s].resident.find(opt_.accelerator);
+            if (it != pl.steps[s].resident.end())
+              h.resident[s] = std::find(it->second.begin(), it->second.end(), info.name) != it->second.end();
+            for (const auto& a : pl.steps[s].before)
+              if (a.kind == action_kind::onload && a.component == info.name) ++h.onloads;
+            // Block copies hide behind the stage's compute on the accelerator (one block prefetched),
+            // except each repetition's first block.
+            if (s > 0 && stream.enabled())
+              if (const auto b = pl.steps[s].streamed_bytes.find(info.name); b != pl.steps[s].streamed_bytes.end()) {
+                const auto& st = stages_[s - 1];
+                const double compute = opt_.cost.compute_seconds(st.seconds, false) * st.repeat;
+                const double copies = opt_.cost.transfer_seconds(b->second, host_memory::pinned);
+                h.stream_seconds += std::max(compute, copies) - compute +
+                                    st.repeat * opt_.cost.transfer_seconds(info.blocks->block_bytes.front(), host_memory::pinned);
+              }
+          }
+          const bool seen = std::any_of(holdings_[c].begin(), holdings_[c].end(), [&](const holding& o) {
+            return o.resident == h.resident && o.onloads == h.onloads && o.stream == h.stream;
+          });
+          if (!seen) holdings_[c].push_back(std::move(h));
         }
-        const bool seen = std::any_of(holdings_[c].begin(), holdings_[c].end(), [&](const holding& o) {
-          return o.resident == h.resident && o.onloads == h.onloads;
-        });
-        if (!seen) holdings_[c].push_back(std::move(h));
       }
-      min_onloads_[c] = std::min_element(holdings_[c].begin(), holdings_[c].end(), [](const auto& a, const auto& b) {
-                          return a.onloads < b.onloads;
-                        })->onloads;
+      double lb = std::numeric_limits<double>::infinity();
+      for (const auto& h : holdings_[c]) lb = std::min(lb, h.transfer_lb(opt_.cost));
+      min_transfer_lb_[c] = lb;
     }
   }
 
@@ -182,29 +210,36 @@ private:
     }
     e.lower_bound = e.compute;
     for (std::size_t c = 0; c < n_; ++c)
-      if (!on_host(mask, c))
-        e.lower_bound += min_onloads_[c] * opt_.cost.transfer_seconds(comps_[c].bytes, host_memory::pinned);
+      if (!on_host(mask, c)) e.lower_bound += min_transfer_lb_[c];
     return e;
   }
 
   // ---- pricing ----------------------------------------------------------------------------
-  /// Transfer seconds with the best pinned subset for the given onload counts.
-  void price_transfers(candidate& k, const std::vector<int>& onloads) const {
+  /// Transfer seconds with the best pinned subset for the given onload counts and bytes; streamed
+  /// components (`forced`) are always pinned and add their block copies' time. Infinite when the
+  /// forced ones alone exceed the pinned budget.
+  void price_transfers(candidate& k, const std::vector<int>& onloads, const std::vector<std::int64_t>& onload_bytes,
+                       unsigned forced = 0, double stream_seconds = 0) const {
     double best = std::numeric_limits<double>::infinity();
     std::int64_t best_pinned = 0;
     unsigned best_mask = 0;
     std::vector<std::size_t> moved;
+    std::int64_t forced_bytes = 0;
     for (std::size_t c = 0; c < n_; ++c)
-      if (onloads[c] > 0) moved.push_back(c);
+      if ((forced >> c) & 1u) forced_bytes += comps_[c].bytes;
+      else if (onloads[c] > 0) moved.push_back(c);
+    double forced_t = stream_seconds;
+    for (std::size_t c = 0; c < n_; ++c)
+      if ((forced >> c) & 1u) forced_t += onloads[c] * opt_.cost.transfer_seconds(onload_bytes[c], host_memory::pinned);
     for (unsigned sub = 0; sub < (1u << moved.size()); ++sub) {
-      std::int64_t pinned = 0;
-      double t = 0;
-      unsigned mask = 0;
+      std::int64_t pinned = forced_bytes;
+      double t = forced_t;
+      unsigned mask = forced;
       for (std::size_t i = 0; i < moved.size(); ++i) {
         const auto c = moved[i];
         const bool pin = (sub >> i) & 1u;
         if (pin) pinned += comps_[c].bytes, mask |= 1u << c;
-        t += onloads[c] * opt_.cost.transfer_seconds(comps_[c].bytes, pin ? host_memory::pinned : host_memory::pageable);
+        t += onloads[c] * opt_.cost.transfer_seconds(onload_bytes[c], pin ? host_memory::pinned : host_memory::pageable);
       }
       if (opt_.budgets.pinned && pinned > *opt_.budgets.pinned) continue;
       if (t < best * (1 - 1e-12) || (t <= best * (1 + 1e-12) && pinned < best_pinned)) {
@@ -246,8 +281,7 @@ private:
     if (best_) {
       double lb = e.compute + transfer_lb;
       for (std::size_t r = c; r < n_; ++r)
-        if (!on_host(e.host_mask, r))
-          lb += min_onloads_[r] * opt_.cost.transfer_seconds(comps_[r].bytes, host_memory::pinned);
+        if (!on_host(e.host_mask, r)) lb += min_transfer_lb_[r];
       if (lb > best_->time * (1 + 1e-9)) return;
     }
     if (c == n_) return leaf(e, peak, choice);
@@ -260,13 +294,12 @@ private:
       const auto& hold = holdings_[c][h];
       bool fits = true;
       for (std::size_t s = 0; s < steps_; ++s) {
-        next[s] = peak[s] + (hold.resident[s] ? comps_[c].bytes : 0);
+        next[s] = peak[s] + (hold.resident[s] ? hold.bytes : 0);
         if (opt_.budgets.device && next[s] > *opt_.budgets.device) fits = false;
       }
       if (!fits) continue;
       choice[c] = static_cast<int>(h);
-      dfs(e, c + 1, next, choice,
-          transfer_lb + hold.onloads * opt_.cost.transfer_seconds(comps_[c].bytes, host_memory::pinned));
+      dfs(e, c + 1, next, choice, transfer_lb + hold.transfer_lb(opt_.cost));
     }
   }
 
@@ -277,6 +310,9 @@ private:
     k.compute = e.compute;
     k.host_peak = e.host_peak;
     std::vector<int> onloads(n_, 0);
+    std::vector<std::int64_t> onload_bytes(n_, 0);
+    unsigned streamed = 0;
+    double stream_seconds = 0;
     for (std::size_t c = 0; c < n_; ++c) {
       if (choice[c] < 0) {
         ++k.deviation;
@@ -284,9 +320,12 @@ private:
       }
       const auto& h = holdings_[c][static_cast<std::size_t>(choice[c])];
       onloads[c] = h.onloads;
+      onload_bytes[c] = h.onload_bytes;
       k.deviation += h.deviation;
+      if (h.stream.enabled()) streamed |= 1u << c, stream_seconds += h.stream_seconds;
     }
-    price_transfers(k, onloads);
+    price_transfers(k, onloads, onload_bytes, streamed, stream_seconds);
+    if (!std::isfinite(k.transfer)) return; // the streamed masters do not fit the pinned budget
     k.time = k.compute + k.transfer;
     for (std::size_t s = 0; s < steps_; ++s)
       if (peak[s] > k.device_peak || s == 0) k.device_peak = std::max(k.device_peak, peak[s]), k.peak_step = s;
@@ -319,9 +358,11 @@ private:
         for (const auto& a : st.before)
           if (a.kind == action_kind::onload)
             if (const auto c = index_of(a.component)) ++onloads[*c];
+      std::vector<std::int64_t> onload_bytes(n_);
+      for (std::size_t c = 0; c < n_; ++c) onload_bytes[c] = comps_[c].bytes;
       k.compute = e.compute;
       k.host_peak = e.host_peak;
-      price_transfers(k, onloads);
+      price_transfers(k, onloads, onload_bytes);
       k.time = k.compute + k.transfer;
       k.deviation = 1 + static_cast<int>(std::count(k.choice.begin(), k.choice.end(), 1)) +
                     static_cast<int>(std::count(k.choice.begin(), k.choice.end(), -1));
@@ -347,6 +388,7 @@ private:
         cp.execute_on = target::accelerator();
         cp.load = h.load;
         cp.evict = h.evict;
+        cp.stream = h.stream;
       }
       if ((k.pinned_mask >> c) & 1u) cp.memory = host_memory::pinned;
       p.components[comps_[c].name] = cp;
@@ -409,7 +451,7 @@ private:
       std::vector<std::int64_t> next(steps_);
       for (std::size_t h = 0; h < holdings_[c].size(); ++h) {
         for (std::size_t s = 0; s < steps_; ++s)
-          next[s] = peak[s] + (holdings_[c][h].resident[s] ? comps_[c].bytes : 0);
+          next[s] = peak[s] + (holdings_[c][h].resident[s] ? holdings_[c][h].bytes : 0);
         choice[c] = static_cast<int>(h);
         self(self, c + 1, next);
       }
@@ -484,7 +526,7 @@ private:
     std::string held_names;
     for (std::size_t c = 0; c < n_; ++c)
       if (dl.choice[c] >= 0 && holdings_[c][static_cast<std::size_t>(dl.choice[c])].resident[s]) {
-        held += comps_[c].bytes;
+        held += holdings_[c][static_cast<std::size_t>(dl.choice[c])].bytes;
         held_names += fmt::format("{}{}", held_names.empty() ? "" : " + ", comps_[c].name);
       }
     const std::int64_t ws = de->device_ws[s];
@@ -517,7 +559,7 @@ private:
   std::vector<std::vector<unsigned char>> uses_; ///< per stage, per component
   std::vector<std::vector<std::int64_t>> ws_;    ///< per component, per step: its workspace
   std::vector<std::vector<holding>> holdings_;
-  std::vector<int> min_onloads_;
+  std::vector<double> min_transfer_lb_; ///< per component: the least transfer time of its holdings
   std::int64_t masters_ = 0;
   std::vector<exec_info> execs_;
   std::optional<candidate> best_;

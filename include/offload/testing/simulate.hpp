@@ -49,7 +49,7 @@ inline simulation_result simulate(const plan& p, const std::vector<component_inf
   }
   std::vector<std::unique_ptr<sized_component>> owned;
   std::vector<component*> comps;
-  for (const auto& c : components) {
+  for (const auto& c : detail::stored_infos(components, p.policy)) {
     const bool pinned = p.policy.of(c.name).memory == host_memory::pinned;
     owned.push_back(std::make_unique<sized_component>(c.name, c.bytes, pinned));
     comps.push_back(owned.back().get());

@@ -47,6 +47,10 @@ public:
   }
 
   void use_pinned_memory(bool pinned) override { pinned_ = pinned; }
+  /// Sized as the plan stores it already (simulate() passes stored sizes): nothing to convert.
+  void set_storage(storage_dtype) override {}
+  /// Tiling changes workspace (the stage list's business), not the component's size.
+  void set_tiling(tile_options) override {}
 
 private:
   std::string name_;
