@@ -1,0 +1,273 @@
+// wan_bench: one generation per policy and its measurements (see bench.hpp, docs/benchmark.md).
+#include "bench.hpp"
+
+#include "cuda_stats.hpp"
+
+#include "wan/image2video.hpp"
+#include "wan/text2video.hpp"
+
+#include <offload/block_stream.hpp>
+#include <offload/errors.hpp>
+#include <offload/executor.hpp>
+#include <offload/testing/mock_device.hpp>
+#include <offload/units.hpp>
+
+#include <torch/cuda.h>
+#include <torch/torch.h>
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <chrono>
+#include <limits>
+#include <numeric>
+
+namespace wan_bench {
+
+namespace {
+
+using steady = std::chrono::steady_clock;
+
+double seconds_since(steady::time_point t0) { return std::chrono::duration<double>(steady::now() - t0).count(); }
+
+std::string first_line(const std::string& s) { return s.substr(0, s.find('\n')); }
+
+bool is_cuda(const options& o) { return o.device.kind == offload::device_kind::cuda; }
+
+/// Waits for the accelerator's queued work (CUDA kernels are asynchronous); no-op elsewhere.
+void sync(const options& o) {
+  if (is_cuda(o)) torch::cuda::synchronize(o.device.index);
+}
+
+/// A point of a run: a stage's entry (after its onloads), as the stage observer sees it.
+struct mark {
+  std::string stage;
+  double t = 0;                  ///< seconds since the generate() call, after a device synchronize
+  std::int64_t bytes_in = 0;     ///< the accelerator's host -> device bytes so far
+  std::int64_t streamed = 0;     ///< the DiT's block-stream bytes so far
+  std::size_t spans = 0;         ///< executor trace spans recorded so far
+};
+
+/// The fixed random prompt, negative prompt and (i2v) image of every run.
+struct inputs {
+  torch::Tensor prompt_ids, neg_prompt_ids; ///< int64 [n], below the T5 vocabulary
+  torch::Tensor image;                      ///< i2v: float [3, H, W] in [-1, 1]
+};
+
+inputs make_inputs(const options& o, const built_models& m) {
+  auto gen = at::detail::createCPUGenerator(static_cast<std::uint64_t>(o.seed));
+  inputs in;
+  in.prompt_ids = torch::randint(1, m.t5_vocab, {o.prompt_tokens}, gen, torch::kLong);
+  in.neg_prompt_ids = torch::randint(1, m.t5_vocab, {o.neg_prompt_tokens}, gen, torch::kLong);
+  if (m.components->kind == "i2v") in.image = torch::rand({3, o.height, o.width}, gen) * 2 - 1;
+  return in;
+}
+
+/// One generation through the task's pipeline with the bench's fixed inputs.
+void generate(const options& o, const built_models& m, const inputs& in, const wan::execution& exec,
+              const wan::stage_observer& observer) {
+  if (m.components->kind == "i2v") {
+    wan::WanI2V pipe(o.task, m.components, exec);
+    pipe.observer = observer;
+    wan::i2v_params p;
+    p.max_area = static_cast<std::int64_t>(o.width) * o.height;
+    p.frame_num = o.frame_num;
+    p.sampling_steps = o.steps;
+    p.seed = o.seed;
+    (void)pipe.generate(in.prompt_ids, in.neg_prompt_ids, in.image, p);
+  } else {
+    wan::WanT2V pipe(o.task, m.components, exec);
+    pipe.observer = observer;
+    wan::t2v_params p;
+    p.size = {o.width, o.height};
+    p.frame_num = o.frame_num;
+    p.sampling_steps = o.steps;
+    p.seed = o.seed;
+    (void)pipe.generate(in.prompt_ids, in.neg_prompt_ids, p);
+  }
+}
+
+/// Seconds to copy `bytes` of `component` host -> device at the measured bandwidth of its host
+/// memory kind (the policy's `:pinned` or pageable); nullopt when that bandwidth is unknown.
+std::optional<double> copy_seconds(const offload::plan& plan, const bandwidths& bw, const std::string& component,
+                                   std::int64_t bytes) {
+  if (bytes == 0) return 0.0;
+  const bool pinned = plan.policy.of(component).memory == offload::host_memory::pinned;
+  const auto rate = pinned ? bw.pinned : (bw.pageable ? bw.pageable : bw.pinned);
+  if (!rate || *rate <= 0) return std::nullopt;
+  return static_cast<double>(bytes) / *rate;
+}
+
+/// Transfer seconds of the onload spans [from, to) of the trace plus `streamed` DiT bytes.
+std::optional<double> transfer_seconds(const offload::plan& plan, const bandwidths& bw,
+                                       const std::vector<offload::trace_span>& spans, std::size_t from,
+                                       std::size_t to, std::int64_t streamed) {
+  double total = 0;
+  for (std::size_t i = from; i < std::min(to, spans.size()); ++i) {
+    const auto& s = spans[i];
+    if (s.category != "onload") continue;
+    const auto component = s.name.substr(s.name.find(' ') + 1); // "onload dit"
+    const auto t = copy_seconds(plan, bw, component, s.bytes);
+    if (!t) return std::nullopt;
+    total += *t;
+  }
+  const auto t = copy_seconds(plan, bw, std::string(wan::DIT_COMPONENT), streamed);
+  if (!t) return std::nullopt;
+  return total + *t;
+}
+
+} // namespace
+
+double policy_result::mean_step_seconds() const {
+  if (denoise_step_seconds.empty()) return 0;
+  return std::accumulate(denoise_step_seconds.begin(), denoise_step_seconds.end(), 0.0) /
+         static_cast<double>(denoise_step_seconds.size());
+}
+
+bandwidths measure_bandwidths(const options& o, offload::device_set& devices) {
+  bandwidths b;
+  if (o.device.is_mock()) {
+    const auto& mock = dynamic_cast<const offload::testing::mock_device&>(devices.get(o.device));
+    b.pinned = mock.options().h2d_bytes_per_second;
+    const double pageable = mock.options().h2d_pageable_bytes_per_second;
+    b.pageable = pageable > 0 ? pageable : *b.pinned;
+    b.source = fmt::format("simulated: {}'s bandwidth setting (its virtual clock charges bytes / bandwidth)",
+                           o.device.str());
+    return b;
+  }
+  if (!is_cuda(o)) {
+    b.source = "none: every component executes on the host";
+    return b;
+  }
+  const std::int64_t n = o.bandwidth_bytes;
+  const auto dev = torch::empty({n}, torch::TensorOptions().dtype(torch::kUInt8).device(o.device.torch_device()));
+  const auto pageable = torch::ones({n}, torch::kUInt8);
+  const auto pinned = torch::empty({n}, torch::TensorOptions().dtype(torch::kUInt8).pinned_memory(true));
+  pinned.copy_(pageable);
+  const auto best_rate = [&](const torch::Tensor& src, bool non_blocking) {
+    auto d = dev;
+    d.copy_(src, non_blocking); // warm-up
+    sync(o);
+    double best = std::numeric_limits<double>::infinity();
+    for (int i = 0; i < 5; ++i) {
+      const auto t0 = steady::now();
+      d.copy_(src, non_blocking);
+      sync(o);
+      best = std::min(best, seconds_since(t0));
+    }
+    return static_cast<double>(n) / best;
+  };
+  b.pinned = best_rate(pinned, true);
+  b.pageable = best_rate(pageable, false);
+  b.source = fmt::format("measured: {} copied host -> {} from pinned and from pageable memory, best of 5",
+                         offload::format_bytes(n), o.device.str());
+  return b;
+}
+
+policy_result run_policy(const options& o, const built_models& m, const std::string& text,
+                         offload::device_set& devices, const bandwidths& bw) {
+  policy_result r;
+  r.policy = text;
+  offload::device* acc = o.device.is_host() ? nullptr : &devices.get(o.device);
+  const auto bytes_in = [&] { return acc ? acc->bytes_in() : std::int64_t{0}; };
+  const auto bytes_out = [&] { return acc ? acc->bytes_out() : std::int64_t{0}; };
+  const offload::block_stream* stream = m.components->model->block_stream;
+  const auto streamed = [&] { return stream ? stream->bytes_streamed() : std::int64_t{0}; };
+  std::optional<offload::plan> plan;
+  std::vector<mark> marks;
+  std::vector<offload::trace_span> spans;
+  try {
+    wan::execution exec;
+    exec.devices = &devices;
+    exec.accelerator = o.device;
+    exec.policy = offload::parse_policy(text);
+    r.canonical = exec.policy.str();
+    exec.on_finish = [&](const offload::executor& ex) { spans = ex.trace().spans(); };
+    const inputs in = make_inputs(o, m);
+
+    sync(o);
+    if (is_cuda(o)) reset_cuda_peaks(o.device.index);
+    if (acc) acc->reset_peak();
+    const std::int64_t in0 = bytes_in(), out0 = bytes_out(), streamed0 = streamed();
+    const auto t0 = steady::now();
+    const wan::stage_observer observer = [&](std::string_view stage, int, const offload::executor& ex) {
+      sync(o);
+      if (!plan) plan = ex.get_plan();
+      marks.push_back({std::string(stage), seconds_since(t0), bytes_in(), streamed(), ex.trace().spans().size()});
+    };
+    generate(o, m, in, exec, observer);
+    sync(o);
+    r.total_seconds = seconds_since(t0);
+
+    r.bytes_to_device = bytes_in() - in0;
+    r.bytes_to_host = bytes_out() - out0;
+    r.bytes_streamed = streamed() - streamed0;
+    if (acc) r.accounted_peak = acc->peak();
+    if (is_cuda(o))
+      if (const auto peaks = read_cuda_peaks(o.device.index)) {
+        r.peak_allocated = peaks->allocated;
+        r.peak_reserved = peaks->reserved;
+      }
+    r.ok = true;
+  } catch (const std::exception& e) {
+    r.error = first_line(e.what());
+    return r;
+  }
+
+  // Stage times: from each entry to the next (the last stage runs to the end of the call).
+  if (!marks.empty()) r.setup_seconds = marks.front().t;
+  std::size_t first_denoise = marks.size(), after_denoise = marks.size();
+  for (std::size_t i = 0; i < marks.size(); ++i) {
+    const double end = i + 1 < marks.size() ? marks[i + 1].t : r.total_seconds;
+    r.stage_seconds[marks[i].stage] += end - marks[i].t;
+    if (marks[i].stage == "denoise") {
+      r.denoise_step_seconds.push_back(end - marks[i].t);
+      first_denoise = std::min(first_denoise, i);
+    } else if (first_denoise < marks.size() && after_denoise == marks.size()) {
+      after_denoise = i;
+    }
+  }
+
+  if (plan) {
+    if (acc) r.predicted_peak = plan->peak_of(o.device);
+    r.predicted_bytes_to_device = plan->bytes_to_devices;
+    r.predicted_bytes_to_host = plan->bytes_to_host;
+    for (const auto& s : plan->steps)
+      for (const auto& [component, bytes] : s.streamed_bytes) r.predicted_bytes_streamed += bytes;
+    if (const auto t = transfer_seconds(*plan, bw, spans, 0, spans.size(), r.bytes_streamed)) r.transfer_seconds = *t;
+    if (first_denoise < marks.size()) {
+      const auto& a = marks[first_denoise];
+      const std::size_t to_span = after_denoise < marks.size() ? marks[after_denoise].spans : spans.size();
+      const std::int64_t to_streamed = after_denoise < marks.size() ? marks[after_denoise].streamed
+                                                                    : marks.back().streamed;
+      if (const auto t = transfer_seconds(*plan, bw, spans, a.spans, to_span, to_streamed - a.streamed))
+        r.denoise_transfer_seconds = *t;
+    }
+  }
+  return r;
+}
+
+void compare_with_resident(std::vector<policy_result>& results, bool timed_transfers) {
+  const auto res = std::find_if(results.begin(), results.end(),
+                                [](const policy_result& r) { return r.ok && r.policy == "resident"; });
+  if (res == results.end()) return;
+  const policy_result base = *res;
+  for (auto& r : results) {
+    if (!r.ok) continue;
+    if (base.total_seconds > 0) r.time_ratio = r.total_seconds / base.total_seconds;
+    if (base.mean_step_seconds() > 0) r.step_ratio = r.mean_step_seconds() / base.mean_step_seconds();
+    if (const auto p = r.measured_peak(), b = base.measured_peak(); p && b && *b > 0)
+      r.peak_ratio = static_cast<double>(*p) / static_cast<double>(*b);
+    if (r.policy == "resident" || !timed_transfers) continue;
+    if (r.transfer_seconds > 0)
+      r.hidden_fraction = 1.0 - (r.total_seconds - base.total_seconds) / r.transfer_seconds;
+    const auto denoise = [](const policy_result& x) {
+      const auto it = x.stage_seconds.find("denoise");
+      return it == x.stage_seconds.end() ? 0.0 : it->second;
+    };
+    if (r.denoise_transfer_seconds > 0)
+      r.denoise_hidden_fraction = 1.0 - (denoise(r) - denoise(base)) / r.denoise_transfer_seconds;
+  }
+}
+
+} // namespace wan_bench

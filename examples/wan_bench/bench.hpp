@@ -1,0 +1,136 @@
+#pragma once
+/// \file
+/// wan_bench: runs a Wan pipeline with random weights under several placement policies and measures
+/// each run (stage times, device memory peaks, bytes moved, transfer time hidden behind compute).
+/// Definitions: docs/benchmark.md.
+
+#include "random_models.hpp"
+
+#include <offload/device.hpp>
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace wan_bench {
+
+/// Exit codes.
+enum exit_code : int {
+  exit_ok = 0,
+  exit_usage = 1,     ///< a bad argument, found before any model was built
+  exit_failed = 2,    ///< a policy did not fit or failed (the others still ran and are reported)
+  exit_mismatch = 3,  ///< --check: a measured figure differs from the plan's
+};
+
+/// A bad argument: one line for stderr (what was expected, what was found, what to do).
+class usage_error : public std::runtime_error {
+public:
+  using std::runtime_error::runtime_error;
+};
+
+/// The parsed command line.
+struct options {
+  std::string task = "t2v-1.3B";
+  model_scale scale = model_scale::real;
+  std::string size;                 ///< W*H as given; default: the task's first supported size
+  int width = 0, height = 0;
+  int frame_num = 81;
+  int steps = 2;
+  std::vector<std::string> policies; ///< as given (default: resident)
+  std::string device_text = "cuda:0";
+  offload::device_id device = offload::device_id::cuda(0);
+  std::optional<std::int64_t> gpu_memory; ///< the accelerator's capacity for the plans
+  bool warmup = false;
+  std::string json_file;
+  std::int64_t seed = 42;
+  int prompt_tokens = 40;           ///< as the Python harness: context of 40 tokens
+  int neg_prompt_tokens = 120;      ///< and a negative context of 120
+  std::int64_t bandwidth_bytes = std::int64_t{1} << 30;
+  int threads = 0;                  ///< host threads (0: LibTorch's default)
+  bool check = false;               ///< mock: measured peaks and bytes must equal the plan's
+  bool dry_run = false;             ///< check the arguments and policies, build nothing
+};
+
+/// Parses argv; nullopt when --help was printed. Throws usage_error.
+std::optional<options> parse_command_line(int argc, char** argv);
+
+/// Host -> device copy bandwidths the hidden fraction is computed with.
+struct bandwidths {
+  std::optional<double> pinned;   ///< bytes per second from page-locked memory
+  std::optional<double> pageable; ///< bytes per second from ordinary memory
+  std::string source;
+};
+
+/// Measures them on a CUDA device (a `bytes` copy, best of 5), or reads the mock's settings.
+bandwidths measure_bandwidths(const options& o, offload::device_set& devices);
+
+/// The measurements of one policy.
+struct policy_result {
+  std::string policy;    ///< as given
+  std::string canonical; ///< placement_policy::str()
+  bool ok = false;
+  std::string error;     ///< when !ok: the first line of the error
+
+  double total_seconds = 0;            ///< the whole generate() call, from an all-home start
+  double setup_seconds = 0;            ///< planning, pinning, initial placement, first stage's onloads
+  std::map<std::string, double> stage_seconds; ///< per stage, from its entry to the next stage's entry
+  std::vector<double> denoise_step_seconds;
+
+  std::optional<std::int64_t> peak_allocated; ///< CUDA caching allocator
+  std::optional<std::int64_t> peak_reserved;
+  std::optional<std::int64_t> accounted_peak; ///< offload's ledger of the accelerator (mock: its peak)
+  std::optional<std::int64_t> predicted_peak; ///< the plan's peak on the accelerator
+
+  std::int64_t bytes_to_device = 0, predicted_bytes_to_device = 0;
+  std::int64_t bytes_streamed = 0, predicted_bytes_streamed = 0;
+  std::int64_t bytes_to_host = 0, predicted_bytes_to_host = 0;
+
+  double transfer_seconds = 0;          ///< bytes_to_device at the measured bandwidths
+  std::optional<double> hidden_fraction;
+  double denoise_transfer_seconds = 0;  ///< bytes copied from the first denoise step to decode
+  std::optional<double> denoise_hidden_fraction;
+
+  std::optional<double> time_ratio, peak_ratio, step_ratio; ///< against the resident run
+
+  /// The measured peak the ratios use: the allocator's on CUDA, the mock's on mock.
+  [[nodiscard]] std::optional<std::int64_t> measured_peak() const {
+    return peak_allocated ? peak_allocated : accounted_peak;
+  }
+  [[nodiscard]] double mean_step_seconds() const;
+};
+
+/// Everything one invocation measured.
+struct bench_report {
+  options opts;
+  std::string device_name;
+  std::string torch_version;
+  int host_threads = 0;
+  std::int64_t dit_tokens = 0;
+  std::map<std::string, std::int64_t> component_bytes;
+  double build_seconds = 0;
+  bool fast_init = false;
+  bandwidths bandwidth;
+  std::vector<policy_result> results;
+};
+
+/// Runs one generation under `policy` and measures it (never throws for a failing policy: the
+/// result says why).
+policy_result run_policy(const options& o, const built_models& models, const std::string& policy,
+                         offload::device_set& devices, const bandwidths& bw);
+
+/// Fills the ratios of every result against the resident run (policy `resident`), if there is one,
+/// and, when `timed_transfers` (a real accelerator: copies take bytes / bandwidth of wall time), the
+/// hidden fractions.
+void compare_with_resident(std::vector<policy_result>& results, bool timed_transfers);
+
+/// The table printed on stdout.
+std::string table(const bench_report& r);
+/// The JSON written by --json.
+std::string json(const bench_report& r);
+/// --check on a mock device: one line per figure that differs from the plan's (empty: all equal).
+std::vector<std::string> check_against_plan(const bench_report& r);
+
+} // namespace wan_bench

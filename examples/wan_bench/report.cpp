@@ -1,0 +1,174 @@
+// wan_bench's table, JSON and --check (see bench.hpp; the fields are described in docs/benchmark.md).
+#include "bench.hpp"
+
+#include <offload/units.hpp>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+
+namespace wan_bench {
+
+namespace {
+
+constexpr const char* hidden_definition =
+    "hidden = 1 - (T_policy - T_resident) / T_transfer, T = wall time of the whole generation, "
+    "T_transfer = the bytes the policy copied host -> device (onloads and streamed blocks) / the measured "
+    "host -> device bandwidth of each component's host memory (pinned or pageable); "
+    "hidden(denoise): the same over the denoising steps (from the first step's entry to decode's), "
+    "with the bytes copied in that span";
+
+std::string opt_seconds(const std::map<std::string, double>& m, const std::string& key) {
+  const auto it = m.find(key);
+  return it == m.end() ? std::string("-") : fmt::format("{:.2f}", it->second);
+}
+
+std::string opt_bytes(const std::optional<std::int64_t>& b) {
+  return b ? offload::format_bytes(*b) : std::string("-");
+}
+
+std::string opt_ratio(const std::optional<double>& x) { return x ? fmt::format("{:.2f}", *x) : std::string("-"); }
+
+std::string rate(const std::optional<double>& bytes_per_second) {
+  return bytes_per_second ? fmt::format("{:.1f} GB/s", *bytes_per_second / 1e9) : std::string("n/a");
+}
+
+template <class T>
+nlohmann::json opt(const std::optional<T>& v) {
+  return v ? nlohmann::json(*v) : nlohmann::json(nullptr);
+}
+
+std::string scale_name(model_scale s) { return s == model_scale::tiny ? "tiny" : "real"; }
+
+} // namespace
+
+std::string table(const bench_report& r) {
+  const options& o = r.opts;
+  std::string out = fmt::format(
+      "wan_bench: {} ({} scale), {}x{}, {} frames, {} steps ({} DiT tokens), on {} ({}), torch {}, {} host threads\n",
+      o.task, scale_name(o.scale), o.width, o.height, o.frame_num, o.steps, r.dit_tokens, o.device.str(),
+      r.device_name, r.torch_version, r.host_threads);
+  std::string sizes;
+  for (const auto& [name, bytes] : r.component_bytes)
+    sizes += fmt::format("{}{} {}", sizes.empty() ? "" : ", ", name, offload::format_bytes(bytes));
+  out += fmt::format("components (random weights): {}; built in {:.2f} s{}\n", sizes, r.build_seconds,
+                     r.fast_init ? " (parallel initialisation)" : " (LibTorch's serial initialisation)");
+  out += fmt::format("host -> device bandwidth: pinned {}, pageable {} ({})\n", rate(r.bandwidth.pinned),
+                     rate(r.bandwidth.pageable), r.bandwidth.source);
+  out += fmt::format("{:>8} {:>6} {:>6} {:>7} {:>7} {:>7} {:>8} {:>7} {:>6} {:>7} {:>11} {:>6} {:>11} {:>11} {:>11} "
+                     "{:>11} {:>6} {:>6}  {}\n",
+                     "total s", "x res", "setup", "text", "clip", "vae_enc", "denoise", "s/step", "x res", "decode",
+                     "peak", "x res", "reserved", "plan peak", "to device", "streamed", "hidden", "h.den", "policy");
+  for (const auto& p : r.results) {
+    if (!p.ok) {
+      out += fmt::format("{:>8}  {}: {}\n", "FAILED", p.policy, p.error);
+      continue;
+    }
+    const auto& s = p.stage_seconds;
+    out += fmt::format(
+        "{:>8.2f} {:>6} {:>6.2f} {:>7} {:>7} {:>7} {:>8} {:>7.3f} {:>6} {:>7} {:>11} {:>6} {:>11} {:>11} {:>11} {:>11} "
+        "{:>6} {:>6}  {}\n",
+        p.total_seconds, opt_ratio(p.time_ratio), p.setup_seconds, opt_seconds(s, "text_encode"),
+        opt_seconds(s, "clip_encode"), opt_seconds(s, "vae_encode"), opt_seconds(s, "denoise"),
+        p.mean_step_seconds(), opt_ratio(p.step_ratio), opt_seconds(s, "decode"), opt_bytes(p.measured_peak()),
+        opt_ratio(p.peak_ratio), opt_bytes(p.peak_reserved), opt_bytes(p.predicted_peak),
+        offload::format_bytes(p.bytes_to_device), offload::format_bytes(p.bytes_streamed),
+        opt_ratio(p.hidden_fraction), opt_ratio(p.denoise_hidden_fraction), p.policy);
+  }
+  if (o.device.is_mock())
+    out += "on a mock device: 'peak' is its accounting (what the plan predicts), 'reserved' does not exist, and "
+           "no hidden fraction is computed (its copies cost host time, not bytes / bandwidth)\n";
+  else if (o.device.kind == offload::device_kind::cuda)
+    out += "peak / reserved: the CUDA caching allocator's peaks (max_memory_allocated / max_memory_reserved); "
+           "plan peak: offload's prediction\n";
+  if (std::none_of(r.results.begin(), r.results.end(), [](const policy_result& p) { return p.policy == "resident" && p.ok; }))
+    out += "no 'resident' run in this invocation: ratios and hidden fractions need one (--policy resident)\n";
+  out += fmt::format("{}\n", hidden_definition);
+  return out;
+}
+
+std::string json(const bench_report& r) {
+  const options& o = r.opts;
+  nlohmann::json j;
+  j["format"] = "offload.wan_bench/1";
+  j["task"] = o.task;
+  j["scale"] = scale_name(o.scale);
+  j["device"] = o.device.str();
+  j["device_name"] = r.device_name;
+  j["torch_version"] = r.torch_version;
+  j["host_threads"] = r.host_threads;
+  j["size"] = {o.width, o.height};
+  j["frame_num"] = o.frame_num;
+  j["steps"] = o.steps;
+  j["dit_tokens"] = r.dit_tokens;
+  j["prompt_tokens"] = o.prompt_tokens;
+  j["neg_prompt_tokens"] = o.neg_prompt_tokens;
+  j["seed"] = o.seed;
+  j["warmup"] = o.warmup;
+  j["gpu_memory"] = opt(o.gpu_memory);
+  j["component_bytes"] = r.component_bytes;
+  j["build_seconds"] = r.build_seconds;
+  j["parallel_init"] = r.fast_init;
+  j["bandwidth"] = {{"h2d_pinned_bytes_per_second", opt(r.bandwidth.pinned)},
+                    {"h2d_pageable_bytes_per_second", opt(r.bandwidth.pageable)},
+                    {"source", r.bandwidth.source}};
+  j["hidden_fraction_definition"] = hidden_definition;
+  j["policies"] = nlohmann::json::array();
+  for (const auto& p : r.results) {
+    nlohmann::json e;
+    e["policy"] = p.policy;
+    e["canonical"] = p.canonical;
+    e["ok"] = p.ok;
+    e["error"] = p.ok ? nlohmann::json(nullptr) : nlohmann::json(p.error);
+    if (p.ok) {
+      e["total_seconds"] = p.total_seconds;
+      e["setup_seconds"] = p.setup_seconds;
+      e["stage_seconds"] = p.stage_seconds;
+      e["denoise_step_seconds"] = p.denoise_step_seconds;
+      e["mean_step_seconds"] = p.mean_step_seconds();
+      e["peak_allocated_bytes"] = opt(p.peak_allocated);
+      e["peak_reserved_bytes"] = opt(p.peak_reserved);
+      e["accounted_peak_bytes"] = opt(p.accounted_peak);
+      e["measured_peak_bytes"] = opt(p.measured_peak());
+      e["predicted_peak_bytes"] = opt(p.predicted_peak);
+      e["bytes_to_device"] = p.bytes_to_device;
+      e["predicted_bytes_to_device"] = p.predicted_bytes_to_device;
+      e["bytes_streamed"] = p.bytes_streamed;
+      e["predicted_bytes_streamed"] = p.predicted_bytes_streamed;
+      e["bytes_to_host"] = p.bytes_to_host;
+      e["predicted_bytes_to_host"] = p.predicted_bytes_to_host;
+      e["transfer_seconds"] = p.transfer_seconds;
+      e["hidden_fraction"] = opt(p.hidden_fraction);
+      e["denoise_transfer_seconds"] = p.denoise_transfer_seconds;
+      e["denoise_hidden_fraction"] = opt(p.denoise_hidden_fraction);
+      e["time_ratio"] = opt(p.time_ratio);
+      e["step_ratio"] = opt(p.step_ratio);
+      e["peak_ratio"] = opt(p.peak_ratio);
+    }
+    j["policies"].push_back(std::move(e));
+  }
+  return j.dump(1);
+}
+
+std::vector<std::string> check_against_plan(const bench_report& r) {
+  std::vector<std::string> bad;
+  for (const auto& p : r.results) {
+    if (!p.ok) {
+      bad.push_back(fmt::format("policy '{}' failed: {}", p.policy, p.error));
+      continue;
+    }
+    const auto expect = [&](std::string_view what, std::int64_t measured, std::int64_t planned) {
+      if (measured != planned)
+        bad.push_back(fmt::format("policy '{}': {} expected {} as planned, found {} ({} bytes vs {})", p.policy, what,
+                                  offload::format_bytes(planned), offload::format_bytes(measured), planned, measured));
+    };
+    expect("peak on the device", p.accounted_peak.value_or(-1), p.predicted_peak.value_or(-1));
+    expect("bytes to the device", p.bytes_to_device, p.predicted_bytes_to_device);
+    expect("bytes streamed", p.bytes_streamed, p.predicted_bytes_streamed);
+    expect("bytes back to the host", p.bytes_to_host, p.predicted_bytes_to_host);
+  }
+  return bad;
+}
+
+} // namespace wan_bench
