@@ -9,6 +9,7 @@
 #include <offload/block_stream.hpp>
 #include <offload/errors.hpp>
 #include <offload/executor.hpp>
+#include <offload/offloadable.hpp>
 #include <offload/testing/mock_device.hpp>
 #include <offload/units.hpp>
 
@@ -20,6 +21,7 @@
 #include <algorithm>
 #include <chrono>
 #include <limits>
+#include <map>
 #include <numeric>
 
 namespace wan_bench {
@@ -39,14 +41,49 @@ void sync(const options& o) {
   if (is_cuda(o)) torch::cuda::synchronize(o.device.index);
 }
 
+using byte_counts = std::map<std::string, std::int64_t>; ///< per component
+
 /// A point of a run: a stage's entry (after its onloads), as the stage observer sees it.
 struct mark {
   std::string stage;
   double t = 0;                  ///< seconds since the generate() call, after a device synchronize
   std::int64_t bytes_in = 0;     ///< the accelerator's host -> device bytes so far
-  std::int64_t streamed = 0;     ///< the DiT's block-stream bytes so far
+  byte_counts streamed;          ///< each streaming component's block-stream bytes so far
   std::size_t spans = 0;         ///< executor trace spans recorded so far
 };
+
+template <class Module>
+const offload::block_stream* stream_of(offload::component* c) {
+  if (auto* o = dynamic_cast<offload::offloadable<Module>*>(c)) return o->stream();
+  return nullptr;
+}
+
+/// Bytes each component's block stream copied so far (components that declare blocks: the DiT,
+/// and whichever others the pipelines let stream).
+byte_counts streamed_bytes(const wan::WanComponents& comps) {
+  byte_counts out;
+  for (auto* c : comps.components()) {
+    const offload::block_stream* s = stream_of<wan::WanModel>(c);
+    if (!s) s = stream_of<wan::T5Encoder>(c);
+    if (!s) s = stream_of<wan::XLMRobertaCLIP>(c);
+    if (!s) s = stream_of<wan::WanVAE_>(c);
+    if (s) out[c->name()] = s->bytes_streamed();
+  }
+  return out;
+}
+
+/// a - b per component.
+byte_counts minus(const byte_counts& a, const byte_counts& b) {
+  byte_counts out = a;
+  for (const auto& [name, bytes] : b) out[name] -= bytes;
+  return out;
+}
+
+std::int64_t sum(const byte_counts& m) {
+  std::int64_t total = 0;
+  for (const auto& [name, bytes] : m) total += bytes;
+  return total;
+}
 
 /// The fixed random prompt, negative prompt and (i2v) image of every run.
 struct inputs {
@@ -98,10 +135,10 @@ std::optional<double> copy_seconds(const offload::plan& plan, const bandwidths& 
   return static_cast<double>(bytes) / *rate;
 }
 
-/// Transfer seconds of the onload spans [from, to) of the trace plus `streamed` DiT bytes.
+/// Transfer seconds of the onload spans [from, to) of the trace plus the `streamed` block bytes.
 std::optional<double> transfer_seconds(const offload::plan& plan, const bandwidths& bw,
                                        const std::vector<offload::trace_span>& spans, std::size_t from,
-                                       std::size_t to, std::int64_t streamed) {
+                                       std::size_t to, const byte_counts& streamed) {
   double total = 0;
   for (std::size_t i = from; i < std::min(to, spans.size()); ++i) {
     const auto& s = spans[i];
@@ -111,9 +148,12 @@ std::optional<double> transfer_seconds(const offload::plan& plan, const bandwidt
     if (!t) return std::nullopt;
     total += *t;
   }
-  const auto t = copy_seconds(plan, bw, std::string(wan::DIT_COMPONENT), streamed);
-  if (!t) return std::nullopt;
-  return total + *t;
+  for (const auto& [component, bytes] : streamed) {
+    const auto t = copy_seconds(plan, bw, component, bytes);
+    if (!t) return std::nullopt;
+    total += *t;
+  }
+  return total;
 }
 
 } // namespace
@@ -171,11 +211,11 @@ policy_result run_policy(const options& o, const built_models& m, const std::str
   offload::device* acc = o.device.is_host() ? nullptr : &devices.get(o.device);
   const auto bytes_in = [&] { return acc ? acc->bytes_in() : std::int64_t{0}; };
   const auto bytes_out = [&] { return acc ? acc->bytes_out() : std::int64_t{0}; };
-  const offload::block_stream* stream = m.components->model->block_stream;
-  const auto streamed = [&] { return stream ? stream->bytes_streamed() : std::int64_t{0}; };
+  const auto streamed = [&] { return streamed_bytes(*m.components); };
   std::optional<offload::plan> plan;
   std::vector<mark> marks;
   std::vector<offload::trace_span> spans;
+  byte_counts streamed_end;
   try {
     wan::execution exec;
     exec.devices = &devices;
@@ -188,7 +228,8 @@ policy_result run_policy(const options& o, const built_models& m, const std::str
     sync(o);
     if (is_cuda(o)) reset_cuda_peaks(o.device.index);
     if (acc) acc->reset_peak();
-    const std::int64_t in0 = bytes_in(), out0 = bytes_out(), streamed0 = streamed();
+    const std::int64_t in0 = bytes_in(), out0 = bytes_out();
+    const byte_counts streamed0 = streamed();
     const auto t0 = steady::now();
     const wan::stage_observer observer = [&](std::string_view stage, int, const offload::executor& ex) {
       sync(o);
@@ -201,7 +242,9 @@ policy_result run_policy(const options& o, const built_models& m, const std::str
 
     r.bytes_to_device = bytes_in() - in0;
     r.bytes_to_host = bytes_out() - out0;
-    r.bytes_streamed = streamed() - streamed0;
+    streamed_end = streamed();
+    r.streamed_by_component = minus(streamed_end, streamed0);
+    r.bytes_streamed = sum(r.streamed_by_component);
     if (acc) r.accounted_peak = acc->peak();
     if (is_cuda(o))
       if (const auto peaks = read_cuda_peaks(o.device.index)) {
@@ -234,13 +277,13 @@ policy_result run_policy(const options& o, const built_models& m, const std::str
     r.predicted_bytes_to_host = plan->bytes_to_host;
     for (const auto& s : plan->steps)
       for (const auto& [component, bytes] : s.streamed_bytes) r.predicted_bytes_streamed += bytes;
-    if (const auto t = transfer_seconds(*plan, bw, spans, 0, spans.size(), r.bytes_streamed)) r.transfer_seconds = *t;
+    if (const auto t = transfer_seconds(*plan, bw, spans, 0, spans.size(), r.streamed_by_component))
+      r.transfer_seconds = *t;
     if (first_denoise < marks.size()) {
       const auto& a = marks[first_denoise];
       const std::size_t to_span = after_denoise < marks.size() ? marks[after_denoise].spans : spans.size();
-      const std::int64_t to_streamed = after_denoise < marks.size() ? marks[after_denoise].streamed
-                                                                    : marks.back().streamed;
-      if (const auto t = transfer_seconds(*plan, bw, spans, a.spans, to_span, to_streamed - a.streamed))
+      const byte_counts& to_streamed = after_denoise < marks.size() ? marks[after_denoise].streamed : streamed_end;
+      if (const auto t = transfer_seconds(*plan, bw, spans, a.spans, to_span, minus(to_streamed, a.streamed)))
         r.denoise_transfer_seconds = *t;
     }
   }

@@ -85,7 +85,8 @@ struct policy_result {
   std::optional<std::int64_t> predicted_peak; ///< the plan's peak on the accelerator
 
   std::int64_t bytes_to_device = 0, predicted_bytes_to_device = 0;
-  std::int64_t bytes_streamed = 0, predicted_bytes_streamed = 0;
+  std::int64_t bytes_streamed = 0, predicted_bytes_streamed = 0; ///< block streams, all components
+  std::map<std::string, std::int64_t> streamed_by_component;
   std::int64_t bytes_to_host = 0, predicted_bytes_to_host = 0;
 
   double transfer_seconds = 0;          ///< bytes_to_device at the measured bandwidths

@@ -136,6 +136,7 @@ std::string json(const bench_report& r) {
       e["predicted_bytes_to_device"] = p.predicted_bytes_to_device;
       e["bytes_streamed"] = p.bytes_streamed;
       e["predicted_bytes_streamed"] = p.predicted_bytes_streamed;
+      e["bytes_streamed_by_component"] = p.streamed_by_component;
       e["bytes_to_host"] = p.bytes_to_host;
       e["predicted_bytes_to_host"] = p.predicted_bytes_to_host;
       e["transfer_seconds"] = p.transfer_seconds;
