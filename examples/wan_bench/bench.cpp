@@ -225,6 +225,16 @@ policy_result run_policy(const options& o, const built_models& m, const std::str
     exec.on_finish = [&](const offload::executor& ex) { spans = ex.trace().spans(); };
     const inputs in = make_inputs(o, m);
 
+    // Host memory as the policy asks, before the clock starts: storage conversion and pinning are
+    // one-time costs of a deployment, like loading. The executor makes the same calls (no-ops then).
+    const auto t_prepare = steady::now();
+    for (auto* c : m.components->components()) {
+      const auto& cp = exec.policy.of(c->name());
+      c->set_storage(cp.store);
+      c->use_pinned_memory(cp.memory == offload::host_memory::pinned);
+    }
+    r.prepare_seconds = seconds_since(t_prepare);
+
     sync(o);
     if (is_cuda(o)) reset_cuda_peaks(o.device.index);
     if (acc) acc->reset_peak();

@@ -74,6 +74,7 @@ struct policy_result {
   bool ok = false;
   std::string error;     ///< when !ok: the first line of the error
 
+  double prepare_seconds = 0;          ///< storage conversion and pinning of the masters (not timed in total)
   double total_seconds = 0;            ///< the whole generate() call, from an all-home start
   double setup_seconds = 0;            ///< planning, pinning, initial placement, first stage's onloads
   std::map<std::string, double> stage_seconds; ///< per stage, from its entry to the next stage's entry

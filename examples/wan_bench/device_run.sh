@@ -42,10 +42,11 @@ LOW_13B='t5=cpu,dit=cuda:on_demand:stream=2:pinned,vae=cuda:on_demand:pinned'
 POLICIES_13B=(resident offload_model offload_model+t5_cpu "$LOW_13B")
 # >>> EXTRA POLICIES: storage (:store=bf16) and tiling (:tile=N[:overlap=M]) options of the policy
 # grammar. They run in a separate invocation (with its own resident run), so that a wan_bench whose
-# grammar lacks an option still runs parts 1, 2 and 4. Extend this list as options land.
+# grammar lacks an option still runs the other parts. Extend this list as options land. store=
+# converts the masters one-way (later policies see them converted): keep store= policies last.
 EXTRA_13B=(
-  't5=cpu,dit=cuda:on_demand:stream=2:store=bf16:pinned,vae=cuda:on_demand:pinned'
   't5=cpu,dit=cuda:on_demand:stream=2:pinned,vae=cuda:on_demand:tile=32:pinned'
+  't5=cpu,dit=cuda:on_demand:stream=2:store=bf16:pinned,vae=cuda:on_demand:pinned'
   't5=cpu,dit=cuda:resident:store=bf16,vae=cuda:resident'
 )
 # T2V-14B: the target (peak <= 12 GiB) needs the DiT streamed and the VAE tiled; resident

@@ -62,12 +62,21 @@ void validate(options& o) {
   if (o.prompt_tokens < 1 || o.neg_prompt_tokens < 1)
     throw usage_error("--prompt_tokens / --neg_prompt_tokens: expected at least 1 token each");
   if (o.policies.empty()) o.policies.push_back("resident");
+  std::string converted_by; // the first policy that converts masters (store=)
   for (const auto& p : o.policies) {
+    offload::placement_policy policy;
     try {
-      (void)offload::parse_policy(p);
+      policy = offload::parse_policy(p);
     } catch (const offload::config_error& e) {
       throw usage_error(fmt::format("--policy: {}", one_line(e.what())));
     }
+    bool converts = false;
+    for (const auto& [name, cp] : policy.components) converts = converts || cp.store != offload::storage_dtype::native;
+    if (converts && converted_by.empty()) converted_by = p;
+    else if (!converts && !converted_by.empty())
+      std::cerr << fmt::format("wan_bench: note: '{}' runs after '{}', whose store= converted the masters for good "
+                               "(one-way): it runs with them converted; list store= policies last\n",
+                               p, converted_by);
   }
   try {
     o.device = offload::device_id::parse(o.device_text);

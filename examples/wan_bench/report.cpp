@@ -122,6 +122,7 @@ std::string json(const bench_report& r) {
     e["ok"] = p.ok;
     e["error"] = p.ok ? nlohmann::json(nullptr) : nlohmann::json(p.error);
     if (p.ok) {
+      e["prepare_seconds"] = p.prepare_seconds;
       e["total_seconds"] = p.total_seconds;
       e["setup_seconds"] = p.setup_seconds;
       e["stage_seconds"] = p.stage_seconds;
