@@ -106,6 +106,7 @@ wan::generation_shape generation_shape_of(const options& o) {
   s.frame_num = o.frame_num;
   s.sampling_steps = o.sample_steps;
   s.ref_images = static_cast<int>(o.src_ref_images.size());
+  s.decode_tiling = wan::vae_tiling_of(o.policy); // vae=...:tile=N: the plan carries the tiled decode
   const std::string& image = o.task.starts_with("i2v") ? o.image : o.task.starts_with("flf2v") ? o.first_frame : "";
   if (!image.empty()) {
     const auto [iw, ih] = image_size(image);
@@ -253,6 +254,10 @@ int generate(const options& given) {
   say(fmt::format("device {}{}, policy '{}' ({})", accelerator.str(),
                   o.gpu_memory ? fmt::format(" ({})", offload::format_bytes(*o.gpu_memory)) : std::string(),
                   o.policy.label(), o.policy.str()));
+  if (const auto tiling = wan::vae_tiling_of(o.policy))
+    say(fmt::format("vae: tiled encode/decode, {}x{} latent px tiles overlapping by {}: the video differs from "
+                    "the untiled decode near tile seams (measured errors: docs/storage_and_tiling.md)",
+                    tiling->tile_latent_h, tiling->tile_latent_w, tiling->overlap_latent));
 
   // Load every model on the host (configs from the checkpoint files).
   const auto t_load = steady::now();

@@ -4,6 +4,9 @@
 #include "media.hpp"
 
 #include "wan/configs/configs.hpp"
+#include "wan/stages.hpp"
+
+#include <offload/component.hpp>
 
 #include <offload/cost_model.hpp>
 #include <offload/errors.hpp>
@@ -173,6 +176,20 @@ void validate(options& o, const std::string& offload_model_text) {
     // Presets named in --placement add to the flags' presets; its entries override both.
     o.policy = offload::parse_policy(flags.label() + "," + o.placement_text);
     o.policy.set_label(flags.label() + "," + o.placement_text);
+    // Options the task's components cannot honour (`store` without a storage rule, `tile` on a
+    // component that does not tile, `stream` without a block list) are argument errors too.
+    try {
+      for (const auto& c : offload::detail::stored_infos(wan::preset_components(o.task), o.policy)) {
+        const auto& cp = o.policy.of(c.name);
+        if (cp.stream.enabled() && !cp.execute_on.is_host() && !c.blocks)
+          throw offload::config_error("offload.config.not_streamable",
+                                      fmt::format("policy '{}' streams component '{}', which declares no block list "
+                                                  "in task {}; drop ':stream' for it",
+                                                  o.policy.label(), c.name, o.task));
+      }
+    } catch (const offload::config_error& e) {
+      throw usage_error(fmt::format("--placement: {}", one_line(e.what())));
+    }
   }
 
   // The budget planner: --vram_budget chooses the policy (docs/planner.md).

@@ -56,6 +56,9 @@ struct plan_step {
   /// Per streamed component: bytes its blocks copy into their slots during the stage (all
   /// repetitions; each block once per repetition when the model runs its branches block-major).
   std::map<std::string, std::int64_t> streamed_bytes;
+  /// Seconds the block copies add to the stage beyond its compute, all repetitions (0 when nothing
+  /// streams or the device's bandwidth is not given).
+  double stream_seconds = 0;
 };
 
 /// Where the plan does not fit.

@@ -264,6 +264,7 @@ private:
       else
         seconds += transfer;
     }
+    step.stream_seconds = seconds - compute;
     return seconds;
   }
   [[nodiscard]] bool on_device(const std::string& name) const {

@@ -61,6 +61,7 @@ component_dtypes component_dtypes::reference(const configs::WanConfig& config) {
 WanComponents::~WanComponents() {
   // The DiT module may outlive its component (shared handle): forget the component's stream.
   if (model) model->block_stream = nullptr;
+  if (text_encoder && text_encoder->model) text_encoder->model->block_stream = nullptr;
 }
 
 std::shared_ptr<WanComponents> WanComponents::load(std::string_view kind, const component_paths& paths,
@@ -147,7 +148,12 @@ void WanComponents::wrap(const component_options& options) {
   for (auto& p : model->parameters()) p.requires_grad_(false);
 
   // Components: every tensor each model owns, aux tensors declared.
-  t5_component = std::make_unique<offload::offloadable<T5Encoder>>(std::string(T5_COMPONENT), text_encoder->model);
+  auto t5 = std::make_unique<offload::offloadable<T5Encoder>>(std::string(T5_COMPONENT), text_encoder->model);
+  // T5's `blocks` can be streamed (t5=cuda:stream=K): T5Encoder::forward_branches uses them through
+  // offload::block_use, for the prompt and the negative prompt together.
+  t5->declare_blocks("blocks", static_cast<int>(text_encoder->model->blocks->size()));
+  text_encoder->model->block_stream = t5->stream();
+  t5_component = std::move(t5);
   if (clip)
     clip_component = std::make_unique<offload::offloadable<XLMRobertaCLIP>>(std::string(CLIP_COMPONENT), clip->model);
   auto dit = std::make_unique<offload::offloadable<WanModel>>(
@@ -155,6 +161,11 @@ void WanComponents::wrap(const component_options& options) {
       offload::offloadable_options{dtypes.dit == torch::kFloat32 ? std::nullopt
                                                                   : std::optional<c10::ScalarType>(dtypes.dit)});
   dit->register_aux("freqs", model->freqs, offload::dtype_rule::keep);
+  // `dit=cuda:store=bf16`: the matmul weights in bf16, as autocast computes them (the same
+  // selection as store_matmul_weights).
+  dit->declare_storage_rule([paths = matmul_weight_paths(*model)](std::string_view path) {
+    return paths.count(std::string(path)) > 0;
+  });
   // The DiT's `blocks` can be streamed (dit=cuda:stream=K): WanModel::forward_branches uses them
   // through offload::block_use. VaceWanModel's forward does not, so VACE declares none.
   if (kind != "vace") {
@@ -164,6 +175,7 @@ void WanComponents::wrap(const component_options& options) {
   dit_component = std::move(dit);
   auto vae_c = std::make_unique<offload::offloadable<WanVAE_>>(std::string(VAE_COMPONENT), vae->model);
   vae_c->register_aux("mean", vae->mean).register_aux("std", vae->std);
+  vae_c->declare_tileable(); // `vae=cuda:tile=N`: the pipelines decode and encode through vae_tiling()
   vae_component = std::move(vae_c);
 }
 
@@ -189,6 +201,26 @@ offload::component& WanComponents::get(std::string_view name) const {
 }
 
 std::int64_t WanComponents::text_len() const { return model->text_len; }
+
+std::optional<VaeTiling> WanComponents::vae_tiling() const { return vae_tiling_of(vae_component->tiling()); }
+
+std::optional<VaeTiling> vae_tiling_of(const offload::tile_options& tile) {
+  if (!tile.enabled()) return std::nullopt;
+  VaeTiling t = VaeTiling::square(tile.size, tile.overlap);
+  t.validate();
+  return t;
+}
+
+std::optional<VaeTiling> vae_tiling_of(const offload::placement_policy& policy) {
+  return vae_tiling_of(policy.of(VAE_COMPONENT).tile);
+}
+
+std::optional<torch::Dtype> dit_autocast(const execution& exec, const configs::WanConfig& config,
+                                         torch::Device dit_device) {
+  if (exec.autocast) return *exec.autocast == torch::kFloat32 ? std::nullopt : exec.autocast;
+  if (dit_device.is_cuda()) return config.param_dtype;
+  return std::nullopt;
+}
 
 // ---------------------------------------------------------------------------------------------
 // offload_run
@@ -263,17 +295,21 @@ std::pair<torch::Tensor, torch::Tensor> pad_ids(const torch::Tensor& ids, std::i
   return {padded, mask};
 }
 
-std::vector<torch::Tensor> encode_prompt(T5EncoderModel& t5, const prompt_source& p, torch::Device t5_device,
-                                         torch::Device target) {
-  std::vector<torch::Tensor> ctx;
-  if (p.text) {
-    ctx = t5({*p.text}, t5_device);
-  } else {
-    auto [ids, mask] = pad_ids(p.ids, t5.text_len);
-    ctx = t5.encode(ids.to(t5_device), mask.to(t5_device));
+std::vector<std::vector<torch::Tensor>> encode_prompts(T5EncoderModel& t5, const std::vector<prompt_source>& prompts,
+                                                       torch::Device t5_device, torch::Device target) {
+  std::vector<std::pair<torch::Tensor, torch::Tensor>> inputs;
+  for (const auto& p : prompts) {
+    if (p.text) {
+      inputs.push_back(t5.tokenize({*p.text}, t5_device));
+    } else {
+      auto [ids, mask] = pad_ids(p.ids, t5.text_len);
+      inputs.emplace_back(ids.to(t5_device), mask.to(t5_device));
+    }
   }
-  for (auto& c : ctx) c = c.to(target); // [L, text_dim]
-  return ctx;
+  auto out = t5.encode_branches(inputs);
+  for (auto& ctx : out)
+    for (auto& c : ctx) c = c.to(target); // [L, text_dim]
+  return out;
 }
 
 torch::Tensor seeded_noise(at::IntArrayRef shape, std::int64_t seed) {

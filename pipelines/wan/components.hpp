@@ -127,6 +127,9 @@ public:
   [[nodiscard]] offload::component& get(std::string_view name) const;
   /// DiT text_len (config.json), used for T5 padding.
   [[nodiscard]] std::int64_t text_len() const;
+  /// The VAE's tiling in force (the policy's `vae=...:tile=N:overlap=M`, set by the executor), or
+  /// nullopt: the pipelines pass it to WanVAE::decode / encode.
+  [[nodiscard]] std::optional<VaeTiling> vae_tiling() const;
 
 private:
   WanComponents() = default;
@@ -155,7 +158,22 @@ struct execution {
   offload::placement_policy policy = offload::parse_policy("resident");
   /// Optional: told when each run finished (tools write the complete trace from it).
   finish_observer on_finish;
+  /// The DiT's autocast dtype (wan::autocast_guard around the denoising loop). Unset: the
+  /// reference's — config.param_dtype (bf16) when the DiT executes on a CUDA device, none elsewhere
+  /// (float32, the golden parity setting). kFloat32: none.
+  std::optional<torch::Dtype> autocast;
 };
+
+/// The VaeTiling of tile options (nullopt when disabled): square tiles of `size` latent pixels
+/// overlapping by `overlap`. Throws offload::config_error for an invalid tiling.
+std::optional<VaeTiling> vae_tiling_of(const offload::tile_options& tile);
+/// The VaeTiling a policy asks of the `vae` component; pipelines put it in their
+/// generation_shape (decode_tiling) so the plan carries the tiled decode workspace.
+std::optional<VaeTiling> vae_tiling_of(const offload::placement_policy& policy);
+
+/// The dtype the DiT computes its matmuls in for `exec` (see execution::autocast), or nullopt.
+std::optional<torch::Dtype> dit_autocast(const execution& exec, const configs::WanConfig& config,
+                                         torch::Device dit_device);
 
 /// One run of a pipeline through offload: plans the stages for the components and the policy,
 /// throws capacity_error if the plan does not fit, and executes it. `enter()` is the only way a
@@ -201,9 +219,11 @@ struct prompt_source {
   torch::Tensor ids; ///< int64 [n] when !text
 };
 
-/// text_encoder([prompt]) on the T5 execution device; the result moved to `target`.
-std::vector<torch::Tensor> encode_prompt(T5EncoderModel& t5, const prompt_source& p,
-                                         torch::Device t5_device, torch::Device target);
+/// text_encoder([p]) for each prompt on the T5 execution device, through one block-major pass
+/// (T5Encoder::forward_branches: a streamed T5 copies each block once for all of them); the
+/// results moved to `target`. The same numbers as one call per prompt.
+std::vector<std::vector<torch::Tensor>> encode_prompts(T5EncoderModel& t5, const std::vector<prompt_source>& prompts,
+                                                       torch::Device t5_device, torch::Device target);
 
 /// torch.Generator(cpu).manual_seed(seed) + torch.randn(shape, float32): the reference noise on
 /// the CPU generator (deviation: the reference draws on the GPU's generator when it runs there).

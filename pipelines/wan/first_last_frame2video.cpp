@@ -105,6 +105,7 @@ torch::Tensor WanFLF2V::run(const detail::prompt_source& prompt, const detail::p
   shape.height = static_cast<int>(first_frame_h);
   shape.frame_num = static_cast<int>(F);
   shape.sampling_steps = static_cast<int>(params.sampling_steps);
+  shape.decode_tiling = vae_tiling_of(exec.policy);
   offload_run run(pipeline_stages(shape), *components, exec, observer);
   const torch::Device dit_device = run.device_of(DIT_COMPONENT);
 
@@ -123,7 +124,9 @@ torch::Tensor WanFLF2V::run(const detail::prompt_source& prompt, const detail::p
       {first_frame, last_frame}, video, detail::condition_mask(81, 1, 80, lat_h, lat_w)};
   return detail::generate_image_conditioned(
       run, *components, prompt, neg, noise, cond, max_seq_len,
-      {params.sample_solver, params.sampling_steps, params.shift, params.guide_scale, num_train_timesteps}, record);
+      {params.sample_solver, params.sampling_steps, params.shift, params.guide_scale, num_train_timesteps,
+       dit_autocast(exec, config, dit_device)},
+      record);
 }
 
 } // namespace wan

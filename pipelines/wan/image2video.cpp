@@ -100,7 +100,7 @@ torch::Tensor generate_image_conditioned(offload_run& run, const WanComponents& 
   torch::Tensor y;
   {
     auto stage = run.enter("vae_encode");
-    y = components.vae->encode({cond.vae_video.to(run.device_of(VAE_COMPONENT))})[0]; // [16, T, lat_h, lat_w]
+    y = vae_encode(components, {cond.vae_video.to(run.device_of(VAE_COMPONENT))})[0]; // [16, T, lat_h, lat_w]
   }
   note(record, "vae_encode_output", y);
   y = torch::cat({cond.msk.to(y.device()), y}).to(dit_device); // [20, T, lat_h, lat_w]
@@ -113,7 +113,8 @@ torch::Tensor generate_image_conditioned(offload_run& run, const WanComponents& 
     return std::pair{out[0][0], out[1][0]};
   };
   const torch::Tensor x0 = sample(run, call, noise, context, context_null, sampling.solver, sampling.steps,
-                                  sampling.shift, sampling.guide_scale, sampling.num_train_timesteps, record);
+                                  sampling.shift, sampling.guide_scale, sampling.num_train_timesteps, record,
+                                  sampling.autocast);
   note(record, "x0", x0);
   return decode_stage(run, components, x0, record);
 }
@@ -175,6 +176,7 @@ torch::Tensor WanI2V::run(const detail::prompt_source& prompt, const detail::pro
   shape.height = static_cast<int>(h);
   shape.frame_num = static_cast<int>(F);
   shape.sampling_steps = static_cast<int>(params.sampling_steps);
+  shape.decode_tiling = vae_tiling_of(exec.policy);
   offload_run run(pipeline_stages(shape), *components, exec, observer);
   const torch::Device dit_device = run.device_of(DIT_COMPONENT);
 
@@ -187,7 +189,9 @@ torch::Tensor WanI2V::run(const detail::prompt_source& prompt, const detail::pro
   const detail::image_conditioning cond{{img}, video, detail::condition_mask(F, 1, F, lat_h, lat_w)};
   return detail::generate_image_conditioned(
       run, *components, prompt, neg, noise, cond, max_seq_len,
-      {params.sample_solver, params.sampling_steps, params.shift, params.guide_scale, num_train_timesteps}, record);
+      {params.sample_solver, params.sampling_steps, params.shift, params.guide_scale, num_train_timesteps,
+       dit_autocast(exec, config, dit_device)},
+      record);
 }
 
 } // namespace wan

@@ -73,6 +73,7 @@ struct sampling {
   double shift = 0;
   double guide_scale = 0;
   int64_t num_train_timesteps = 0;
+  std::optional<torch::Dtype> autocast; ///< the DiT's compute dtype (dit_autocast)
 };
 torch::Tensor generate_image_conditioned(offload_run& run, const WanComponents& components,
                                          const prompt_source& prompt, const prompt_source& neg,

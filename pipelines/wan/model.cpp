@@ -36,8 +36,8 @@ torch::Dtype linear_compute_dtype(const torch::Tensor& weight, compute_region re
   return autocast_dtype ? *autocast_dtype : weight.scalar_type();
 }
 
-void store_matmul_weights(torch::nn::Module& model, torch::Dtype dtype) {
-  torch::NoGradGuard no_grad;
+std::set<std::string> matmul_weight_paths(torch::nn::Module& model) {
+  std::set<std::string> out;
   for (const auto& item : model.named_modules("", /*include_self=*/false)) {
     const std::string& name = item.key();
     if (name.rfind("time_embedding", 0) == 0 || name.rfind("time_projection", 0) == 0 ||
@@ -45,8 +45,16 @@ void store_matmul_weights(torch::nn::Module& model, torch::Dtype dtype) {
       continue; // float32 regions
     const bool matmul = item.value()->as<torch::nn::Linear>() || item.value()->as<torch::nn::Conv3d>();
     if (!matmul) continue;
-    for (auto& p : item.value()->parameters(/*recurse=*/false)) p.set_data(p.to(dtype));
+    for (const auto& p : item.value()->named_parameters(/*recurse=*/false)) out.insert(name + "." + p.key());
   }
+  return out;
+}
+
+void store_matmul_weights(torch::nn::Module& model, torch::Dtype dtype) {
+  torch::NoGradGuard no_grad;
+  const auto paths = matmul_weight_paths(model);
+  for (auto& item : model.named_parameters(/*recurse=*/true))
+    if (paths.count(item.key())) item.value().set_data(item.value().to(dtype));
 }
 
 torch::Tensor linear(const torch::nn::Linear& layer, const torch::Tensor& x, compute_region region) {

@@ -63,6 +63,7 @@
 #include <filesystem>
 #include <functional>
 #include <optional>
+#include <set>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -108,6 +109,10 @@ private:
 /// time embedding, time projection, head, norms and modulation keep their dtype. The storage rule
 /// that matches autocast_guard(dtype) on an fp32 model, bit for bit.
 void store_matmul_weights(torch::nn::Module& model, torch::Dtype dtype);
+
+/// The dotted paths of the parameters store_matmul_weights converts (its one selection rule): the
+/// DiT component's storage rule (`dit=cuda:store=bf16`) converts exactly these.
+std::set<std::string> matmul_weight_paths(torch::nn::Module& model);
 
 /// `layer(x)` computed in linear_compute_dtype(layer->weight, region) (input and parameters are
 /// cast to it; no-op casts when dtypes already agree).

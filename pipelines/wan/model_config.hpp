@@ -57,4 +57,13 @@ WanModelConfig from_config_json(const std::filesystem::path& path);
 /// Number of parameters of WanModel / VaceWanModel built from `cfg`, computed without weights.
 int64_t parameter_count(const WanModelConfig& cfg);
 
+/// Parameters of the model built from `cfg`, all of them and those of its matmul ops (the ones
+/// store_matmul_weights / the DiT's storage rule convert: Linear and Conv3d weights and biases
+/// outside time_embedding, time_projection and head), computed without weights.
+struct DitParameterCounts {
+  int64_t total = 0;
+  int64_t matmul = 0;
+};
+DitParameterCounts parameter_counts(const WanModelConfig& cfg);
+
 } // namespace wan

@@ -191,42 +191,55 @@ WanModelConfig from_config_json(const std::filesystem::path& path) {
   return c;
 }
 
-int64_t parameter_count(const WanModelConfig& cfg) {
+DitParameterCounts parameter_counts(const WanModelConfig& cfg) {
   cfg.validate();
   const int64_t d = cfg.dim;
   const int64_t p = cfg.patch_size[0] * cfg.patch_size[1] * cfg.patch_size[2];
-  auto lin = [](int64_t in, int64_t out) { return in * out + out; };
-  const int64_t attn = 4 * lin(d, d) + (cfg.qk_norm ? 2 * d : 0); // q, k, v, o (+ norm_q, norm_k)
-  auto block = [&](bool i2v) {
-    int64_t n = attn;                                               // self_attn
-    n += cfg.cross_attn_norm ? 2 * d : 0;                           // norm3
-    n += attn;                                                      // cross_attn
-    if (i2v) n += 2 * lin(d, d) + (cfg.qk_norm ? d : 0);            // k_img, v_img, norm_k_img
-    n += lin(d, cfg.ffn_dim) + lin(cfg.ffn_dim, d);                 // ffn
-    n += 6 * d;                                                     // modulation
-    return n;
+  DitParameterCounts n;
+  // A Linear / Conv3d: weights and bias; matmul ones are what the storage rule converts.
+  auto lin = [&](int64_t in, int64_t out, bool matmul = true) {
+    n.total += in * out + out;
+    if (matmul) n.matmul += in * out + out;
   };
-  int64_t n = cfg.in_dim * d * p + d;                               // patch_embedding
-  n += lin(cfg.text_dim, d) + lin(d, d);                            // text_embedding
-  n += lin(cfg.freq_dim, d) + lin(d, d);                            // time_embedding
-  n += lin(d, 6 * d);                                               // time_projection
-  n += lin(d, p * cfg.out_dim) + 2 * d;                             // head
+  auto other = [&](int64_t count) { n.total += count; }; // norms, modulation, emb_pos
+  auto attn = [&] {
+    for (int i = 0; i < 4; ++i) lin(d, d);                          // q, k, v, o
+    if (cfg.qk_norm) other(2 * d);                                  // norm_q, norm_k
+  };
+  auto block = [&](bool i2v) {
+    attn();                                                         // self_attn
+    if (cfg.cross_attn_norm) other(2 * d);                          // norm3
+    attn();                                                         // cross_attn
+    if (i2v) {
+      lin(d, d), lin(d, d);                                         // k_img, v_img
+      if (cfg.qk_norm) other(d);                                    // norm_k_img
+    }
+    lin(d, cfg.ffn_dim), lin(cfg.ffn_dim, d);                       // ffn
+    other(6 * d);                                                   // modulation
+  };
+  lin(cfg.in_dim * p, d);                                           // patch_embedding (Conv3d)
+  lin(cfg.text_dim, d), lin(d, d);                                  // text_embedding
+  lin(cfg.freq_dim, d, false), lin(d, d, false);                    // time_embedding
+  lin(d, 6 * d, false);                                             // time_projection
+  lin(d, p * cfg.out_dim, false), other(2 * d);                     // head (head.head, modulation)
   if (cfg.model_type == "vace") {
     const auto layers = cfg.resolved_vace_layers();
-    n += cfg.num_layers * block(false);                             // blocks (t2v cross-attn)
-    n += static_cast<int64_t>(layers.size()) * (block(false) + lin(d, d)); // vace_blocks + after_proj
-    n += lin(d, d);                                                 // vace_blocks.0.before_proj
-    n += cfg.resolved_vace_in_dim() * d * p + d;                    // vace_patch_embedding
+    for (int64_t i = 0; i < cfg.num_layers; ++i) block(false);      // blocks (t2v cross-attn)
+    for (std::size_t i = 0; i < layers.size(); ++i) block(false), lin(d, d); // vace_blocks + after_proj
+    lin(d, d);                                                      // vace_blocks.0.before_proj
+    lin(cfg.resolved_vace_in_dim() * p, d);                         // vace_patch_embedding (Conv3d)
   } else {
     const bool i2v = cfg.model_type != "t2v";
-    n += cfg.num_layers * block(i2v);
+    for (int64_t i = 0; i < cfg.num_layers; ++i) block(i2v);
     if (i2v) {
       const int64_t c = cfg.clip_dim;
-      n += 2 * c + lin(c, c) + lin(c, d) + 2 * d;                   // img_emb.proj
-      if (cfg.model_type == "flf2v") n += FIRST_LAST_FRAME_CONTEXT_TOKEN_NUMBER * c; // emb_pos
+      other(2 * c), lin(c, c), lin(c, d), other(2 * d);             // img_emb.proj (LN, Linear, GELU, Linear, LN)
+      if (cfg.model_type == "flf2v") other(FIRST_LAST_FRAME_CONTEXT_TOKEN_NUMBER * c); // emb_pos
     }
   }
   return n;
 }
+
+int64_t parameter_count(const WanModelConfig& cfg) { return parameter_counts(cfg).total; }
 
 } // namespace wan

@@ -26,49 +26,87 @@ std::int64_t bytes_of(std::int64_t params, c10::ScalarType t) { return params * 
 
 } // namespace
 
-offload::block_layout dit_block_layout(const WanModelConfig& cfg, std::int64_t element_size) {
+offload::block_layout dit_block_layout(const WanModelConfig& cfg, std::int64_t element_size,
+                                       std::int64_t matmul_element_size) {
   if (cfg.model_type == "vace")
     throw offload::config_error("offload.config.not_streamable",
                                 "the VACE DiT declares no block list (its forward interleaves vace_blocks and "
                                 "blocks); expected a t2v, i2v or flf2v model");
+  if (matmul_element_size == 0) matmul_element_size = element_size;
   const int64_t d = cfg.dim, f = cfg.ffn_dim;
-  // The tensors of one WanAttentionBlock in registration order (norm1/norm2 have no weights).
-  std::vector<int64_t> numels;
+  // The tensors of one WanAttentionBlock in registration order (norm1/norm2 have no weights), each
+  // with its element size: matmul weights and biases may be stored narrower (store=bf16).
+  std::vector<std::pair<int64_t, int64_t>> tensors; // numel, bytes per element
+  const auto mm = [&](std::initializer_list<int64_t> n) {
+    for (auto x : n) tensors.emplace_back(x, matmul_element_size);
+  };
+  const auto other = [&](std::initializer_list<int64_t> n) {
+    for (auto x : n) tensors.emplace_back(x, element_size);
+  };
   auto attention = [&](bool i2v) {
-    for (int i = 0; i < 4; ++i) numels.insert(numels.end(), {d * d, d}); // q, k, v, o
-    if (cfg.qk_norm) numels.insert(numels.end(), {d, d});                // norm_q, norm_k
+    for (int i = 0; i < 4; ++i) mm({d * d, d}); // q, k, v, o
+    if (cfg.qk_norm) other({d, d});             // norm_q, norm_k
     if (i2v) {
-      numels.insert(numels.end(), {d * d, d, d * d, d}); // k_img, v_img
-      if (cfg.qk_norm) numels.push_back(d);               // norm_k_img
+      mm({d * d, d, d * d, d});                 // k_img, v_img
+      if (cfg.qk_norm) other({d});              // norm_k_img
     }
   };
-  numels.push_back(6 * d); // modulation
-  attention(false);        // self_attn
-  if (cfg.cross_attn_norm) numels.insert(numels.end(), {d, d}); // norm3
-  attention(cfg.model_type != "t2v");                           // cross_attn
-  numels.insert(numels.end(), {f * d, f, d * f, d});            // ffn.0, ffn.2
-  const int64_t elem = element_size;
+  other({6 * d});                                            // modulation
+  attention(false);                                          // self_attn
+  if (cfg.cross_attn_norm) other({d, d});                    // norm3
+  attention(cfg.model_type != "t2v");                        // cross_attn
+  mm({f * d, f, d * f, d});                                  // ffn.0, ffn.2
   std::int64_t bytes = 0, slot = 0;
-  for (auto n : numels) bytes += n * elem, slot += offload::detail::align_up(n * elem);
+  for (auto [n, elem] : tensors) bytes += n * elem, slot += offload::detail::align_up(n * elem);
   offload::block_layout l;
   l.block_bytes.assign(static_cast<std::size_t>(cfg.num_layers), bytes);
   l.slot_bytes = slot;
   return l;
 }
 
+offload::block_layout t5_block_layout(const T5Config& cfg, std::int64_t element_size) {
+  std::int64_t bytes = 0, slot = 0;
+  for (auto n : block_tensor_numels(cfg)) bytes += n * element_size, slot += offload::detail::align_up(n * element_size);
+  offload::block_layout l;
+  l.block_bytes.assign(static_cast<std::size_t>(cfg.encoder_layers), bytes);
+  l.slot_bytes = slot;
+  return l;
+}
+
+offload::stored_size dit_stored_size(const WanModelConfig& cfg, offload::storage_dtype dtype) {
+  const auto n = parameter_counts(cfg);
+  const std::int64_t full = c10::elementSize(c10::ScalarType::Float);
+  const std::int64_t narrow = dtype == offload::storage_dtype::native ? full : offload::element_size(dtype);
+  // The RoPE table `freqs` (an auxiliary tensor of the component, complex128, dtype kept):
+  // [1024, head_dim / 2].
+  const std::int64_t freqs = 1024 * (cfg.dim / cfg.num_heads / 2) * c10::elementSize(c10::ScalarType::ComplexDouble);
+  offload::stored_size s;
+  s.dtype = dtype;
+  s.bytes = (n.total - n.matmul) * full + n.matmul * narrow + freqs;
+  if (cfg.model_type != "vace") s.blocks = dit_block_layout(cfg, full, narrow);
+  return s;
+}
+
 std::vector<offload::component_info> preset_components(std::string_view task) {
   const auto& cfg = configs::wan_config(task); // throws config_error for an unknown task
   std::vector<offload::component_info> out;
-  out.push_back({std::string(T5_COMPONENT), bytes_of(parameter_count(T5Config::umt5_xxl()), cfg.t5_dtype)});
+  const auto t5 = T5Config::umt5_xxl();
+  out.push_back({std::string(T5_COMPONENT), bytes_of(parameter_count(t5), cfg.t5_dtype),
+                 t5_block_layout(t5, c10::elementSize(cfg.t5_dtype))});
   if (is_image_task(task))
     out.push_back({std::string(CLIP_COMPONENT),
                    bytes_of(clip::parameter_count(CLIPConfig::clip_xlm_roberta_vit_h_14()),
                             cfg.clip_dtype.value_or(c10::ScalarType::Half))});
   const auto dit = model_config(task);
-  out.push_back({std::string(DIT_COMPONENT), bytes_of(parameter_count(dit), c10::ScalarType::Float),
-                 is_vace_task(task) ? std::nullopt
-                                    : std::optional<offload::block_layout>(dit_block_layout(dit, 4))});
-  out.push_back({std::string(VAE_COMPONENT), bytes_of(parameter_count(WanVAEConfig::video_vae()), c10::ScalarType::Float)});
+  const auto native = dit_stored_size(dit, offload::storage_dtype::native);
+  offload::component_info dit_info{std::string(DIT_COMPONENT), native.bytes, native.blocks};
+  for (const auto d : {offload::storage_dtype::bf16, offload::storage_dtype::fp16})
+    dit_info.storage.push_back(dit_stored_size(dit, d));
+  out.push_back(std::move(dit_info));
+  offload::component_info vae{std::string(VAE_COMPONENT),
+                              bytes_of(parameter_count(WanVAEConfig::video_vae()), c10::ScalarType::Float)};
+  vae.tileable = true;
+  out.push_back(std::move(vae));
   return out;
 }
 

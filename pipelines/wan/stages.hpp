@@ -49,6 +49,7 @@
 namespace wan {
 
 struct WanModelConfig;
+struct T5Config;
 
 /// Component names of the Wan pipelines; policies and presets use them.
 inline constexpr std::string_view T5_COMPONENT = "t5";
@@ -70,13 +71,27 @@ struct generation_shape {
 };
 
 /// Component sizes of a task's preset models as the reference stores them, without weights. The
-/// DiT of t2v / i2v / flf2v carries its block layout (it can be streamed: `dit=cuda:stream=K`).
+/// DiT of t2v / i2v / flf2v and T5 carry their block layouts (they can be streamed:
+/// `dit=cuda:stream=K`, `t5=cuda:stream=K`);
+/// every DiT offers bf16 and fp16 storage of its matmul weights (`dit=cuda:store=bf16`); the VAE
+/// runs tiled (`vae=cuda:tile=32`).
 std::vector<offload::component_info> preset_components(std::string_view task);
 
-/// The layout of a DiT's `blocks` stored with `element_size` bytes per element: every block's bytes and the slot that holds
-/// one (tensors aligned to 256 bytes), equal to what the loaded model's component declares.
-/// config_error `offload.config.not_streamable` for VACE.
-offload::block_layout dit_block_layout(const WanModelConfig& cfg, std::int64_t element_size);
+/// The layout of a DiT's `blocks` stored with `element_size` bytes per element, its matmul weights
+/// with `matmul_element_size` (0: the same; 2 for `store=bf16`): every block's bytes and the slot
+/// that holds one (tensors aligned to 256 bytes), equal to what the loaded model's component
+/// declares. config_error `offload.config.not_streamable` for VACE.
+offload::block_layout dit_block_layout(const WanModelConfig& cfg, std::int64_t element_size,
+                                       std::int64_t matmul_element_size = 0);
+
+/// The layout of a T5 encoder's `blocks` stored with `element_size` bytes per element (umT5-XXL in
+/// bf16: 24 blocks of 0.41 GiB), equal to what the loaded encoder's component declares.
+offload::block_layout t5_block_layout(const T5Config& cfg, std::int64_t element_size);
+
+/// The size of a float32 DiT with its matmul weights (the storage rule's tensors) stored as
+/// `dtype`: bytes (its RoPE table `freqs` included) and block layout (none for VACE), equal to the
+/// loaded model's component storage_sizes(). `native`: as built, float32.
+offload::stored_size dit_stored_size(const WanModelConfig& cfg, offload::storage_dtype dtype);
 
 /// The stages of the task in the reference's order with workspace estimates (see the file comment).
 std::vector<offload::stage> pipeline_stages(const generation_shape& shape);

@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 #include <torch/torch.h>
 
+#include <offload/block_stream.hpp>
 #include <offload/errors.hpp>
 
 namespace wan {
@@ -99,6 +100,16 @@ std::int64_t parameter_count(const T5Config& c) {
                              + 3 * c.dim * c.dim_ffn       // gate.0, fc1, fc2
                              + (c.shared_pos ? 0 : pos);   // per-block pos_embedding
   return c.vocab_size * c.dim + (c.shared_pos ? pos : 0) + c.encoder_layers * block + c.dim;
+}
+
+std::vector<std::int64_t> block_tensor_numels(const T5Config& c) {
+  std::vector<std::int64_t> n = {c.dim,                                                     // norm1
+                                 c.dim * c.dim_attn, c.dim * c.dim_attn, c.dim * c.dim_attn, // q, k, v
+                                 c.dim_attn * c.dim,                                        // o
+                                 c.dim,                                                     // norm2
+                                 c.dim * c.dim_ffn, c.dim * c.dim_ffn, c.dim_ffn * c.dim};  // gate.0, fc1, fc2
+  if (!c.shared_pos) n.push_back(c.num_buckets * c.num_heads);                              // pos_embedding
+  return n;
 }
 
 // ---- modules --------------------------------------------------------------------------------
@@ -273,15 +284,25 @@ T5EncoderImpl::T5EncoderImpl(const T5Config& cfg) : config(cfg) {
 }
 
 torch::Tensor T5EncoderImpl::forward(const torch::Tensor& ids, const torch::Tensor& mask) {
-  auto x = token_embedding->forward(ids);  // [B, L, C]
-  x = dropout->forward(x);
-  const auto e = config.shared_pos ? pos_embedding->forward(x.size(1), x.size(1))  // [1, N, L, L]
-                                   : torch::Tensor();
-  for (std::size_t i = 0; i < blocks->size(); ++i) {
-    x = blocks->ptr<T5SelfAttentionImpl>(i)->forward(x, mask, e);  // [B, L, C]
+  return forward_branches({{ids, mask}})[0];
+}
+
+std::vector<torch::Tensor> T5EncoderImpl::forward_branches(
+    const std::vector<std::pair<torch::Tensor, torch::Tensor>>& inputs) {
+  std::vector<torch::Tensor> xs, es;
+  for (const auto& [ids, mask] : inputs) {
+    auto x = token_embedding->forward(ids);  // [B, L, C]
+    xs.push_back(dropout->forward(x));
+    es.push_back(config.shared_pos ? pos_embedding->forward(x.size(1), x.size(1))  // [1, N, L, L]
+                                   : torch::Tensor());
   }
-  x = norm->forward(x);
-  return dropout->forward(x);
+  for (std::size_t i = 0; i < blocks->size(); ++i) {
+    offload::block_use use(block_stream, static_cast<int>(i)); // every sequence through block i
+    for (std::size_t b = 0; b < xs.size(); ++b)
+      xs[b] = blocks->ptr<T5SelfAttentionImpl>(i)->forward(xs[b], inputs[b].second, es[b]);  // [B, L, C]
+  }
+  for (auto& x : xs) x = dropout->forward(norm->forward(x));
+  return xs;
 }
 
 // ---- T5EncoderModel -------------------------------------------------------------------------
@@ -320,6 +341,12 @@ T5EncoderModel::T5EncoderModel(std::int64_t text_len_, torch::Dtype dtype_, torc
 
 std::vector<torch::Tensor> T5EncoderModel::operator()(const std::vector<std::string>& texts,
                                                       torch::Device target) {
+  auto [ids, mask] = tokenize(texts, target);
+  return encode(ids, mask);
+}
+
+std::pair<torch::Tensor, torch::Tensor> T5EncoderModel::tokenize(const std::vector<std::string>& texts,
+                                                                 torch::Device target) {
   if (!tokenizer) {
     throw offload::config_error(
         "offload.config.t5_no_tokenizer",
@@ -328,24 +355,33 @@ std::vector<torch::Tensor> T5EncoderModel::operator()(const std::vector<std::str
                     checkpoint_path.string(), texts.size()));
   }
   auto [ids, mask] = (*tokenizer)(texts, /*add_special_tokens=*/true);
-  return encode(ids.to(target), mask.to(target));
+  return {ids.to(target), mask.to(target)};
 }
 
 std::vector<torch::Tensor> T5EncoderModel::encode(const torch::Tensor& ids,
                                                   const torch::Tensor& mask) {
-  if (ids.dim() != 2 || mask.sizes() != ids.sizes()) {
-    throw offload::config_error(
-        "offload.config.t5_ids",
-        fmt::format("T5EncoderModel::encode: expected ids and mask of the same shape [B, L], "
-                    "found ids {} and mask {}",
-                    fmt::join(ids.sizes(), "x"), fmt::join(mask.sizes(), "x")));
+  return encode_branches({{ids, mask}})[0];
+}
+
+std::vector<std::vector<torch::Tensor>> T5EncoderModel::encode_branches(
+    const std::vector<std::pair<torch::Tensor, torch::Tensor>>& inputs) {
+  for (const auto& [ids, mask] : inputs) {
+    if (ids.dim() != 2 || mask.sizes() != ids.sizes()) {
+      throw offload::config_error(
+          "offload.config.t5_ids",
+          fmt::format("T5EncoderModel::encode: expected ids and mask of the same shape [B, L], "
+                      "found ids {} and mask {}",
+                      fmt::join(ids.sizes(), "x"), fmt::join(mask.sizes(), "x")));
+    }
   }
   torch::NoGradGuard no_grad;
-  const auto seq_lens = mask.gt(0).sum(1).to(torch::kLong).cpu();  // [B]
-  const auto context = model->forward(ids, mask);                  // [B, L, C]
-  std::vector<torch::Tensor> out;
-  for (std::int64_t b = 0; b < ids.size(0); ++b) {
-    out.push_back(context[b].slice(0, 0, seq_lens[b].item<std::int64_t>()));  // [L_b, C]
+  const auto contexts = model->forward_branches(inputs);  // [B, L, C] each
+  std::vector<std::vector<torch::Tensor>> out;
+  for (std::size_t i = 0; i < inputs.size(); ++i) {
+    const auto seq_lens = inputs[i].second.gt(0).sum(1).to(torch::kLong).cpu();  // [B]
+    auto& o = out.emplace_back();
+    for (std::int64_t b = 0; b < inputs[i].first.size(0); ++b)
+      o.push_back(contexts[i][b].slice(0, 0, seq_lens[b].item<std::int64_t>()));  // [L_b, C]
   }
   return out;
 }

@@ -18,11 +18,17 @@
 //  * T5EncoderModel keeps the model on `device` as the reference does, but tokenization runs through
 //    HuggingfaceTokenizer (tokenizers.hpp; see its header for the differences to the HF tokenizer).
 //  * Dropout modules are registered like the Python ones: call eval() (T5EncoderModel does).
+//  * `T5Encoder::forward_branches` (an addition) encodes several token sequences block-major:
+//    every sequence goes through block i before block i+1, each computing exactly what forward()
+//    computes. A streamed T5 (`t5=cuda:stream=K`, offload block streaming) then copies each block
+//    once per text encode for the prompt and the negative prompt together. `block_stream` (not a
+//    module member) is set by the offload wiring; null means resident.
 
 #include <cstdint>
 #include <filesystem>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <torch/nn/module.h>
@@ -34,6 +40,10 @@
 #include <torch/nn/pimpl.h>
 
 #include <offload/state_dict.hpp>
+
+namespace offload {
+class block_stream;
+}
 
 #include "tokenizers.hpp"
 
@@ -65,6 +75,10 @@ struct T5Config {
 
 /// Number of parameters of the T5Encoder built from `cfg` (umT5-XXL: 5,680,910,336).
 std::int64_t parameter_count(const T5Config& cfg);
+
+/// Numbers of elements of the tensors of one encoder block (norm1, attn.q/k/v/o, norm2,
+/// ffn.gate.0/fc1/fc2, and pos_embedding unless shared): what its block list streams.
+std::vector<std::int64_t> block_tensor_numels(const T5Config& cfg);
 
 /// tanh-approximated GELU, written out exactly like t5.py's GELU.
 class GELUImpl : public torch::nn::Module {
@@ -158,6 +172,8 @@ public:
   explicit T5EncoderImpl(const T5Config& cfg);
   /// ids: int64 [B, L]; mask: int [B, L] (1 = valid) or undefined. Returns [B, L, dim].
   torch::Tensor forward(const torch::Tensor& ids, const torch::Tensor& mask = {});
+  /// forward() of each (ids, mask), block-major (see the file comment): the same results.
+  std::vector<torch::Tensor> forward_branches(const std::vector<std::pair<torch::Tensor, torch::Tensor>>& inputs);
 
   T5Config config;
   torch::nn::Embedding token_embedding{nullptr};
@@ -165,6 +181,8 @@ public:
   torch::nn::Dropout dropout{nullptr};
   torch::nn::ModuleList blocks{nullptr};  ///< of T5SelfAttention
   T5LayerNorm norm{nullptr};
+  /// Set by the offload wiring when the component streams `blocks`; null: resident.
+  offload::block_stream* block_stream = nullptr;
 };
 TORCH_MODULE(T5Encoder);
 
@@ -196,6 +214,11 @@ public:
                                         torch::Device device);
   /// The same from already tokenized ids/mask (int64 [B, L]).
   std::vector<torch::Tensor> encode(const torch::Tensor& ids, const torch::Tensor& mask);
+  /// encode() of each (ids, mask) through forward_branches: one pass over the blocks for all.
+  std::vector<std::vector<torch::Tensor>> encode_branches(
+      const std::vector<std::pair<torch::Tensor, torch::Tensor>>& inputs);
+  /// The tokenizer's (ids, mask) for `texts` on `device`; config_error without a tokenizer.
+  std::pair<torch::Tensor, torch::Tensor> tokenize(const std::vector<std::string>& texts, torch::Device device);
 
   std::int64_t text_len;
   torch::Dtype dtype;

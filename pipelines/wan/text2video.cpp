@@ -29,7 +29,9 @@ torch::Tensor sample(offload_run& run, const dit_call& model, const torch::Tenso
                      const std::vector<torch::Tensor>& context,
                      const std::vector<torch::Tensor>& context_null, const std::string& solver,
                      int64_t sampling_steps, double shift, double guide_scale,
-                     int64_t num_train_timesteps, const recorder& record) {
+                     int64_t num_train_timesteps, const recorder& record, std::optional<torch::Dtype> autocast) {
+  std::optional<autocast_guard> compute_dtype;
+  if (autocast) compute_dtype.emplace(*autocast);
   auto sample_scheduler = make_sampler(solver, static_cast<int>(sampling_steps), shift,
                                       static_cast<int>(num_train_timesteps));
   const torch::Tensor timesteps = sample_scheduler->timesteps(); // int64 [S] (host)
@@ -66,12 +68,23 @@ text_encode_stage(offload_run& run, const WanComponents& components, const promp
   {
     auto stage = run.enter("text_encode");
     const torch::Device t5_device = run.device_of(T5_COMPONENT);
-    context = encode_prompt(*components.text_encoder, prompt, t5_device, target);
-    context_null = encode_prompt(*components.text_encoder, neg, t5_device, target);
+    auto both = encode_prompts(*components.text_encoder, {prompt, neg}, t5_device, target);
+    context = std::move(both[0]);
+    context_null = std::move(both[1]);
   }
   note(record, "context.cond", context[0]);
   note(record, "context.uncond", context_null[0]);
   return {std::move(context), std::move(context_null)};
+}
+
+std::vector<torch::Tensor> vae_encode(const WanComponents& components, const std::vector<torch::Tensor>& videos) {
+  const auto tiling = components.vae_tiling();
+  return tiling ? components.vae->encode(videos, *tiling) : components.vae->encode(videos);
+}
+
+std::vector<torch::Tensor> vae_decode(const WanComponents& components, const std::vector<torch::Tensor>& zs) {
+  const auto tiling = components.vae_tiling();
+  return tiling ? components.vae->decode(zs, *tiling) : components.vae->decode(zs);
 }
 
 torch::Tensor decode_stage(offload_run& run, const WanComponents& components, const torch::Tensor& x0,
@@ -79,7 +92,7 @@ torch::Tensor decode_stage(offload_run& run, const WanComponents& components, co
   torch::Tensor video;
   {
     auto stage = run.enter("decode");
-    video = components.vae->decode({x0.to(run.device_of(VAE_COMPONENT))})[0]; // [3, F, H, W]
+    video = vae_decode(components, {x0.to(run.device_of(VAE_COMPONENT))})[0]; // [3, F, H, W]
   }
   run.finish();
   video = video.to(torch::kCPU);
@@ -152,6 +165,7 @@ torch::Tensor WanT2V::run(const detail::prompt_source& prompt, const detail::pro
   shape.height = static_cast<int>(params.size.second);
   shape.frame_num = static_cast<int>(F);
   shape.sampling_steps = static_cast<int>(params.sampling_steps);
+  shape.decode_tiling = vae_tiling_of(exec.policy);
   offload_run run(pipeline_stages(shape), *components, exec, observer);
   const torch::Device dit_device = run.device_of(DIT_COMPONENT);
 
@@ -171,7 +185,7 @@ torch::Tensor WanT2V::run(const detail::prompt_source& prompt, const detail::pro
   };
   const torch::Tensor x0 = detail::sample(run, call, noise, context, context_null, params.sample_solver,
                                           params.sampling_steps, params.shift, params.guide_scale,
-                                          num_train_timesteps, record);
+                                          num_train_timesteps, record, dit_autocast(exec, config, dit_device));
   detail::note(record, "x0", x0);
   return detail::decode_stage(run, *components, x0, record);
 }

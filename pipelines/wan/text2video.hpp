@@ -53,12 +53,13 @@ using dit_call = std::function<std::pair<torch::Tensor, torch::Tensor>(
 
 /// The sampling loop shared by the pipelines: scheduler set-up (unipc / dpm++), per step one
 /// `denoise` stage with the cond and uncond calls, CFG, scheduler step. `noise` on the DiT's
-/// device. Records timesteps, latents.i, noise_pred_cond.i, noise_pred_uncond.i, noise_pred.i.
+/// device. The model calls run under autocast_guard(*autocast) when given (dit_autocast). Records timesteps, latents.i, noise_pred_cond.i, noise_pred_uncond.i, noise_pred.i.
 torch::Tensor sample(offload_run& run, const dit_call& model, const torch::Tensor& noise,
                      const std::vector<torch::Tensor>& context,
                      const std::vector<torch::Tensor>& context_null, const std::string& solver,
                      int64_t sampling_steps, double shift, double guide_scale,
-                     int64_t num_train_timesteps, const recorder& record);
+                     int64_t num_train_timesteps, const recorder& record,
+                     std::optional<torch::Dtype> autocast = std::nullopt);
 
 /// The `text_encode` stage shared by the pipelines: the prompt and the negative prompt through T5
 /// on its execution device, the contexts moved to `target` (the DiT's device). Records
@@ -66,6 +67,11 @@ torch::Tensor sample(offload_run& run, const dit_call& model, const torch::Tenso
 std::pair<std::vector<torch::Tensor>, std::vector<torch::Tensor>>
 text_encode_stage(offload_run& run, const WanComponents& components, const prompt_source& prompt,
                   const prompt_source& neg, torch::Device target, const recorder& record);
+
+/// components.vae->encode / decode, tiled when the policy tiles the VAE (`vae=...:tile=N`,
+/// WanComponents::vae_tiling).
+std::vector<torch::Tensor> vae_encode(const WanComponents& components, const std::vector<torch::Tensor>& videos);
+std::vector<torch::Tensor> vae_decode(const WanComponents& components, const std::vector<torch::Tensor>& zs);
 
 /// The `decode` stage and the end of the run shared by T2V, I2V and FLF2V: x0 [16, T, h, w]
 /// through the VAE on its execution device, run.finish(); returns the video [3, F, H, W] on the

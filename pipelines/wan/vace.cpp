@@ -43,13 +43,12 @@ std::vector<torch::Tensor> WanVace::vace_encode_frames(const std::vector<torch::
                                                        const std::vector<ref_image_list>& ref_images,
                                                        const std::vector<torch::Tensor>& masks_in) {
   check_lengths(frames_in.size(), ref_images, "vace_encode_frames");
-  WanVAE& vae = *components->vae;
   std::vector<torch::Tensor> frames;
   for (const auto& f : frames_in) frames.push_back(f.to(vae_device_));
 
   std::vector<torch::Tensor> latents;
   if (masks_in.empty()) {
-    latents = vae.encode(frames);
+    latents = detail::vae_encode(*components, frames);
   } else {
     std::vector<torch::Tensor> inactive, reactive;
     for (std::size_t i = 0; i < frames.size(); ++i) {
@@ -57,8 +56,8 @@ std::vector<torch::Tensor> WanVace::vace_encode_frames(const std::vector<torch::
       inactive.push_back(frames[i] * (1 - m) + 0 * m); // [3, F, H, W]
       reactive.push_back(frames[i] * m + 0 * (1 - m)); // [3, F, H, W]
     }
-    inactive = vae.encode(inactive);
-    reactive = vae.encode(reactive);
+    inactive = detail::vae_encode(*components, inactive);
+    reactive = detail::vae_encode(*components, reactive);
     for (std::size_t i = 0; i < frames.size(); ++i)
       latents.push_back(torch::cat({inactive[i], reactive[i]}, 0)); // [32, T, h, w]
   }
@@ -69,7 +68,7 @@ std::vector<torch::Tensor> WanVace::vace_encode_frames(const std::vector<torch::
     if (has_refs(ref_images, i)) {
       std::vector<torch::Tensor> refs;
       for (const auto& r : ref_images[i]) refs.push_back(r.to(vae_device_));
-      std::vector<torch::Tensor> ref_latent = vae.encode(refs); // [16, 1, h, w] each
+      std::vector<torch::Tensor> ref_latent = detail::vae_encode(*components, refs); // [16, 1, h, w] each
       if (!masks_in.empty())
         for (auto& u : ref_latent) u = torch::cat({u, torch::zeros_like(u)}, 0); // [32, 1, h, w]
       for (const auto& x : ref_latent)
@@ -197,7 +196,7 @@ std::vector<torch::Tensor> WanVace::decode_latent(const std::vector<torch::Tenso
     if (has_refs(ref_images, i)) z = z.slice(1, static_cast<int64_t>(ref_images[i].size())); // [C, T, h, w]
     trimed_zs.push_back(z.to(vae_device_));
   }
-  return components->vae->decode(trimed_zs);
+  return detail::vae_decode(*components, trimed_zs);
 }
 
 torch::Tensor WanVace::generate(const std::string& input_prompt, const std::vector<torch::Tensor>& input_frames,
@@ -238,6 +237,7 @@ torch::Tensor WanVace::run(const detail::prompt_source& prompt, const detail::pr
   shape.frame_num = static_cast<int>(input_frames[0].size(1));
   shape.sampling_steps = static_cast<int>(params.sampling_steps);
   shape.ref_images = static_cast<int>(refs);
+  shape.decode_tiling = vae_tiling_of(exec.policy);
   offload_run run(pipeline_stages(shape), *components, exec, observer);
   const torch::Device dit_device = run.device_of(DIT_COMPONENT);
   vae_device_ = run.device_of(VAE_COMPONENT);
@@ -277,7 +277,7 @@ torch::Tensor WanVace::run(const detail::prompt_source& prompt, const detail::pr
   };
   const torch::Tensor x0 = detail::sample(run, call, noise, context, context_null, params.sample_solver,
                                           params.sampling_steps, params.shift, params.guide_scale,
-                                          num_train_timesteps, record);
+                                          num_train_timesteps, record, dit_autocast(exec, config, dit_device));
   detail::note(record, "x0", refs > 0 ? x0.slice(1, refs) : x0);
 
   torch::Tensor video;

@@ -5,6 +5,7 @@
 // predicts and peaks where the plan says; VACE (whose blocks are not streamed) is refused.
 #include "wan/components.hpp"
 #include "wan/stages.hpp"
+#include "wan/t5.hpp"
 
 #include <offload/testing/errors.hpp>
 #include <offload/testing/mock_device.hpp>
@@ -14,6 +15,7 @@
 
 #include "tiny_components.hpp"
 
+#include <offload/offloadable.hpp>
 #include <offload/stage_scheduler.hpp>
 #include <offload/units.hpp>
 
@@ -124,6 +126,47 @@ BOOST_AUTO_TEST_CASE(preset_dit_layouts_and_streamed_plans) {
                      << offload::format_bytes(plan.step("denoise")->streamed_bytes.at("dit")));
 }
 
+BOOST_AUTO_TEST_CASE(t5_streamed_matches_the_host_run) {
+  // T5 streams its blocks; the prompt and the negative prompt go through each block together, so
+  // the text encode copies every block once.
+  const torch::Tensor reference = host_video("t2v");
+  auto comps = wt::tiny_components("t2v");
+  const auto layout = comps->t5_component->blocks();
+  BOOST_REQUIRE(layout.has_value());
+  BOOST_TEST(layout->count() == static_cast<std::int64_t>(comps->text_encoder->model->blocks->size()));
+  BOOST_TEST((wan::t5_block_layout(comps->text_encoder->model->config, 4) == *layout));
+  for (const std::string policy : {"t5=mock:0:on_demand:stream=1,dit=cpu,vae=cpu", "offload_model,t5=cuda:on_demand:stream=2:pinned"}) {
+    BOOST_TEST_CONTEXT(policy) {
+      offload::device_set devices;
+      auto& mock = offload::testing::add_mock(devices, 0);
+      std::optional<offload::plan> plan;
+      std::int64_t before = -1, after = -1;
+      const auto video = wt::tiny_generate("t2v", {&devices, gpu, offload::parse_policy(policy)},
+                                           [&](std::string_view stage, int, const offload::executor& ex) {
+                                             if (!plan) plan = ex.get_plan();
+                                             if (stage == "text_encode") before = mock.bytes_in();
+                                             if (stage == "denoise" && after < 0) after = mock.bytes_in();
+                                           });
+      BOOST_TEST(torch::equal(video, reference), "video differs from the all-host run");
+      BOOST_REQUIRE(plan.has_value());
+      BOOST_TEST(mock.bytes_in() == plan->bytes_to_devices);
+      BOOST_TEST(mock.peak() == plan->peak_of(gpu));
+      BOOST_TEST(mock.used() == 0);
+      const int slots = plan->policy.of("t5").stream.slots;
+      if (slots < layout->count()) {
+        BOOST_TEST(plan->step("text_encode")->streamed_bytes.at("t5") == layout->total());
+        // What the text encode copied after entering: every block once, for both prompts.
+        BOOST_TEST(after - before == layout->total());
+      }
+    }
+  }
+  // umT5-XXL in bf16, the preset: 24 blocks.
+  const auto t5 = wan::preset_components("t2v-1.3B")[0];
+  BOOST_REQUIRE(t5.blocks.has_value());
+  BOOST_TEST(t5.blocks->count() == 24);
+  BOOST_TEST(t5.bytes - t5.blocks->total() > 0);
+}
+
 BOOST_AUTO_TEST_CASE(vace_refuses_streaming) {
   offload::device_set devices;
   auto& mock = offload::testing::add_mock(devices, 0);
@@ -132,6 +175,133 @@ BOOST_AUTO_TEST_CASE(vace_refuses_streaming) {
              }) == "offload.config.not_streamable");
   BOOST_TEST(mock.used() == 0);
   BOOST_TEST(mock.transfers() == 0);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+// Storage dtype (`dit=...:store=bf16`) and the tiled VAE (`vae=...:tile=N:overlap=M`) as policy
+// options through whole pipelines on a mock GPU with the tiny golden-set models.
+BOOST_AUTO_TEST_SUITE(pipelines_storage_tiling)
+
+BOOST_AUTO_TEST_CASE(dit_storage_sizes_match_the_analytic_model) {
+  for (const std::string kind : {"t2v", "i2v", "flf2v", "vace"}) {
+    BOOST_TEST_CONTEXT(kind) {
+      auto comps = wt::tiny_components(kind);
+      const auto& cfg = comps->model->config;
+      BOOST_TEST(wan::dit_stored_size(cfg, offload::storage_dtype::native).bytes == comps->dit_component->bytes());
+      const auto sizes = comps->dit_component->storage_sizes();
+      BOOST_REQUIRE(sizes.size() == 2u);
+      for (const auto& s : sizes) {
+        const auto analytic = wan::dit_stored_size(cfg, s.dtype);
+        BOOST_TEST(s.bytes == analytic.bytes, offload::to_string(s.dtype));
+        BOOST_TEST((s.blocks == analytic.blocks), offload::to_string(s.dtype));
+        BOOST_TEST(s.bytes < comps->dit_component->bytes());
+      }
+    }
+  }
+  // t2v-14B by hand: a block's matmul weights (q, k, v, o, ffn) are 351,332,864 parameters, its
+  // norms and modulation 61,440; bf16 storage halves the first.
+  const auto t2v14 = wan::preset_components("t2v-14B");
+  const auto* bf16 = t2v14[1].stored_as(offload::storage_dtype::bf16);
+  BOOST_REQUIRE(bf16 != nullptr);
+  BOOST_REQUIRE(bf16->blocks.has_value());
+  BOOST_TEST(bf16->blocks->block_bytes[0] == 351'332'864LL * 2 + 61'440LL * 4);
+  BOOST_TEST(wan::preset_components("t2v-14B")[2].tileable);
+  BOOST_TEST(!wan::preset_components("t2v-14B")[1].tileable);
+  BOOST_TEST_MESSAGE("t2v-14B DiT: float32 " << offload::format_bytes(t2v14[1].bytes) << ", matmul weights in bf16 "
+                                             << offload::format_bytes(bf16->bytes));
+}
+
+BOOST_AUTO_TEST_CASE(bf16_storage_equals_autocast_bit_for_bit) {
+  // Fresh components: the bf16 run converts the DiT's masters for good.
+  auto comps = wt::load_tiny_components("t2v");
+  auto run = [&](const std::string& policy, std::optional<torch::Dtype> autocast,
+                 std::optional<offload::plan>* plan_out) {
+    offload::device_set devices;
+    auto& mock = offload::testing::add_mock(devices, 0);
+    wan::execution exec{&devices, gpu, offload::parse_policy(policy)};
+    exec.autocast = autocast;
+    std::optional<offload::plan> plan;
+    auto video = wt::tiny_generate("t2v", exec, [&](std::string_view, int, const offload::executor& ex) {
+      if (!plan) plan = ex.get_plan();
+    }, comps);
+    BOOST_TEST(mock.used() == 0);
+    if (plan_out) {
+      *plan_out = plan;
+      BOOST_REQUIRE(plan.has_value());
+      BOOST_TEST(mock.bytes_in() == plan->bytes_to_devices);
+      BOOST_TEST(mock.peak() == plan->peak_of(gpu));
+    }
+    return video;
+  };
+  const std::int64_t fp32_bytes = comps->dit_component->bytes();
+  const auto autocast = run("offload_model", torch::kBFloat16, nullptr);
+  const auto float32 = run("offload_model", std::nullopt, nullptr);
+  BOOST_TEST(!torch::equal(autocast, float32)); // autocast is in effect
+  std::optional<offload::plan> plan;
+  const auto stored = run("offload_model,dit=cuda:on_demand:stream=1:store=bf16", torch::kBFloat16, &plan);
+  BOOST_TEST(torch::equal(stored, autocast), "bf16 storage differs from fp32 storage under autocast(bf16)");
+  const auto sizes = comps->dit_component->storage_sizes();
+  BOOST_REQUIRE(!sizes.empty());
+  const auto* bf16 = &sizes.front();
+  BOOST_TEST(plan->component_bytes.at("dit") == bf16->bytes);
+  BOOST_TEST(comps->dit_component->bytes() == bf16->bytes);
+  BOOST_TEST(bf16->bytes < fp32_bytes);
+  // The matmul weights are bf16 now; modulation, norms, time embedding and head stay float32.
+  auto& reg = dynamic_cast<offload::offloadable<wan::WanModel>&>(*comps->dit_component).tensors();
+  BOOST_TEST((reg.master("blocks.0.ffn.0.weight").scalar_type() == torch::kBFloat16));
+  BOOST_TEST((reg.master("blocks.0.self_attn.q.bias").scalar_type() == torch::kBFloat16));
+  BOOST_TEST((reg.master("patch_embedding.weight").scalar_type() == torch::kBFloat16));
+  BOOST_TEST((reg.master("blocks.0.modulation").scalar_type() == torch::kFloat32));
+  BOOST_TEST((reg.master("time_embedding.0.weight").scalar_type() == torch::kFloat32));
+  BOOST_TEST((reg.master("head.head.weight").scalar_type() == torch::kFloat32));
+  // Stored in bf16, the DiT computes its matmuls in bf16 even without the guard: the same numbers.
+  const auto unguarded = run("offload_model,dit=cuda:on_demand:stream=2", std::nullopt, &plan);
+  BOOST_TEST(torch::equal(unguarded, autocast));
+}
+
+BOOST_AUTO_TEST_CASE(tiled_vae_policy_decodes_through_tiles) {
+  auto comps = wt::tiny_components("t2v");
+  const torch::Tensor untiled = host_video("t2v");
+  // The tiny run: 32x32 pixels, a 4x4 latent. Tiles of 2 latent px overlapping by 1, and tiles
+  // that cover the latent (the untiled path, bit-identical).
+  for (const auto& [policy, covers] : std::vector<std::pair<std::string, bool>>{
+           {"t5=cpu,dit=cpu,vae=mock:0:on_demand:tile=2:overlap=1", false}, {"t5=cpu,dit=cpu,vae=mock:0:tile=4", true}}) {
+    BOOST_TEST_CONTEXT(policy) {
+      offload::device_set devices;
+      auto& mock = offload::testing::add_mock(devices, 0);
+      std::optional<offload::plan> plan;
+      torch::Tensor x0;
+      const auto video = wt::tiny_generate(
+          "t2v", {&devices, gpu, offload::parse_policy(policy)},
+          [&](std::string_view, int, const offload::executor& ex) {
+            if (!plan) plan = ex.get_plan();
+          },
+          comps, [&](const std::string& name, const torch::Tensor& v) {
+            if (name == "x0") x0 = v.clone();
+          });
+      BOOST_REQUIRE(plan.has_value());
+      BOOST_REQUIRE(x0.defined());
+      const auto tiling = wan::vae_tiling_of(offload::parse_policy(policy));
+      BOOST_REQUIRE(tiling.has_value());
+      // The plan carries the tiled decode workspace; the mock peaks where the plan says.
+      BOOST_TEST(plan->step("decode")->workspace_bytes.at(gpu) == wan::decode_workspace_bytes(32, 32, 5, tiling));
+      BOOST_TEST(mock.peak() == plan->peak_of(gpu));
+      // The video is the tiled decode of the run's latents.
+      const auto direct = comps->vae->decode({x0}, *tiling)[0];
+      BOOST_TEST(torch::equal(video, direct));
+      BOOST_TEST(torch::equal(video, untiled) == covers);
+      const double rel = ((video - untiled).norm() / untiled.norm()).item<double>();
+      BOOST_TEST_MESSAGE(policy << ": rel-L2 against the untiled decode " << rel);
+      // The VAE component forgets nothing: back home with its tiling.
+      BOOST_TEST(comps->vae_tiling().has_value());
+    }
+  }
+  // The next run without tile options decodes untiled again.
+  offload::device_set devices;
+  offload::testing::add_mock(devices, 0);
+  BOOST_TEST(torch::equal(wt::tiny_generate("t2v", {&devices, gpu, offload::parse_policy(host_policy("t2v"))}), untiled));
+  BOOST_TEST(!comps->vae_tiling().has_value());
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -99,12 +99,23 @@ BOOST_AUTO_TEST_CASE(the_seed_card_keeps_every_stage_on_the_gpu) {
     BOOST_TEST(onloads == 1, c.name);
   }
   BOOST_TEST(r.device_peak_bytes <= 11.49_GiB);
-  // 8 GiB: T5 (10.58 GiB) and the decode (8.75 GiB) cannot fit: they run on the host.
+  BOOST_TEST(!r.plan.policy.of("t5").stream.enabled()); // everything fits whole: nothing streamed
+  // 8 GiB: T5 (10.58 GiB) cannot fit whole: it streams its blocks through two slots instead of
+  // running on the host; the decode (8.75 GiB) cannot fit: the VAE runs on the host.
   const auto small = wan::plan_generation(t2v_1_3B, budget(8_GiB));
-  BOOST_TEST(small.plan.policy.of("t5").execute_on.is_host());
+  BOOST_TEST(!small.plan.policy.of("t5").execute_on.is_host());
+  BOOST_TEST((small.plan.policy.of("t5").stream == offload::stream_options{2, 1}));
+  BOOST_TEST((small.plan.policy.of("t5").memory == offload::host_memory::pinned));
   BOOST_TEST(small.plan.policy.of("vae").execute_on.is_host());
   BOOST_TEST(!small.plan.policy.of("dit").execute_on.is_host());
+  BOOST_TEST(small.device_peak_bytes <= 8_GiB);
   BOOST_TEST(small.predicted_seconds > r.predicted_seconds);
+  // Without streaming, T5 runs on the host, which the cost model prices slower.
+  auto no_stream = budget(8_GiB);
+  no_stream.allow_streaming = false;
+  const auto host_t5 = wan::plan_generation(t2v_1_3B, no_stream);
+  BOOST_TEST(host_t5.plan.policy.of("t5").execute_on.is_host());
+  BOOST_TEST(host_t5.predicted_seconds > small.predicted_seconds);
 }
 
 BOOST_AUTO_TEST_CASE(the_compute_model_reproduces_the_h100_step_times) {
@@ -129,9 +140,16 @@ BOOST_AUTO_TEST_CASE(the_compute_model_reproduces_the_h100_step_times) {
 }
 
 BOOST_AUTO_TEST_CASE(nothing_fits_names_stage_shortfall_and_a_shape_that_fits) {
-  // T2V-14B 720p on 64 GiB without host execution: the DiT (53.2 GiB) and its denoise workspace.
+  // T2V-14B 720p on 64 GiB without host execution: streamed through two slots, the DiT fits.
   auto opt = budget(64_GiB);
   opt.allow_host_execution = false;
+  {
+    const auto streamed = wan::plan_generation(t2v_14B, opt);
+    BOOST_TEST(streamed.plan.policy.of("dit").stream.enabled());
+    BOOST_TEST(streamed.device_peak_bytes <= 64_GiB);
+  }
+  // Without streaming it cannot: the DiT (53.2 GiB) and its denoise workspace.
+  opt.allow_streaming = false;
   try {
     (void)wan::plan_generation(t2v_14B, opt);
     BOOST_FAIL("expected capacity_error");
@@ -157,9 +175,22 @@ BOOST_AUTO_TEST_CASE(nothing_fits_names_stage_shortfall_and_a_shape_that_fits) {
     opt.budgets.device = e.needed();
     BOOST_TEST(wan::plan_generation(t2v_14B, opt).plan.fits());
   }
-  // T2V-1.3B on 8 GiB without host execution: T5 alone is 10.58 GiB, no shape helps.
+  // T2V-1.3B on 8 GiB without host execution: T5 streams, but the decode (8.75 GiB) cannot fit and
+  // no shape helps (the decode's workspace follows the frame size, and 832x480 is the smallest).
   auto small = budget(8_GiB);
   small.allow_host_execution = false;
+  try {
+    (void)wan::plan_generation(t2v_1_3B, small);
+    BOOST_FAIL("expected capacity_error");
+  } catch (const offload::capacity_error& e) {
+    const std::string m = e.what();
+    BOOST_TEST(e.stage() == "decode");
+    BOOST_TEST(m.find("t5=cuda:offload:stream=2:prefetch=1") != std::string::npos, m);
+    BOOST_TEST(m.find("a device budget of at least 8.75 GiB") != std::string::npos, m);
+    BOOST_TEST(m.find("no smaller frame count or supported size of task t2v-1.3B fits") != std::string::npos, m);
+  }
+  // Without streaming, T5 alone (10.58 GiB) binds at text encode.
+  small.allow_streaming = false;
   try {
     (void)wan::plan_generation(t2v_1_3B, small);
     BOOST_FAIL("expected capacity_error");

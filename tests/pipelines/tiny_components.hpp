@@ -15,9 +15,8 @@
 
 namespace wan::testing {
 
-inline std::shared_ptr<wan::WanComponents> tiny_components(const std::string& kind) {
-  static std::map<std::string, std::shared_ptr<wan::WanComponents>> cache;
-  if (auto it = cache.find(kind); it != cache.end()) return it->second;
+/// A fresh load (tests that change the components, e.g. convert their storage dtype).
+inline std::shared_ptr<wan::WanComponents> load_tiny_components(const std::string& kind) {
   wan::component_options o;
   // The tiny CLIP's head count (not in its weights) from the golden manifest.
   o.clip_vision_heads = manifest_entry("checkpoints/models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth")
@@ -28,18 +27,28 @@ inline std::shared_ptr<wan::WanComponents> tiny_components(const std::string& ki
   if (kind == "i2v" || kind == "flf2v")
     p.clip_checkpoint = checkpoint_path("models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth");
   p.dit_dir = checkpoint_path(kind);
-  return cache[kind] = wan::WanComponents::load(kind, p, o);
+  return wan::WanComponents::load(kind, p, o);
+}
+
+/// Loaded once per process and shared: tests must leave them as they found them.
+inline std::shared_ptr<wan::WanComponents> tiny_components(const std::string& kind) {
+  static std::map<std::string, std::shared_ptr<wan::WanComponents>> cache;
+  if (auto it = cache.find(kind); it != cache.end()) return it->second;
+  return cache[kind] = load_tiny_components(kind);
 }
 
 /// Runs the pipeline of `kind` on a tiny problem; returns the video.
 inline torch::Tensor tiny_generate(const std::string& kind, const wan::execution& exec,
-                                   const wan::stage_observer& observer = {}) {
-  auto comps = tiny_components(kind);
+                                   const wan::stage_observer& observer = {},
+                                   std::shared_ptr<wan::WanComponents> given = nullptr,
+                                   const wan::recorder& record = {}) {
+  auto comps = given ? given : tiny_components(kind);
   const auto prompt = torch::tensor({17, 250, 3, 99, 1}, torch::kLong);
   const auto neg = torch::tensor({42, 7, 1}, torch::kLong);
   if (kind == "t2v") {
     wan::WanT2V pipe("t2v-1.3B", comps, exec);
     pipe.observer = observer;
+    pipe.record = record;
     wan::t2v_params p;
     p.size = {32, 32};
     p.frame_num = 5;
@@ -50,6 +59,7 @@ inline torch::Tensor tiny_generate(const std::string& kind, const wan::execution
   if (kind == "i2v") {
     wan::WanI2V pipe("i2v-14B", comps, exec);
     pipe.observer = observer;
+    pipe.record = record;
     wan::i2v_params p;
     p.max_area = 32 * 32;
     p.frame_num = 5;
@@ -62,6 +72,7 @@ inline torch::Tensor tiny_generate(const std::string& kind, const wan::execution
   if (kind == "flf2v") {
     wan::WanFLF2V pipe("flf2v-14B", comps, exec);
     pipe.observer = observer;
+    pipe.record = record;
     wan::flf2v_params p;
     p.max_area = 16 * 16;
     p.sampling_steps = 2;
@@ -73,6 +84,7 @@ inline torch::Tensor tiny_generate(const std::string& kind, const wan::execution
   }
   wan::WanVace pipe("vace-1.3B", comps, exec);
   pipe.observer = observer;
+  pipe.record = record;
   wan::vace_params p;
   p.sampling_steps = 2;
   p.seed = 10;

@@ -95,6 +95,7 @@ private:
     std::int64_t onload_bytes = 0; ///< copied per onload (streamed: all but the blocks)
     stream_options stream{};       ///< streamed: its masters must be pinned
     double stream_seconds = 0;     ///< time the block copies add to the stages beyond their compute
+    std::vector<double> stream_step; ///< the same per step
     [[nodiscard]] double transfer_lb(const cost_model& cost) const {
       return onloads * cost.transfer_seconds(onload_bytes, host_memory::pinned) + stream_seconds;
     }
@@ -157,21 +158,20 @@ private:
           h.bytes = stream.enabled() ? pl.device_bytes.at(info.name) : info.bytes;
           h.onload_bytes = stream.enabled() ? info.bytes - info.blocks->total() : info.bytes;
           h.stream = stream;
+          h.stream_step.assign(steps_, 0.0);
           for (std::size_t s = 0; s < steps_; ++s) {
             const auto it = pl.steps[s].resident.find(opt_.accelerator);
             if (it != pl.steps[s].resident.end())
               h.resident[s] = std::find(it->second.begin(), it->second.end(), info.name) != it->second.end();
             for (const auto& a : pl.steps[s].before)
               if (a.kind == action_kind::onload && a.component == info.name) ++h.onloads;
-            // Block copies hide behind the stage's compute on the accelerator (one block prefetched),
-            // except each repetition's first block.
+            // The block copies, priced without credit for their overlap with compute (an upper
+            // bound: with prefetch they mostly hide). So streaming never looks cheaper than one
+            // whole copy, and is chosen only where the component cannot stay whole.
             if (s > 0 && stream.enabled())
               if (const auto b = pl.steps[s].streamed_bytes.find(info.name); b != pl.steps[s].streamed_bytes.end()) {
-                const auto& st = stages_[s - 1];
-                const double compute = opt_.cost.compute_seconds(st.seconds, false) * st.repeat;
-                const double copies = opt_.cost.transfer_seconds(b->second, host_memory::pinned);
-                h.stream_seconds += std::max(compute, copies) - compute +
-                                    st.repeat * opt_.cost.transfer_seconds(info.blocks->block_bytes.front(), host_memory::pinned);
+                h.stream_step[s] = opt_.cost.transfer_seconds(b->second, host_memory::pinned);
+                h.stream_seconds += h.stream_step[s];
               }
           }
           const bool seen = std::any_of(holdings_[c].begin(), holdings_[c].end(), [&](const holding& o) {
@@ -414,6 +414,12 @@ private:
       for (std::size_t c = 0; c < n_; ++c) host = host || (uses_[s - 1][c] && k.choice[c] < 0);
       out.plan.steps[s].seconds = opt_.cost.compute_seconds(stages_[s - 1].seconds, host);
     }
+    for (std::size_t c = 0; c < n_; ++c)
+      if (k.choice[c] >= 0 && !k.on_demand) {
+        const auto& h = holdings_[c][static_cast<std::size_t>(k.choice[c])];
+        if (!h.stream.enabled()) continue;
+        for (std::size_t s = 1; s < out.plan.steps.size(); ++s) out.plan.steps[s].stream_seconds += h.stream_step[s];
+      }
     out.plan.predicted_seconds = k.time;
     out.budgets = opt_.budgets;
     out.predicted_seconds = k.time;

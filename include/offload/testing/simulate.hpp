@@ -51,7 +51,7 @@ inline simulation_result simulate(const plan& p, const std::vector<component_inf
   std::vector<component*> comps;
   for (const auto& c : detail::stored_infos(components, p.policy)) {
     const bool pinned = p.policy.of(c.name).memory == host_memory::pinned;
-    owned.push_back(std::make_unique<sized_component>(c.name, c.bytes, pinned));
+    owned.push_back(std::make_unique<sized_component>(c.name, c.bytes, pinned, c.blocks));
     comps.push_back(owned.back().get());
   }
   executor ex(p, devices, comps);
@@ -59,7 +59,9 @@ inline simulation_result simulate(const plan& p, const std::vector<component_inf
   for (std::size_t i = 1; i < p.steps.size(); ++i)
     for (int r = 0; r < p.steps[i].repeat; ++r) {
       auto scope = ex.enter(p.steps[i].stage);
-      scope.compute(p.steps[i].seconds);
+      // Streamed blocks are not moved block by block here: the stage's last repetition is charged
+      // the plan's streaming time (plan_step::stream_seconds).
+      scope.compute(p.steps[i].seconds + (r + 1 == p.steps[i].repeat ? p.steps[i].stream_seconds : 0.0));
     }
   ex.finish();
   simulation_result out;

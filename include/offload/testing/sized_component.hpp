@@ -10,12 +10,25 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <optional>
+
 namespace offload::testing {
 
 class sized_component final : public component {
 public:
-  sized_component(std::string name, std::int64_t bytes, bool pinned = false)
-      : name_(std::move(name)), bytes_(bytes), pinned_(pinned) {}
+  sized_component(std::string name, std::int64_t bytes, bool pinned = false,
+                  std::optional<block_layout> blocks = std::nullopt)
+      : name_(std::move(name)), bytes_(bytes), pinned_(pinned), blocks_(std::move(blocks)) {}
+
+  /// Its block list, when given: it can then be streamed. Placed streamed, it occupies all but
+  /// the blocks plus the slots and copies all but the blocks (the slots' block copies are the
+  /// simulation's business: testing::simulate charges the plan's streaming time).
+  [[nodiscard]] std::optional<block_layout> blocks() const override { return blocks_; }
+  void set_streaming(stream_options options) override {
+    if (!blocks_) component::set_streaming(options); // throws when enabled
+    stream_ = options;
+  }
 
   [[nodiscard]] const std::string& name() const override { return name_; }
   [[nodiscard]] std::int64_t bytes() const override { return bytes_; }
@@ -24,15 +37,18 @@ public:
   void place_on(device& target) override {
     if (where_ == &target) return;
     if (where_) {
-      where_->release(bytes_);
+      where_->release(placed_);
       where_ = nullptr;
     }
     if (target.id().is_host()) return;
-    target.allocate(bytes_, name_);
+    const bool streamed = blocks_ && stream_.enabled();
+    const std::int64_t rest = streamed ? bytes_ - blocks_->total() : bytes_;
+    placed_ = streamed ? rest + std::min<std::int64_t>(stream_.slots, blocks_->count()) * blocks_->slot_bytes : bytes_;
+    target.allocate(placed_, name_);
     try {
-      target.account_transfer(bytes_, name_, /*to_device=*/true, pinned_);
+      target.account_transfer(rest, name_, /*to_device=*/true, pinned_);
     } catch (...) {
-      target.release(bytes_);
+      target.release(placed_);
       throw;
     }
     where_ = &target;
@@ -56,6 +72,9 @@ private:
   std::string name_;
   std::int64_t bytes_;
   bool pinned_;
+  std::optional<block_layout> blocks_;
+  stream_options stream_{};
+  std::int64_t placed_ = 0; ///< bytes allocated on the device while placed
   device* where_ = nullptr;
 };
 
