@@ -48,6 +48,7 @@ EXTRA_13B=(
   't5=cpu,dit=cuda:on_demand:stream=2:pinned,vae=cuda:on_demand:tile=32:pinned'
   't5=cpu,dit=cuda:on_demand:stream=2:store=bf16:pinned,vae=cuda:on_demand:pinned'
   't5=cpu,dit=cuda:resident:store=bf16,vae=cuda:resident'
+  't5=cuda:on_demand:stream=2:pinned,dit=cuda:on_demand:stream=2:store=bf16:pinned,vae=cuda:on_demand:tile=32:pinned'
 )
 # T2V-14B: the target (peak <= 12 GiB) needs the DiT streamed and the VAE tiled; resident
 # second, for the time ratio; the untiled streamed policy last.
