@@ -85,6 +85,13 @@ public:
     registry_.set_blocks(prefix, count);
     return *this;
   }
+  /// Declares the block list in execution order, each block named by its module path
+  /// (`{"vace_blocks.0", "blocks.0", "blocks.1", "vace_blocks.1", ...}`): one list may interleave
+  /// several module lists as the forward runs them. Chainable.
+  offloadable& declare_blocks(const std::vector<std::string>& block_paths) {
+    registry_.set_blocks(block_paths);
+    return *this;
+  }
   [[nodiscard]] std::optional<block_layout> blocks() const override { return registry_.blocks(); }
   void set_streaming(stream_options options) override { registry_.set_streaming(options); }
   /// The block stream the module's forward uses (offload::block_use), or nullptr.

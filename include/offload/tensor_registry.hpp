@@ -129,46 +129,81 @@ public:
   /// Declares the block list `prefix` (`blocks`): the tensors `prefix.<i>.*` form block i, for
   /// i in 0..count-1. Declared blocks can be streamed (set_streaming). At home only, once.
   void set_blocks(const std::string& prefix, int count) {
-    require_home("declare blocks");
-    if (stream_)
-      throw placement_error("offload.placement.duplicate_blocks",
-                            fmt::format("component '{}' already declares a block list; declare it once", component_));
     if (count < 1)
       throw config_error("offload.config.blocks",
                          fmt::format("component '{}': a block list needs at least 1 block, found {}", component_, count));
-    std::vector<std::vector<block_stream::tensor_ref>> blocks(static_cast<std::size_t>(count));
-    std::vector<int> owner(entries_.size(), -1);
-    for (std::size_t idx = 0; idx < entries_.size(); ++idx) {
-      const std::string& path = entries_[idx].path;
+    for (const auto& e : entries_) {
+      const std::string& path = e.path;
       if (path.size() <= prefix.size() + 1 || path.compare(0, prefix.size(), prefix) != 0 ||
           path[prefix.size()] != '.')
         continue;
       const auto dot = path.find('.', prefix.size() + 1);
       const std::string num = path.substr(prefix.size() + 1, dot - prefix.size() - 1);
       if (num.empty() || num.size() > 6 || num.find_first_not_of("0123456789") != std::string::npos) continue;
-      const int b = std::stoi(num);
-      if (b >= count)
+      if (const int b = std::stoi(num); b >= count)
         throw config_error("offload.config.blocks",
                            fmt::format("component '{}': tensor '{}' belongs to block {}, but the list '{}' was "
                                        "declared with {} blocks; declare the right count",
                                        component_, path, b, prefix, count));
+    }
+    std::vector<std::string> prefixes;
+    for (int b = 0; b < count; ++b) prefixes.push_back(fmt::format("{}.{}", prefix, b));
+    set_blocks(prefixes);
+  }
+
+  /// Declares the block list in execution order: block k is every tensor under `prefixes[k]`
+  /// (`vace_blocks.0`, `blocks.0`, `blocks.1`, `vace_blocks.1`, ...), so one list can interleave
+  /// several module lists the way the forward runs them. Block streaming prefetches in this
+  /// order. At home only, once.
+  void set_blocks(const std::vector<std::string>& prefixes) {
+    require_home("declare blocks");
+    if (stream_)
+      throw placement_error("offload.placement.duplicate_blocks",
+                            fmt::format("component '{}' already declares a block list; declare it once", component_));
+    if (prefixes.empty())
+      throw config_error("offload.config.blocks",
+                         fmt::format("component '{}': a block list needs at least 1 block, found none", component_));
+    std::map<std::string, int, std::less<>> index;
+    for (std::size_t k = 0; k < prefixes.size(); ++k)
+      if (prefixes[k].empty() || !index.emplace(prefixes[k], static_cast<int>(k)).second)
+        throw config_error("offload.config.blocks",
+                           fmt::format("component '{}': block {} of the list is named '{}', expected a non-empty "
+                                       "module path named once",
+                                       component_, k, prefixes[k]));
+    const auto count = static_cast<int>(prefixes.size());
+    std::vector<std::vector<block_stream::tensor_ref>> blocks(prefixes.size());
+    std::vector<int> owner(entries_.size(), -1);
+    for (std::size_t idx = 0; idx < entries_.size(); ++idx) {
+      const std::string& path = entries_[idx].path;
+      // Every dotted prefix of the path that names a block (`blocks.3` of `blocks.3.ffn.0.weight`).
+      for (auto dot = path.find('.'); dot != std::string::npos; dot = path.find('.', dot + 1)) {
+        const auto it = index.find(std::string_view(path).substr(0, dot));
+        if (it == index.end()) continue;
+        if (owner[idx] >= 0)
+          throw config_error("offload.config.blocks",
+                             fmt::format("component '{}': tensor '{}' lies under blocks '{}' and '{}'; a tensor "
+                                         "belongs to one block, so name blocks that do not nest",
+                                         component_, path, prefixes[static_cast<std::size_t>(owner[idx])], it->first));
+        owner[idx] = it->second;
+      }
+      if (owner[idx] < 0) continue;
       if (entries_[idx].mut == mutability::mutable_)
         throw config_error("offload.config.blocks",
                            fmt::format("component '{}': tensor '{}' is mutable; streamed blocks must be "
                                        "immutable (they are never copied back)",
                                        component_, path));
-      owner[idx] = b;
-      blocks[static_cast<std::size_t>(b)].push_back(
+      blocks[static_cast<std::size_t>(owner[idx])].push_back(
           {path, [this, idx]() -> const at::Tensor& { return entries_[idx].master; },
            [this, idx](const at::Tensor& t) { entries_[idx].assign(t); }});
     }
     for (int b = 0; b < count; ++b)
       if (blocks[static_cast<std::size_t>(b)].empty())
         throw config_error("offload.config.blocks",
-                           fmt::format("component '{}': block {} of '{}' has no tensor (expected "
-                                       "'{}.{}.*'); declare the right prefix and count",
-                                       component_, b, prefix, prefix, b));
-    std::vector<int> position(static_cast<std::size_t>(count), 0);
+                           fmt::format("component '{}': block {} ('{}') has no tensor (expected '{}.*'); "
+                                       "declare the right prefix and count",
+                                       component_, b, prefixes[static_cast<std::size_t>(b)],
+                                       prefixes[static_cast<std::size_t>(b)]));
+    std::vector<int> position(prefixes.size(), 0);
     for (std::size_t idx = 0; idx < entries_.size(); ++idx)
       if (owner[idx] >= 0) {
         entries_[idx].block = owner[idx];

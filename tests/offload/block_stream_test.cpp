@@ -138,6 +138,93 @@ BOOST_AUTO_TEST_CASE(layout_and_declaration_errors) {
   BOOST_TEST(offload::testing::error_id([&] { c.declare_blocks("blocks", kBlocks); }) == "offload.placement.duplicate_blocks");
 }
 
+namespace {
+// Two module lists run interleaved (VACE-like): `side.n` runs just before `blocks.<2n>`, feeding
+// it; the streamed list names the blocks in that order.
+struct toy_interleavedImpl : torch::nn::Module {
+  torch::nn::ModuleList blocks{nullptr}, side{nullptr};
+  std::vector<torch::nn::Linear> block_list, side_list;
+  offload::block_stream* stream = nullptr;
+  toy_interleavedImpl() {
+    blocks = register_module("blocks", torch::nn::ModuleList());
+    side = register_module("side", torch::nn::ModuleList());
+    for (int i = 0; i < 4; ++i) blocks->push_back(block_list.emplace_back(torch::nn::Linear(16, 16)));
+    for (int i = 0; i < 2; ++i) side->push_back(side_list.emplace_back(torch::nn::Linear(16, 32)));
+  }
+  static std::vector<std::string> order() { return {"side.0", "blocks.0", "blocks.1", "side.1", "blocks.2", "blocks.3"}; }
+  std::vector<at::Tensor> forward(std::vector<at::Tensor> h) {
+    std::vector<at::Tensor> c = h;
+    int unit = 0;
+    for (int i = 0; i < 4; ++i) {
+      std::vector<at::Tensor> hint(h.size());
+      if (i % 2 == 0) {
+        offload::block_use use(stream, unit++);
+        for (std::size_t b = 0; b < h.size(); ++b) {
+          auto y = side_list[static_cast<std::size_t>(i / 2)](c[b]);
+          c[b] = y.narrow(-1, 0, 16);
+          hint[b] = y.narrow(-1, 16, 16);
+        }
+      }
+      offload::block_use use(stream, unit++);
+      for (std::size_t b = 0; b < h.size(); ++b) {
+        h[b] = torch::gelu(block_list[static_cast<std::size_t>(i)](h[b]));
+        if (hint[b].defined()) h[b] = h[b] + hint[b];
+      }
+    }
+    return h;
+  }
+};
+TORCH_MODULE(toy_interleaved);
+} // namespace
+
+BOOST_AUTO_TEST_CASE(a_block_list_can_interleave_module_lists) {
+  toy_interleaved model;
+  torch::manual_seed(11);
+  for (auto& p : model->parameters()) {
+    torch::NoGradGuard g;
+    p.uniform_(-0.5, 0.5);
+  }
+  torch::manual_seed(3);
+  const std::vector<at::Tensor> x{torch::randn({5, 16}), torch::randn({5, 16})};
+  const auto expected = model->forward(x);
+
+  offload::offloadable comp("dit", model);
+  // Naming errors first: nested names, a name used twice, a block without tensors.
+  BOOST_TEST(offload::testing::error_id([&] { comp.declare_blocks(std::vector<std::string>{"blocks.1", "blocks"}); }) ==
+             "offload.config.blocks");
+  BOOST_TEST(offload::testing::error_id([&] { comp.declare_blocks(std::vector<std::string>{"side.0", "side.0"}); }) ==
+             "offload.config.blocks");
+  BOOST_TEST(offload::testing::error_id([&] { comp.declare_blocks(std::vector<std::string>{"side.0", "side.7"}); }) ==
+             "offload.config.blocks");
+  BOOST_TEST(offload::testing::error_id([&] { comp.declare_blocks(std::vector<std::string>{}); }) == "offload.config.blocks");
+  comp.declare_blocks(toy_interleavedImpl::order());
+  model->stream = comp.stream();
+  const auto l = comp.blocks();
+  BOOST_REQUIRE(l.has_value());
+  const std::int64_t side = (16 * 32 + 32) * 4, block = (16 * 16 + 16) * 4;
+  BOOST_TEST((l->block_bytes == std::vector<std::int64_t>{side, block, block, side, block, block}));
+  BOOST_TEST(l->slot_bytes == offload::detail::align_up(16 * 32 * 4) + offload::detail::align_up(32 * 4));
+
+  // Streamed through one and two slots: bit-identical, every block (of both lists) copied once
+  // per pass for both branches, and every tensor home afterwards.
+  for (const int slots : {1, 2}) {
+    BOOST_TEST_CONTEXT("slots " << slots) {
+      offload::device_set devices;
+      auto& mock = offload::testing::add_mock(devices, 0);
+      comp.set_streaming({slots, slots - 1});
+      comp.place_on(mock);
+      const auto before = mock.bytes_in();
+      const auto got = model->forward(x);
+      BOOST_TEST(identical(got, expected));
+      BOOST_TEST(mock.bytes_in() - before == l->total());
+      BOOST_TEST(mock.copies_in_flight() == 0u);
+      comp.place_on(devices.host());
+      BOOST_TEST(mock.used() == 0);
+      for (const auto& t : comp.tensors().tensors()) BOOST_TEST(t.device == device_id::cpu());
+    }
+  }
+}
+
 BOOST_AUTO_TEST_CASE(streamed_outputs_are_bit_identical_and_move_each_block_once_per_pass) {
   const auto x = inputs();
   fixture ref;
