@@ -2,6 +2,7 @@
 // auxiliary tensors), policies, stages, plans, execution and traces. Every snippet in docs/ is
 // taken from here, so they compile with the build and run as the test example_concept_tour.
 #include <offload/offload.hpp>
+#include <offload/testing/host_memory_probe.hpp>
 #include <offload/testing/mock_device.hpp>
 #include <offload/testing/simulate.hpp>
 
@@ -174,6 +175,18 @@ int main() {
   { offload::executor tiled(tiled_plan, devices, {&narrow_c}); }
   assert((narrow_c.tiling() == offload::tile_options{8, 2}));
   // [storage]
+
+  // [probe]
+  // What a forward allocates on the host, measured (offload/testing/host_memory_probe.hpp).
+  {
+    offload::testing::host_memory_probe probe;
+    torch::NoGradGuard g;
+    const auto out = net->forward(torch::rand({64, 32}));
+    std::cout << "forward: peak " << offload::format_bytes(probe.peak()) << " over " << probe.allocations()
+              << " allocations\n";
+    assert(probe.peak() >= static_cast<std::int64_t>(out.nbytes()));
+  }
+  // [probe]
   assert(gpu.bytes_in() > 0);
   return gpu.used() == 0 ? 0 : 1;
 }

@@ -4,7 +4,11 @@
 /// Debian 12 ships LibTorch 1.13 (CPU); GPU machines use the LibTorch 2.x bundled with PyTorch.
 
 #include <ATen/Context.h>
+#include <c10/core/Allocator.h>
 #include <torch/version.h>
+
+#include <cstddef>
+#include <cstdint>
 
 #define OFFLOAD_TORCH_VERSION (TORCH_VERSION_MAJOR * 10000 + TORCH_VERSION_MINOR * 100)
 
@@ -32,6 +36,29 @@
 #else
 #define OFFLOAD_HAS_CUDA_ALLOCATOR_STATS 0
 #endif
+
+namespace offload::compat {
+/// c10's per-thread memory-reporting hook (what the profiler's memory view uses), with one
+/// signature for every LibTorch: `on_report(ptr, bytes, device)`, bytes negative for a free.
+/// `MemoryReportingInfoBase::reportMemoryUsage` took (ptr, size, device) before 1.9,
+/// (ptr, size, int64 allocated, int64 reserved, device) in 1.13 and size_t totals in 2.x; the
+/// overload matching this LibTorch's overrides it, the others are inert. A future signature makes
+/// this class abstract: a compile error here, not a silent miss.
+struct memory_reporter : c10::MemoryReportingInfoBase {
+  virtual void on_report(void* ptr, std::int64_t bytes, c10::Device device) = 0;
+  bool memoryProfilingEnabled() const override { return true; }
+
+  // NOLINTBEGIN(modernize-use-override): exactly one of these overrides, depending on the version
+  virtual void reportMemoryUsage(void* ptr, std::int64_t bytes, c10::Device device) { on_report(ptr, bytes, device); }
+  virtual void reportMemoryUsage(void* ptr, std::int64_t bytes, std::int64_t, std::int64_t, c10::Device device) {
+    on_report(ptr, bytes, device);
+  }
+  virtual void reportMemoryUsage(void* ptr, std::int64_t bytes, std::size_t, std::size_t, c10::Device device) {
+    on_report(ptr, bytes, device);
+  }
+  // NOLINTEND(modernize-use-override)
+};
+} // namespace offload::compat
 
 namespace offload::detail {
 /// Whether this LibTorch can use CUDA (pinning host memory needs it).
