@@ -393,14 +393,21 @@ plan schedule(const std::vector<stage>& stages, const std::vector<component_info
 
 namespace detail {
 
-/// The policy text that stands for `p` plus one change: the label when it parses back to `p`.
+/// The policy text that stands for `p` with `change` (entries and flags) applied: the label plus
+/// the change when that text parses to the changed policy (the label stands for `p` and names
+/// nothing the change names), else the canonical text of the changed policy. (Appending an entry
+/// for a component the label already names would be a duplicate entry, which does not parse.)
 inline std::string with_change(const placement_policy& p, const std::string& change) {
-  std::string base = p.str();
+  const placement_policy delta = placement_policy::parse(change);
+  placement_policy changed = p;
+  for (const auto& [name, cp] : delta.components) changed.components[name] = cp;
+  changed.evict_on_demand = changed.evict_on_demand || delta.evict_on_demand;
+  const std::string appended = p.label() + "," + change;
   try {
-    if (placement_policy::parse(p.label()) == p) base = p.label();
+    if (placement_policy::parse(p.label()) == p && placement_policy::parse(appended) == changed) return appended;
   } catch (const config_error&) {
   }
-  return base + "," + change;
+  return changed.str();
 }
 
 /// Candidate changes, least disruptive first: evict on demand; one component on demand; one

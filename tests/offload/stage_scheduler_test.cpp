@@ -101,6 +101,15 @@ BOOST_AUTO_TEST_CASE(failure_names_stage_device_bytes_and_a_policy_that_fits) {
                                    on_mock(100));
   BOOST_TEST(q.failure->stage == "init");
   BOOST_TEST(q.suggestion == "resident,dec=cpu");
+  // A policy that names the component already: the suggestion replaces its entry (appending a
+  // second `dec=` entry would not parse) and the suggested policy fits.
+  const auto named = offload::schedule(stages, {{"enc", 60}, {"dec", 400}}, offload::parse_policy("enc=cuda,dec=cuda"),
+                                       on_mock(100));
+  BOOST_TEST_REQUIRE(!named.suggestion.empty());
+  const auto fixed = offload::parse_policy(named.suggestion);
+  BOOST_TEST(fixed.of("dec").execute_on.is_host());
+  BOOST_TEST(!fixed.of("enc").execute_on.is_host());
+  BOOST_TEST(offload::schedule(stages, {{"enc", 60}, {"dec", 400}}, fixed, on_mock(100)).fits());
   // Both workspaces exceed the device: no single change fits, and the message says so.
   std::vector<offload::stage> big = {{"encode", {"enc"}, {{"enc", 500}}}, {"decode", {"dec"}, {{"dec", 500}}}};
   const auto r = offload::schedule(big, comps, offload::parse_policy("resident"), on_mock(100));
