@@ -166,12 +166,12 @@ void WanComponents::wrap(const component_options& options) {
   dit->declare_storage_rule([paths = matmul_weight_paths(*model)](std::string_view path) {
     return paths.count(std::string(path)) > 0;
   });
-  // The DiT's `blocks` can be streamed (dit=cuda:stream=K): WanModel::forward_branches uses them
-  // through offload::block_use. VaceWanModel's forward does not, so VACE declares none.
-  if (kind != "vace") {
-    dit->declare_blocks("blocks", static_cast<int>(model->num_layers));
-    model->block_stream = dit->stream();
-  }
+  // The DiT's blocks can be streamed (dit=cuda:stream=K): WanModel::forward_branches uses them
+  // through offload::block_use; VaceWanModel::forward_branches uses `vace_blocks` and `blocks`
+  // interleaved, in its block_order().
+  if (kind == "vace") dit->declare_blocks(vace_model->block_order());
+  else dit->declare_blocks("blocks", static_cast<int>(model->num_layers));
+  model->block_stream = dit->stream();
   dit_component = std::move(dit);
   auto vae_c = std::make_unique<offload::offloadable<WanVAE_>>(std::string(VAE_COMPONENT), vae->model);
   vae_c->register_aux("mean", vae->mean).register_aux("std", vae->std);

@@ -151,7 +151,7 @@ torch::Tensor rope_params(int64_t max_seq_len, int64_t dim, double theta) {
 }
 
 torch::Tensor rope_apply(const torch::Tensor& x, const torch::Tensor& grid_sizes,
-                         const torch::Tensor& freqs) {
+                         const torch::Tensor& freqs, int64_t chunk_tokens, c10::ScalarType dtype) {
   if (freqs.device() != x.device())
     throw offload::placement_error(
         "offload.placement.device_mismatch",
@@ -159,12 +159,22 @@ torch::Tensor rope_apply(const torch::Tensor& x, const torch::Tensor& grid_sizes
                     "place the model's auxiliary tensor 'freqs' with the model (declare it aux "
                     "with follow::device) before calling forward",
                     freqs.device().str(), x.device().str()));
+  if (chunk_tokens < 1)
+    throw offload::config_error("offload.wan.model.rope_chunk",
+                                fmt::format("rope_apply: chunk_tokens must be positive, found {}", chunk_tokens));
   const int64_t n = x.size(2), c = x.size(3) / 2;
   auto parts = freqs.split_with_sizes({c - 2 * (c / 3), c / 3, c / 3}, 1);
   const auto grid = grid_sizes.to(torch::kCPU, torch::kLong).contiguous();
   const auto g = grid.accessor<int64_t, 2>();
+  // The reference rotates each sample's whole sequence in float64 (x in float64, the complex
+  // product, the concatenation with the padding, the stack: 24 to 32 bytes per element at once)
+  // and converts the result to float32. Here each chunk's float64 product is rounded straight
+  // into the output (float32, then `dtype`): the same roundings of the same values.
+  auto out = torch::empty(x.sizes(), x.options().dtype(dtype)); // [B, L, N, D]
+  const auto store = [&](torch::Tensor dst, const torch::Tensor& value) {
+    dst.copy_(dtype == torch::kFloat32 || value.scalar_type() == torch::kFloat32 ? value : value.to(torch::kFloat32));
+  };
 
-  std::vector<torch::Tensor> output;
   for (int64_t i = 0; i < grid.size(0); ++i) {
     const int64_t f = g[i][0], h = g[i][1], w = g[i][2], seq_len = f * h * w;
     if (f > parts[0].size(0) || h > parts[1].size(0) || w > parts[2].size(0))
@@ -172,21 +182,27 @@ torch::Tensor rope_apply(const torch::Tensor& x, const torch::Tensor& grid_sizes
           "offload.wan.model.grid_too_large",
           fmt::format("rope_apply: grid ({}, {}, {}) of sample {} exceeds the RoPE table length {}",
                       f, h, w, i, freqs.size(0)));
-    // precompute multipliers
-    auto x_i = torch::view_as_complex(
-        x[i].slice(0, 0, seq_len).to(torch::kFloat64).contiguous().reshape({seq_len, n, -1, 2}));
-    auto freqs_i =
-        torch::cat({parts[0].slice(0, 0, f).view({f, 1, 1, -1}).expand({f, h, w, -1}),
-                    parts[1].slice(0, 0, h).view({1, h, 1, -1}).expand({f, h, w, -1}),
-                    parts[2].slice(0, 0, w).view({1, 1, w, -1}).expand({f, h, w, -1})},
-                   -1)
-            .reshape({seq_len, 1, -1}); // [seq_len, 1, c]
-    // apply rotary embedding
-    auto r = torch::view_as_real(x_i * freqs_i).flatten(2); // float64 [seq_len, n, 2c]
-    r = torch::cat({r, x[i].slice(0, seq_len).to(torch::kFloat64)});
-    output.push_back(r);
+    // apply rotary embedding, chunk by chunk
+    for (int64_t s = 0; s < seq_len; s += chunk_tokens) {
+      const int64_t m = std::min(chunk_tokens, seq_len - s);
+      // the chunk's multipliers: token t sits at frame t / (h w), row t / w % h, column t % w (the
+      // rows of the reference's cat of the expanded tables, copied exactly)
+      const auto t = torch::arange(s, s + m, torch::TensorOptions(torch::kLong).device(freqs.device()));
+      auto freqs_i = torch::cat({parts[0].index_select(0, torch::div(t, h * w, "floor")),
+                                 parts[1].index_select(0, torch::remainder(torch::div(t, w, "floor"), h)),
+                                 parts[2].index_select(0, torch::remainder(t, w))},
+                                -1)
+                         .unsqueeze(1); // [m, 1, c]
+      auto x_i = torch::view_as_complex(
+          x[i].slice(0, s, s + m).to(torch::kFloat64).contiguous().reshape({m, n, -1, 2}));
+      auto r = torch::view_as_real(x_i * freqs_i).flatten(2); // float64 [m, n, 2c]
+      x_i = torch::Tensor();
+      store(out[i].slice(0, s, s + m), r.to(torch::kFloat32));
+    }
+    // the padding past seq_len passes through (float64 and back in the reference: exact)
+    if (seq_len < x.size(1)) store(out[i].slice(0, seq_len), x[i].slice(0, seq_len).to(torch::kFloat32));
   }
-  return torch::stack(output).to(torch::kFloat32); // [B, L, n, 2c]
+  return out;
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -198,11 +214,16 @@ WanRMSNormImpl::WanRMSNormImpl(int64_t dim_, double eps_) : dim(dim_), eps(eps_)
 }
 
 torch::Tensor WanRMSNormImpl::norm(const torch::Tensor& x) const {
-  return x * torch::rsqrt(x.pow(2).mean(-1, /*keepdim=*/true) + eps);
+  // One operation per statement, so x.pow(2) is freed before the product is allocated (as Python
+  // frees it); the same operations and values as the reference's one expression.
+  const auto r = torch::rsqrt(x.pow(2).mean(-1, /*keepdim=*/true) + eps);
+  return x * r;
 }
 
 torch::Tensor WanRMSNormImpl::forward(const torch::Tensor& x) const {
-  return norm(x.to(torch::kFloat32)).to(x.scalar_type()) * weight;
+  auto y = norm(x.to(torch::kFloat32));
+  y = y.to(x.scalar_type());
+  return y * weight;
 }
 
 WanLayerNormImpl::WanLayerNormImpl(int64_t dim_, double eps_, bool elementwise_affine)
@@ -254,9 +275,20 @@ torch::Tensor WanSelfAttentionImpl::forward(const torch::Tensor& x, const torch:
   auto k_ = apply_norm(norm_k, linear(k, x)).view({b, s, n, d}); // [B, L, N, D]
   auto v_ = linear(v, x).view({b, s, n, d});                     // [B, L, N, D]
 
-  auto out = flash_attention(rope_apply(q_, grid_sizes, freqs), rope_apply(k_, grid_sizes, freqs),
-                             v_, /*q_lens=*/{}, /*k_lens=*/seq_lens, 0.0, {}, {}, false,
+  // RoPE chunk by chunk, rounded to the dtype flash_attention computes in (v's: it casts q and k
+  // to it), each input dropped once rotated; the inputs of the attention are dropped after it.
+  // Same values as the reference, which holds q, k, their float32 rotations and their casts.
+  const auto dt = v_.scalar_type();
+  auto qr = rope_apply(q_, grid_sizes, freqs, rope_chunk_tokens, dt);
+  q_ = torch::Tensor();
+  auto kr = rope_apply(k_, grid_sizes, freqs, rope_chunk_tokens, dt);
+  k_ = torch::Tensor();
+  // Its output comes back in that dtype, not the reference's float32 (`type_as(q)` of the float32
+  // rotation): the output projection computes in the same dtype (linear_compute_dtype), and a
+  // float32 round trip of a narrower float is exact.
+  auto out = flash_attention(qr, kr, v_, /*q_lens=*/{}, /*k_lens=*/seq_lens, 0.0, {}, {}, false,
                              window_size); // [B, L, N, D]
+  qr = kr = v_ = torch::Tensor();
   // output
   return linear(o, out.flatten(2)); // [B, L, C]
 }
@@ -268,8 +300,13 @@ torch::Tensor WanT2VCrossAttentionImpl::forward(const torch::Tensor& x, const to
   auto q_ = apply_norm(norm_q, linear(q, x)).view({b, -1, n, d});       // [B, L1, N, D]
   auto k_ = apply_norm(norm_k, linear(k, context)).view({b, -1, n, d}); // [B, L2, N, D]
   auto v_ = linear(v, context).view({b, -1, n, d});                     // [B, L2, N, D]
+  // flash_attention computes in v's dtype (it casts q to it); casting here returns the output in
+  // that dtype instead of float32, which the output projection would cast back (exact), and
+  // frees the float32 q before the attention runs.
+  q_ = q_.to(v_.scalar_type());
   // compute attention
   auto out = flash_attention(q_, k_, v_, {}, context_lens); // [B, L1, N, D]
+  q_ = k_ = v_ = torch::Tensor();
   // output
   return linear(o, out.flatten(2)); // [B, L1, C]
 }
@@ -367,16 +404,43 @@ torch::Tensor WanAttentionBlockImpl::forward(const torch::Tensor& x_in, const to
   // modulation in float32: [B, 6, C] -> 6 x [B, 1, C]
   auto e = (modulation.to(torch::kFloat32) + e_in).chunk(6, 1);
 
-  // self-attention
-  auto y = self_attn(norm1(x_in).to(torch::kFloat32) * (1 + e[1]) + e[0], seq_lens, grid_sizes,
-                     freqs);                // [B, L, C]
-  auto x = x_in + y * e[2];                 // [B, L, C]
+  // The reference's expressions, one operation per statement: a C++ temporary lives to the end of
+  // its full expression (norm1's output and the product would stay through the whole attention),
+  // where Python frees it as soon as it is used. Same operations, same values.
+  torch::Tensor y;
+  {
+    // self-attention
+    auto a = norm1(x_in).to(torch::kFloat32); // [B, L, C]
+    a = a * (1 + e[1]);
+    a = a + e[0];
+    // Only the q, k, v projections read it, each casting it to their compute dtype: cast once.
+    a = a.to(linear_compute_dtype(self_attn->q->weight, compute_region::weights));
+    y = self_attn(a, seq_lens, grid_sizes, freqs); // [B, L, C]
+  }
+  y = y * e[2];
+  auto x = x_in + y; // [B, L, C]
+  y = torch::Tensor();
 
   // cross-attention & ffn function
-  x = x + cross_attn(norm3 ? norm3(x) : x, context, context_lens); // [B, L, C]
-  auto h = norm2(x).to(torch::kFloat32) * (1 + e[4]) + e[3];       // [B, L, C]
-  y = linear(ffn_2, gelu_tanh(linear(ffn_0, h)));                   // [B, L, C]
-  x = x + y * e[5];
+  {
+    // Only the q projection reads it: cast to its compute dtype here (the same values).
+    auto n = (norm3 ? norm3(x) : x).to(linear_compute_dtype(cross_attn->q->weight, compute_region::weights));
+    y = cross_attn(n, context, context_lens);
+  }
+  x = x + y; // [B, L, C]
+  y = torch::Tensor();
+  {
+    auto h = norm2(x).to(torch::kFloat32); // [B, L, C]
+    h = h * (1 + e[4]);
+    h = h + e[3];
+    h = h.to(linear_compute_dtype(ffn_0->weight, compute_region::weights)); // the cast ffn_0 makes, float32 h freed
+    auto f = linear(ffn_0, h); // [B, L, ffn_dim]
+    h = torch::Tensor();
+    torch::gelu_(f, "tanh"); // in place: the same kernel and values as gelu(f)
+    y = linear(ffn_2, f);    // [B, L, C]
+  }
+  y = y * e[5];
+  x = x + y;
   return x;
 }
 

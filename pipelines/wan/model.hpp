@@ -149,10 +149,20 @@ torch::Tensor sinusoidal_embedding_1d(int64_t dim, const torch::Tensor& position
 /// rope_params(max_seq_len, dim, theta): complex128 [max_seq_len, dim / 2] built in float64.
 torch::Tensor rope_params(int64_t max_seq_len, int64_t dim, double theta = 10000.0);
 
+/// Tokens rope_apply rotates at a time: its float64 temporaries (24 bytes per element of x in the
+/// reference, which rotates the whole sequence at once) stay within 1024 tokens.
+inline constexpr int64_t ROPE_CHUNK_TOKENS = 1024;
+
 /// rope_apply(x [B, L, N, D], grid_sizes int64 [B, 3] on the CPU, freqs complex128 [1024, D / 2])
-/// -> float32 [B, L, N, D]. `freqs` must be on x's device (throws offload::placement_error).
+/// -> [B, L, N, D] in `dtype`. `freqs` must be on x's device (throws offload::placement_error).
+/// The rotation is computed in float64 and rounded to float32 as in the reference; a narrower
+/// `dtype` is then rounded from that float32 value, so the result equals
+/// `rope_apply(x, ...).to(dtype)` bit for bit (the attention's cast, done chunk by chunk).
+/// `chunk_tokens` (> 0) tokens are rotated at a time, their multipliers gathered for the chunk;
+/// every chunking gives the same bits.
 torch::Tensor rope_apply(const torch::Tensor& x, const torch::Tensor& grid_sizes,
-                         const torch::Tensor& freqs);
+                         const torch::Tensor& freqs, int64_t chunk_tokens = ROPE_CHUNK_TOKENS,
+                         c10::ScalarType dtype = c10::ScalarType::Float);
 
 /// Receives recorded intermediates (see the file comment).
 using trace_fn = std::function<void(const std::string& name, const torch::Tensor& value)>;
@@ -196,6 +206,8 @@ public:
 
   int64_t dim, num_heads, head_dim;
   std::array<int64_t, 2> window_size;
+  /// Tokens rope_apply rotates at a time (any value gives the same output; not a module member).
+  int64_t rope_chunk_tokens = ROPE_CHUNK_TOKENS;
   bool qk_norm;
   double eps;
   torch::nn::Linear q{nullptr}, k{nullptr}, v{nullptr}, o{nullptr};

@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <map>
 
 namespace wan {
 
@@ -26,41 +27,71 @@ std::int64_t bytes_of(std::int64_t params, c10::ScalarType t) { return params * 
 
 } // namespace
 
+// Measured ratio rounded up (tests/pipelines/activation_memory_test.cpp checks it bounds the
+// measurement under the GPU's dtypes at both FFN widths).
+const double workspace_constants::dit_activation_ratio = 0.48;
+
 offload::block_layout dit_block_layout(const WanModelConfig& cfg, std::int64_t element_size,
                                        std::int64_t matmul_element_size) {
-  if (cfg.model_type == "vace")
-    throw offload::config_error("offload.config.not_streamable",
-                                "the VACE DiT declares no block list (its forward interleaves vace_blocks and "
-                                "blocks); expected a t2v, i2v or flf2v model");
   if (matmul_element_size == 0) matmul_element_size = element_size;
   const int64_t d = cfg.dim, f = cfg.ffn_dim;
-  // The tensors of one WanAttentionBlock in registration order (norm1/norm2 have no weights), each
-  // with its element size: matmul weights and biases may be stored narrower (store=bf16).
-  std::vector<std::pair<int64_t, int64_t>> tensors; // numel, bytes per element
-  const auto mm = [&](std::initializer_list<int64_t> n) {
-    for (auto x : n) tensors.emplace_back(x, matmul_element_size);
+  const bool image = cfg.model_type == "i2v" || cfg.model_type == "flf2v";
+  // The tensors of one block, each with its element size (matmul weights and biases may be stored
+  // narrower: store=bf16): a WanAttentionBlock in registration order (norm1/norm2 have no
+  // weights), and for a VaceWanAttentionBlock its before_proj (VACE layer 0 only) and after_proj.
+  struct sizes {
+    std::int64_t bytes = 0, slot = 0;
+    void add(std::int64_t numel, std::int64_t elem) { bytes += numel * elem, slot += offload::detail::align_up(numel * elem); }
   };
-  const auto other = [&](std::initializer_list<int64_t> n) {
-    for (auto x : n) tensors.emplace_back(x, element_size);
+  const auto attention_block = [&] {
+    sizes s;
+    const auto mm = [&](std::initializer_list<int64_t> n) {
+      for (auto x : n) s.add(x, matmul_element_size);
+    };
+    const auto other = [&](std::initializer_list<int64_t> n) {
+      for (auto x : n) s.add(x, element_size);
+    };
+    auto attention = [&](bool i2v) {
+      for (int i = 0; i < 4; ++i) mm({d * d, d}); // q, k, v, o
+      if (cfg.qk_norm) other({d, d});             // norm_q, norm_k
+      if (i2v) {
+        mm({d * d, d, d * d, d});                 // k_img, v_img
+        if (cfg.qk_norm) other({d});              // norm_k_img
+      }
+    };
+    other({6 * d});                         // modulation
+    attention(false);                       // self_attn
+    if (cfg.cross_attn_norm) other({d, d}); // norm3
+    attention(image);                       // cross_attn
+    mm({f * d, f, d * f, d});               // ffn.0, ffn.2
+    return s;
   };
-  auto attention = [&](bool i2v) {
-    for (int i = 0; i < 4; ++i) mm({d * d, d}); // q, k, v, o
-    if (cfg.qk_norm) other({d, d});             // norm_q, norm_k
-    if (i2v) {
-      mm({d * d, d, d * d, d});                 // k_img, v_img
-      if (cfg.qk_norm) other({d});              // norm_k_img
-    }
-  };
-  other({6 * d});                                            // modulation
-  attention(false);                                          // self_attn
-  if (cfg.cross_attn_norm) other({d, d});                    // norm3
-  attention(cfg.model_type != "t2v");                        // cross_attn
-  mm({f * d, f, d * f, d});                                  // ffn.0, ffn.2
-  std::int64_t bytes = 0, slot = 0;
-  for (auto [n, elem] : tensors) bytes += n * elem, slot += offload::detail::align_up(n * elem);
+  const sizes block = attention_block();
   offload::block_layout l;
-  l.block_bytes.assign(static_cast<std::size_t>(cfg.num_layers), bytes);
-  l.slot_bytes = slot;
+  const auto push = [&](const sizes& s) {
+    l.block_bytes.push_back(s.bytes);
+    l.slot_bytes = std::max(l.slot_bytes, s.slot);
+  };
+  if (cfg.model_type != "vace") {
+    for (int64_t i = 0; i < cfg.num_layers; ++i) push(block);
+    return l;
+  }
+  // VACE: VaceWanModel::block_order(), each VACE block right before the first main block that
+  // needs its hint.
+  const auto layers = cfg.resolved_vace_layers();
+  std::map<int64_t, int64_t> mapping;
+  for (size_t n = 0; n < layers.size(); ++n) mapping[layers[n]] = static_cast<int64_t>(n);
+  int64_t next = 0;
+  for (int64_t i = 0; i < cfg.num_layers; ++i) {
+    if (auto it = mapping.find(i); it != mapping.end())
+      for (; next <= it->second; ++next) {
+        sizes v = block;
+        if (layers[static_cast<size_t>(next)] == 0) v.add(d * d, matmul_element_size), v.add(d, matmul_element_size); // before_proj
+        v.add(d * d, matmul_element_size), v.add(d, matmul_element_size);                                             // after_proj
+        push(v);
+      }
+    push(block);
+  }
   return l;
 }
 
@@ -83,7 +114,7 @@ offload::stored_size dit_stored_size(const WanModelConfig& cfg, offload::storage
   offload::stored_size s;
   s.dtype = dtype;
   s.bytes = (n.total - n.matmul) * full + n.matmul * narrow + freqs;
-  if (cfg.model_type != "vace") s.blocks = dit_block_layout(cfg, full, narrow);
+  s.blocks = dit_block_layout(cfg, full, narrow);
   return s;
 }
 
@@ -157,9 +188,19 @@ std::vector<offload::stage> pipeline_stages(const generation_shape& s) {
     // vace_encode_frames encodes inactive and reactive videos (+ reference images).
     out.push_back({"vae_encode", {vae}, {{vae, b(W::vae_bytes_per_pixel * pixels + 2 * video)}}});
   }
+  // The reference: the calibrated activations of one forward (the branches run one after the
+  // other; VACE keeps every hint: one [L, dim] float32 tensor per VACE layer, + 1 for the stacked
+  // copy). This port: the same scaled by the measured block ratio, plus the other branch's
+  // residual stream (block-major) and, for VACE, the control stream and hint of each branch.
+  const double per_token_dim =
+      s.reference_activations
+          ? W::dit_bytes_per_token_dim +
+                (is_vace_task(s.task) ? 4.0 * (static_cast<double>(model_config(s.task).resolved_vace_layers().size()) + 1) : 0.0)
+          : W::dit_bytes_per_token_dim * W::dit_activation_ratio + W::branch_residual_bytes_per_token_dim +
+                (is_vace_task(s.task) ? W::vace_bytes_per_token_dim : 0.0);
   out.push_back({"denoise",
                  {dit},
-                 {{dit, b(W::dit_bytes_per_token_dim * static_cast<double>(dit_tokens(s)) * cfg.dim)}},
+                 {{dit, b(per_token_dim * static_cast<double>(dit_tokens(s)) * cfg.dim)}},
                  s.sampling_steps});
   out.push_back({"decode", {vae}, {{vae, decode_workspace_bytes(s.width, s.height, s.frame_num, s.decode_tiling)}}});
   return out;

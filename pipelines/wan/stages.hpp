@@ -21,7 +21,15 @@
 /// - denoise: activations of one DiT forward scale with tokens x width: `k_dit * seq_len * dim`,
 ///   seq_len = T_lat * (H/16) * (W/16); k_dit = 2.06 GiB / (32760 tokens * 1536) ~ 44 bytes. Check
 ///   against 14B at 720p: 75600 tokens * 5120 * k_dit = 15.9 GiB, + DiT 53.2 + VAE 0.47 = 69.5 GiB
-///   vs 69.0 measured (+0.8%). The two CFG branches run one after the other: one workspace.
+///   vs 69.0 measured (+0.8%). That is the reference's (generation_shape::reference_activations).
+///   This port computes the same operations holding fewer values at once (RoPE in chunks, each
+///   temporary freed when used): `k_dit * dit_activation_ratio` (0.48, its block's peak against the
+///   reference order's, measured on the CPU under the GPU's dtypes), + 4 bytes for the other
+///   guidance branch's float32 residual stream (both branches go through a block before the next).
+///   VACE adds, per branch, its control stream c and the hint in flight ([L, dim] each, float32):
+///   `k_vace = 2 branches x 2 x 4 = 16` bytes per token x width. VaceWanModel runs each VACE block
+///   right before the block that adds its hint, so the hints never pile up (the reference holds
+///   all of them: num VACE layers x [L, dim] per call).
 /// - decode: the VAE decodes one latent frame at a time, so its activations scale with the pixel
 ///   count, not the frame count: `k_vae * H * W` plus the decoded video (3 x F x H x W float32);
 ///   k_vae = (8.28 GiB - 0.36 GiB video) / (832 * 480) ~ 21.3 KB per pixel.
@@ -68,6 +76,9 @@ struct generation_shape {
   /// Spatially tiled VAE decode (WanVAE::decode(zs, tiling)); nullopt = untiled. Only the
   /// decode stage's workspace depends on it (vae_encode is modelled untiled: conservative).
   std::optional<VaeTiling> decode_tiling = std::nullopt;
+  /// Model the official Python reference's denoise activations (to compare with its
+  /// measurements) instead of this port's (the default; see workspace_constants).
+  bool reference_activations = false;
 };
 
 /// Component sizes of a task's preset models as the reference stores them, without weights. The
@@ -80,7 +91,7 @@ std::vector<offload::component_info> preset_components(std::string_view task);
 /// The layout of a DiT's `blocks` stored with `element_size` bytes per element, its matmul weights
 /// with `matmul_element_size` (0: the same; 2 for `store=bf16`): every block's bytes and the slot
 /// that holds one (tensors aligned to 256 bytes), equal to what the loaded model's component
-/// declares. config_error `offload.config.not_streamable` for VACE.
+/// declares. VACE: the `vace_blocks` and `blocks` in VaceWanModel::block_order().
 offload::block_layout dit_block_layout(const WanModelConfig& cfg, std::int64_t element_size,
                                        std::int64_t matmul_element_size = 0);
 
@@ -89,7 +100,7 @@ offload::block_layout dit_block_layout(const WanModelConfig& cfg, std::int64_t e
 offload::block_layout t5_block_layout(const T5Config& cfg, std::int64_t element_size);
 
 /// The size of a float32 DiT with its matmul weights (the storage rule's tensors) stored as
-/// `dtype`: bytes (its RoPE table `freqs` included) and block layout (none for VACE), equal to the
+/// `dtype`: bytes (its RoPE table `freqs` included) and block layout, equal to the
 /// loaded model's component storage_sizes(). `native`: as built, float32.
 offload::stored_size dit_stored_size(const WanModelConfig& cfg, offload::storage_dtype dtype);
 
@@ -118,6 +129,16 @@ struct workspace_constants {
   static constexpr double vae_bytes_per_pixel =
       (8.28 * 1073741824.0 - 3.0 * 81 * 480 * 832 * 4) / (832.0 * 480.0);
   static constexpr double clip_encode_bytes = 64.0 * 1048576.0;
+  /// Activations of this port's DiT block against the reference's at the same shape, under the
+  /// GPU's compute dtypes (measured on the CPU: tests/pipelines/activation_memory_test.cpp, which
+  /// checks that the measured ratio stays at or below this value).
+  static const double dit_activation_ratio; // defined in stages.cpp
+  /// Block-major guidance (both branches through a block before the next, forward_branches) keeps
+  /// the other branch's residual stream, float32 [L, dim], which the reference (one branch after
+  /// the other) does not hold.
+  static constexpr double branch_residual_bytes_per_token_dim = 4.0;
+  /// VACE's control stream and hint in flight, per guidance branch (analytic, see above).
+  static constexpr double vace_bytes_per_token_dim = 2 * 2 * 4.0;
 };
 
 } // namespace wan

@@ -268,12 +268,12 @@ torch::Tensor WanVace::run(const detail::prompt_source& prompt, const detail::pr
   detail::note(record, "seq_len", torch::tensor(seq_len, torch::kLong));
 
   VaceWanModel model = components->vace_model;
-  // VaceWanModel keeps the reference's two calls (its blocks are not streamed).
+  // Both guidance branches block-major (VaceWanModel::forward_branches): a streamed DiT moves each
+  // block of `vace_blocks` and `blocks` once per step.
   const detail::dit_call call = [&](const torch::Tensor& latent, const torch::Tensor& timestep,
                                     const std::vector<torch::Tensor>& ctx, const std::vector<torch::Tensor>& ctx_null) {
-    auto cond = model->forward({latent}, timestep, z, ctx, seq_len, params.context_scale)[0];
-    auto uncond = model->forward({latent}, timestep, z, ctx_null, seq_len, params.context_scale)[0];
-    return std::pair{cond, uncond};
+    auto out = model->forward_branches({latent}, timestep, z, {ctx, ctx_null}, seq_len, params.context_scale);
+    return std::pair{out[0][0], out[1][0]};
   };
   const torch::Tensor x0 = detail::sample(run, call, noise, context, context_null, params.sample_solver,
                                           params.sampling_steps, params.shift, params.guide_scale,

@@ -2,6 +2,7 @@
 // vace_model.hpp.
 #include "wan/vace_model.hpp"
 
+#include <offload/block_stream.hpp>
 #include <offload/errors.hpp>
 #include <offload/state_dict.hpp>
 
@@ -140,42 +141,110 @@ std::vector<torch::Tensor> VaceWanModelImpl::forward(
         "offload.wan.model.vace_condition",
         "VaceWanModel: clip_fea / y are not used by the VACE model (the reference ignores them); "
         "pass the control signal through vace_context");
-  if (x.size() != context.size() || x.size() != vace_context.size() || t.dim() != 1 ||
-      t.size(0) != static_cast<int64_t>(x.size()))
-    throw offload::config_error(
-        "offload.wan.model.batch",
-        fmt::format("VaceWanModel: expected one context, vace_context and timestep per sample; "
-                    "found {} x, {} context, {} vace_context, t with {} dims",
-                    x.size(), context.size(), vace_context.size(), t.dim()));
+  return forward_branches(std::move(x), t, vace_context, {context}, seq_len, vace_context_scale)[0];
+}
 
-  // embeddings
+namespace {
+/// For each main block i, the VACE blocks to run just before it (those not yet run up to the one
+/// whose hint block i adds), in order.
+std::vector<std::vector<int64_t>> vace_blocks_before(const std::map<int64_t, int64_t>& mapping, int64_t num_layers) {
+  std::vector<std::vector<int64_t>> before(static_cast<size_t>(num_layers));
+  int64_t next = 0; // the next VACE block to run
+  for (int64_t i = 0; i < num_layers; ++i)
+    if (auto it = mapping.find(i); it != mapping.end())
+      for (; next <= it->second; ++next) before[static_cast<size_t>(i)].push_back(next);
+  return before;
+}
+} // namespace
+
+std::vector<std::string> VaceWanModelImpl::block_order() const {
+  std::vector<std::string> order;
+  const auto before = vace_blocks_before(vace_layers_mapping, num_layers);
+  for (int64_t i = 0; i < num_layers; ++i) {
+    for (auto n : before[static_cast<size_t>(i)]) order.push_back(fmt::format("vace_blocks.{}", n));
+    order.push_back(fmt::format("blocks.{}", i));
+  }
+  return order;
+}
+
+std::vector<std::vector<torch::Tensor>> VaceWanModelImpl::forward_branches(
+    std::vector<torch::Tensor> x, const torch::Tensor& t, const std::vector<torch::Tensor>& vace_context,
+    const std::vector<std::vector<torch::Tensor>>& contexts, int64_t seq_len, double vace_context_scale) {
+  if (contexts.empty())
+    throw offload::config_error("offload.wan.model.batch",
+                                "VaceWanModel::forward_branches: expected at least one context, found none");
+  for (const auto& context : contexts)
+    if (x.size() != context.size() || x.size() != vace_context.size() || t.dim() != 1 ||
+        t.size(0) != static_cast<int64_t>(x.size()))
+      throw offload::config_error(
+          "offload.wan.model.batch",
+          fmt::format("VaceWanModel: expected one context, vace_context and timestep per sample; "
+                      "found {} x, {} context, {} vace_context, t with {} dims",
+                      x.size(), context.size(), vace_context.size(), t.dim()));
+  if (static_cast<int64_t>(vace_block_list.size()) != static_cast<int64_t>(vace_layers.size()))
+    throw offload::config_error("offload.wan.model.hints",
+                                fmt::format("VaceWanModel: {} VACE blocks for {} vace_layers", vace_block_list.size(),
+                                            vace_layers.size()));
+  const bool one = contexts.size() == 1; // intermediates are recorded for a single branch
+
+  // embeddings (shared by the branches: same x, same vace_context)
   auto emb = patchify(patch_embedding, x, seq_len, "patch_embedding");
 
   // time embeddings
   auto [e, e0] = embed_time(t);
 
-  // context
+  // VACE embeddings: forward_vace's c before its first block
+  const auto c0 = patchify(vace_patch_embedding, vace_context, seq_len, "vace_patch_embedding").x; // [B, seq_len, dim]
+
+  // context, per branch
   torch::Tensor context_lens; // None
-  auto ctx = embed_text(context);
-
-  auto hints = forward_vace(emb.x, vace_context, seq_len, e0, emb.seq_lens, emb.grid_sizes, freqs,
-                            ctx, context_lens);
-
-  auto h = emb.x;
-  for (size_t i = 0; i < base_block_list.size(); ++i) {
-    h = base_block_list[i](h, hints, vace_context_scale, e0, emb.seq_lens, emb.grid_sizes, freqs,
-                           ctx, context_lens);
-    record(fmt::format("block.{}", i), h);
+  const size_t branches = contexts.size();
+  std::vector<torch::Tensor> ctx, h, c(branches, c0);
+  std::vector<std::vector<torch::Tensor>> hints(branches, std::vector<torch::Tensor>(vace_layers.size()));
+  for (const auto& context : contexts) {
+    ctx.push_back(embed_text(context));
+    h.push_back(emb.x);
   }
 
-  // head
-  h = head(h, e);
-  record("head", h);
+  // blocks, block-major in block_order(): a streamed block is loaded once for every branch, and a
+  // hint lives from its VACE block to the main block that adds it.
+  const auto before = vace_blocks_before(vace_layers_mapping, num_layers);
+  int unit = 0;
+  for (size_t i = 0; i < base_block_list.size(); ++i) {
+    for (const auto n : before[i]) {
+      offload::block_use use(block_stream, unit++);
+      for (size_t b = 0; b < branches; ++b) {
+        auto [c_next, c_skip] = vace_block_list[static_cast<size_t>(n)](c[b], emb.x, e0, emb.seq_lens, emb.grid_sizes,
+                                                                        freqs, ctx[b], context_lens);
+        c[b] = c_next;
+        hints[b][static_cast<size_t>(n)] = c_skip;
+      }
+      if (one) {
+        record(fmt::format("vace_block.{}.0", n), c[0]);
+        record(fmt::format("vace_block.{}.1", n), hints[0][static_cast<size_t>(n)]);
+      }
+    }
+    offload::block_use use(block_stream, unit++);
+    for (size_t b = 0; b < branches; ++b) {
+      h[b] = base_block_list[i](h[b], hints[b], vace_context_scale, e0, emb.seq_lens, emb.grid_sizes, freqs, ctx[b],
+                                context_lens);
+      if (const auto& id = base_block_list[i]->block_id) hints[b][static_cast<size_t>(*id)] = torch::Tensor();
+    }
+    if (one) record(fmt::format("block.{}", i), h[0]);
+  }
 
-  // unpatchify
-  auto out = unpatchify(h, emb.grid_sizes);
-  for (auto& u : out) u = u.to(torch::kFloat32);
-  return out;
+  std::vector<std::vector<torch::Tensor>> outs;
+  for (auto& hb : h) {
+    // head
+    hb = head(hb, e);
+    if (one) record("head", hb);
+
+    // unpatchify
+    auto out = unpatchify(hb, emb.grid_sizes);
+    for (auto& u : out) u = u.to(torch::kFloat32);
+    outs.push_back(std::move(out));
+  }
+  return outs;
 }
 
 VaceWanModel load_vace_wan_model(const std::filesystem::path& dir) {

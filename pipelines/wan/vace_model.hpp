@@ -11,6 +11,13 @@
 ///   * forward() keeps the reference's parameter list; clip_fea / y (ignored by the reference, the
 ///     code using them is commented out) throw offload::config_error when given instead of being
 ///     silently dropped.
+///   * forward() runs each VACE block just before the first main block that needs its hint
+///     (`vace_blocks.n` before `blocks.<vace_layers[n]>`) and drops a hint once it is added, where
+///     the reference runs every VACE block first and keeps all hints (num VACE layers x [L, dim]).
+///     Every value is computed by the same operations on the same inputs (bit-identical); only
+///     the order of independent work and the memory held change. `forward_branches` runs several
+///     guidance branches block-major in that order, so a streamed DiT (`dit=cuda:stream=K`) moves
+///     each block of both lists once per denoising step; `block_order()` is the order it streams.
 ///   * `trace` additionally receives `vace_patch_embedding.b` and `vace_block.i.0` (c) /
 ///     `vace_block.i.1` (c_skip, the hint), as recorded by the golden files.
 /// The compute-dtype rule is the one documented in model.hpp.
@@ -81,6 +88,18 @@ public:
                                      double vace_context_scale = 1.0,
                                      const torch::Tensor& clip_fea = {},
                                      const std::vector<torch::Tensor>& y = {});
+
+  /// Several guidance branches sharing x, t and vace_context, one context each (cond, uncond):
+  /// block-major in block_order(), each branch bit-identical to forward(). Intermediates are
+  /// recorded for a single branch.
+  std::vector<std::vector<torch::Tensor>> forward_branches(std::vector<torch::Tensor> x, const torch::Tensor& t,
+                                                           const std::vector<torch::Tensor>& vace_context,
+                                                           const std::vector<std::vector<torch::Tensor>>& contexts,
+                                                           int64_t seq_len, double vace_context_scale = 1.0);
+
+  /// The module paths of the blocks in the order forward() runs them: `vace_blocks.n` right
+  /// before `blocks.<vace_layers[n]>` (and after `vace_blocks.n-1`, whose output it reads).
+  [[nodiscard]] std::vector<std::string> block_order() const;
 
   std::vector<int64_t> vace_layers;
   int64_t vace_in_dim;

@@ -2,15 +2,17 @@
 // golden-set models: the video is bit-identical to the all-host run; each denoising step copies
 // every block once for both CFG branches (block-major forward_branches), not once per branch; no
 // allocation per step beyond the stage workspace; the mock moves exactly the bytes the plan
-// predicts and peaks where the plan says; VACE (whose blocks are not streamed) is refused.
+// predicts and peaks where the plan says. VACE streams its vace_blocks and blocks interleaved.
 #include "wan/components.hpp"
 #include "wan/stages.hpp"
 #include "wan/t5.hpp"
+#include "wan/vace_model.hpp"
 
 #include <offload/testing/errors.hpp>
 #include <offload/testing/mock_device.hpp>
 
 #include <boost/test/unit_test.hpp>
+#include <fmt/format.h>
 #include <torch/torch.h>
 
 #include "tiny_components.hpp"
@@ -27,7 +29,7 @@ namespace {
 const device_id gpu = device_id::mock(0);
 
 std::string host_policy(const std::string& kind) {
-  return kind == "t2v" ? "t5=cpu,dit=cpu,vae=cpu" : "t5=cpu,clip=cpu,dit=cpu,vae=cpu";
+  return kind == "t2v" || kind == "vace" ? "t5=cpu,dit=cpu,vae=cpu" : "t5=cpu,clip=cpu,dit=cpu,vae=cpu";
 }
 
 torch::Tensor host_video(const std::string& kind) {
@@ -44,7 +46,9 @@ void run_streamed(const std::string& kind) {
   auto comps = wt::tiny_components(kind);
   const auto layout = comps->dit_component->blocks();
   BOOST_TEST_REQUIRE(layout.has_value());
-  BOOST_TEST_REQUIRE(layout->count() == comps->model->num_layers);
+  // VACE streams its vace_blocks too, each just before the block that adds its hint.
+  const std::int64_t vace_layers = kind == "vace" ? static_cast<std::int64_t>(comps->vace_model->vace_layers.size()) : 0;
+  BOOST_TEST_REQUIRE(layout->count() == comps->model->num_layers + vace_layers);
   // The analytic layout the planner uses for preset sizes equals the loaded model's.
   BOOST_TEST((wan::dit_block_layout(comps->model->config, 4) == *layout));
   for (const std::string policy :
@@ -92,6 +96,32 @@ BOOST_AUTO_TEST_SUITE(pipelines_stream)
 
 BOOST_AUTO_TEST_CASE(t2v_streamed_dit_matches_the_host_run) { run_streamed("t2v"); }
 BOOST_AUTO_TEST_CASE(i2v_streamed_dit_matches_the_host_run) { run_streamed("i2v"); }
+BOOST_AUTO_TEST_CASE(vace_streamed_dit_matches_the_host_run) { run_streamed("vace"); }
+
+BOOST_AUTO_TEST_CASE(vace_block_order_interleaves_the_hints) {
+  // Each VACE block runs right before the main block that adds its hint: the order the forward
+  // acquires its blocks, recorded through the component's stream on a mock GPU.
+  auto comps = wt::tiny_components("vace");
+  const auto& m = comps->vace_model;
+  const auto order = m->block_order();
+  BOOST_TEST(order.size() == static_cast<std::size_t>(m->num_layers) + m->vace_layers.size());
+  for (std::size_t n = 0; n < m->vace_layers.size(); ++n) {
+    const auto vace = std::find(order.begin(), order.end(), fmt::format("vace_blocks.{}", n));
+    const auto main = std::find(order.begin(), order.end(), fmt::format("blocks.{}", m->vace_layers[n]));
+    BOOST_REQUIRE((vace != order.end()));
+    BOOST_REQUIRE((main != order.end()));
+    BOOST_TEST(std::distance(vace, main) == 1, "vace_blocks." << n << " is not right before blocks." << m->vace_layers[n]);
+  }
+  // A config whose VACE layers are not ascending still runs VACE block n-1 before block n: block 0
+  // needs hint 1, so VACE blocks 0 and 1 both run before it.
+  wan::WanModelConfig cfg = m->config;
+  cfg.num_layers = 3;
+  cfg.vace_layers = std::vector<int64_t>{2, 0};
+  wan::VaceWanModel odd(cfg);
+  BOOST_TEST((odd->block_order() ==
+              std::vector<std::string>{"vace_blocks.0", "vace_blocks.1", "blocks.0", "blocks.1", "blocks.2"}));
+  BOOST_TEST((wan::dit_block_layout(cfg, 4).count() == 5));
+}
 
 BOOST_AUTO_TEST_CASE(preset_dit_layouts_and_streamed_plans) {
   // t2v-14B, by hand: dim 5120, ffn 13824, qk_norm, cross_attn_norm: 351,394,304 parameters a block.
@@ -104,7 +134,14 @@ BOOST_AUTO_TEST_CASE(preset_dit_layouts_and_streamed_plans) {
   BOOST_TEST(dit.blocks->slot_bytes >= dit.blocks->block_bytes[0]);
   BOOST_TEST(dit.blocks->slot_bytes - dit.blocks->block_bytes[0] < 256 * 24);
   BOOST_TEST(dit.bytes - dit.blocks->total() > 0);
-  BOOST_TEST(!wan::preset_components("vace-14B")[1].blocks.has_value());
+  // VACE-14B: 40 blocks and 8 VACE blocks (vace_layers 0, 5, ..., 35), each a block plus
+  // after_proj (and before_proj for layer 0).
+  const auto vace14 = wan::preset_components("vace-14B")[1];
+  BOOST_REQUIRE(vace14.blocks.has_value());
+  BOOST_TEST(vace14.blocks->count() == 48);
+  BOOST_TEST(vace14.blocks->block_bytes[0] == (351'394'304LL + 2 * (5120LL * 5120 + 5120)) * 4); // vace_blocks.0
+  BOOST_TEST(vace14.blocks->block_bytes[1] == 351'394'304LL * 4);                                 // blocks.0
+  BOOST_TEST(vace14.blocks->block_bytes[6] == (351'394'304LL + 5120LL * 5120 + 5120) * 4);        // vace_blocks.1
 
   // T2V-14B 1280x720x81, T5 on the host, the DiT streamed through 2 slots: the DiT's device
   // footprint is all but its blocks plus two slots, and the 50 steps stream 50 x its blocks.
@@ -165,16 +202,6 @@ BOOST_AUTO_TEST_CASE(t5_streamed_matches_the_host_run) {
   BOOST_REQUIRE(t5.blocks.has_value());
   BOOST_TEST(t5.blocks->count() == 24);
   BOOST_TEST(t5.bytes - t5.blocks->total() > 0);
-}
-
-BOOST_AUTO_TEST_CASE(vace_refuses_streaming) {
-  offload::device_set devices;
-  auto& mock = offload::testing::add_mock(devices, 0);
-  BOOST_TEST(offload::testing::error_id([&] {
-               (void)wt::tiny_generate("vace", {&devices, gpu, offload::parse_policy("dit=cuda:stream=1")});
-             }) == "offload.config.not_streamable");
-  BOOST_TEST(mock.used() == 0);
-  BOOST_TEST(mock.transfers() == 0);
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -140,13 +140,13 @@ BOOST_AUTO_TEST_CASE(the_compute_model_reproduces_the_h100_step_times) {
 }
 
 BOOST_AUTO_TEST_CASE(nothing_fits_names_stage_shortfall_and_a_shape_that_fits) {
-  // T2V-14B 720p on 64 GiB without host execution: streamed through two slots, the DiT fits.
-  auto opt = budget(64_GiB);
+  // T2V-14B 720p on 60 GiB without host execution: streamed through two slots, the DiT fits.
+  auto opt = budget(60_GiB);
   opt.allow_host_execution = false;
   {
     const auto streamed = wan::plan_generation(t2v_14B, opt);
     BOOST_TEST(streamed.plan.policy.of("dit").stream.enabled());
-    BOOST_TEST(streamed.device_peak_bytes <= 64_GiB);
+    BOOST_TEST(streamed.device_peak_bytes <= 60_GiB);
   }
   // Without streaming it cannot: the DiT (53.2 GiB) and its denoise workspace.
   opt.allow_streaming = false;
@@ -157,8 +157,8 @@ BOOST_AUTO_TEST_CASE(nothing_fits_names_stage_shortfall_and_a_shape_that_fits) {
     const std::string m = e.what();
     BOOST_TEST_MESSAGE(m);
     BOOST_TEST(e.stage() == "denoise");
-    BOOST_TEST(e.available() == 64_GiB);
-    BOOST_TEST(e.needed() > 64_GiB);
+    BOOST_TEST(e.available() == 60_GiB);
+    BOOST_TEST(e.needed() > 60_GiB);
     BOOST_TEST(m.find("short by " + offload::format_bytes(e.needed() - e.available())) != std::string::npos, m);
     BOOST_TEST(m.find("a device budget of at least " + offload::format_bytes(e.needed())) != std::string::npos, m);
     // The advice is right: the frame count it names fits, four more frames do not.

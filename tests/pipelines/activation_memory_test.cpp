@@ -1,0 +1,227 @@
+// Activation memory of the DiT, measured on the CPU with offload::testing::host_memory_probe under
+// the compute dtypes the reference uses on the GPU (wan::autocast_guard(bf16): matmuls in bf16,
+// norms, modulation and RoPE in float32/float64):
+//   * rope_apply rotates in chunks: the reference's bits for every chunking and output dtype, and
+//     a peak that no longer grows with the sequence;
+//   * one WanAttentionBlock forward gives the bits of the reference's expression order (written
+//     out below, each value released where Python's reference counting releases it) while holding
+//     less. The measured ratio of the two peaks bounds the one the stage workspace model applies
+//     to the reference's calibrated activations (wan::workspace_constants::dit_activation_ratio).
+#include "wan/attention.hpp"
+#include "wan/model.hpp"
+#include "wan/stages.hpp"
+
+#include <offload/testing/errors.hpp>
+#include <offload/testing/host_memory_probe.hpp>
+#include <offload/units.hpp>
+
+#include <boost/test/unit_test.hpp>
+#include <torch/torch.h>
+
+namespace {
+
+/// wan/modules/model.py rope_apply as written: the whole sequence of each sample in float64, the
+/// padding concatenated, the samples stacked, converted to float32 at the end.
+torch::Tensor rope_reference(const torch::Tensor& x, const torch::Tensor& grid_sizes, const torch::Tensor& freqs) {
+  const int64_t n = x.size(2), c = x.size(3) / 2;
+  auto parts = freqs.split_with_sizes({c - 2 * (c / 3), c / 3, c / 3}, 1);
+  const auto grid = grid_sizes.to(torch::kCPU, torch::kLong).contiguous();
+  const auto g = grid.accessor<int64_t, 2>();
+  std::vector<torch::Tensor> output;
+  for (int64_t i = 0; i < grid.size(0); ++i) {
+    const int64_t f = g[i][0], h = g[i][1], w = g[i][2], seq_len = f * h * w;
+    auto x_i = torch::view_as_complex(x[i].slice(0, 0, seq_len).to(torch::kFloat64).reshape({seq_len, n, -1, 2}));
+    auto freqs_i = torch::cat({parts[0].slice(0, 0, f).view({f, 1, 1, -1}).expand({f, h, w, -1}),
+                               parts[1].slice(0, 0, h).view({1, h, 1, -1}).expand({f, h, w, -1}),
+                               parts[2].slice(0, 0, w).view({1, 1, w, -1}).expand({f, h, w, -1})},
+                              -1)
+                       .reshape({seq_len, 1, -1});
+    x_i = torch::view_as_real(x_i * freqs_i).flatten(2); // Python rebinds x_i: the complex input is freed
+    x_i = torch::cat({x_i, x[i].slice(0, seq_len)});
+    output.push_back(x_i);
+  }
+  return torch::stack(output).to(torch::kFloat32);
+}
+
+torch::Tensor dit_freqs(int64_t head_dim) {
+  const int64_t d = head_dim;
+  return torch::cat({wan::rope_params(1024, d - 4 * (d / 6)), wan::rope_params(1024, 2 * (d / 6)),
+                     wan::rope_params(1024, 2 * (d / 6))},
+                    1);
+}
+
+struct block_inputs {
+  torch::Tensor x, e, seq_lens, grid_sizes, freqs, context;
+};
+
+/// wan/modules/model.py WanSelfAttention.forward and WanAttentionBlock.forward in the reference's
+/// order, each value released where Python releases it: `a` (the attention's argument), q, k, v
+/// and the block input live to the end of the call that uses them; the self-attention output `y`
+/// and the block's `x` stay referenced while cross_attn_ffn runs; nn.Sequential rebinds its input
+/// after each layer.
+torch::Tensor reference_self_attn(wan::WanSelfAttentionImpl& sa, const torch::Tensor& x, const block_inputs& in) {
+  const int64_t b = x.size(0), s = x.size(1), n = sa.num_heads, d = sa.head_dim;
+  auto q = sa.norm_q(wan::linear(sa.q, x)).view({b, s, n, d});
+  auto k = sa.norm_k(wan::linear(sa.k, x)).view({b, s, n, d});
+  auto v = wan::linear(sa.v, x).view({b, s, n, d});
+  auto out = wan::flash_attention(rope_reference(q, in.grid_sizes, in.freqs), rope_reference(k, in.grid_sizes, in.freqs),
+                                  v, {}, in.seq_lens, 0.0, {}, {}, false, sa.window_size);
+  out = out.flatten(2);
+  return wan::linear(sa.o, out);
+}
+
+torch::Tensor reference_block(wan::WanAttentionBlockImpl& blk, const block_inputs& in) {
+  auto e = (blk.modulation.to(torch::kFloat32) + in.e).chunk(6, 1);
+  torch::Tensor y;
+  {
+    auto a = blk.norm1(in.x).to(torch::kFloat32);
+    a = a * (1 + e[1]);
+    a = a + e[0];
+    y = reference_self_attn(*blk.self_attn, a, in);
+  }
+  auto x = in.x + y * e[2];
+  // cross_attn_ffn(x, ...): its x is rebound, the caller's stays
+  torch::Tensor x2;
+  {
+    auto n3 = blk.norm3 ? blk.norm3(x) : x;
+    auto c = blk.cross_attn->forward(n3, in.context, torch::Tensor());
+    n3 = torch::Tensor();
+    x2 = x + c;
+  }
+  torch::Tensor y2;
+  {
+    auto h = blk.norm2(x2).to(torch::kFloat32);
+    h = h * (1 + e[4]);
+    h = h + e[3];
+    auto f = wan::linear(blk.ffn_0, h);
+    f = torch::gelu(f, "tanh");
+    y2 = wan::linear(blk.ffn_2, f);
+  }
+  return x2 + y2 * e[5];
+}
+
+/// A block of the given width on the CPU with random weights and inputs of tokens_h x tokens_w
+/// tokens (one head, so the CPU attention's tokens x tokens scores stay small against
+/// tokens x dim). The cross-attention module is the port's in both orders (only the block's and
+/// the self-attention's order differ).
+struct block_case {
+  int64_t dim, ffn_dim, tokens_h, tokens_w, heads = 1;
+  wan::WanAttentionBlock blk{nullptr};
+  block_inputs in;
+
+  /// `bf16`: matmul weights stored in bf16 (store_matmul_weights), so that under autocast no op
+  /// casts a weight and the probe sees activations only.
+  void build(bool bf16) {
+    torch::manual_seed(5);
+    blk = wan::WanAttentionBlock("t2v_cross_attn", dim, ffn_dim, heads, std::array<int64_t, 2>{-1, -1},
+                                 /*qk_norm=*/true, /*cross_attn_norm=*/true, 1e-6);
+    torch::NoGradGuard g;
+    for (auto& p : blk->parameters()) p.uniform_(-0.05, 0.05);
+    if (bf16) wan::store_matmul_weights(*blk, torch::kBFloat16);
+    const int64_t l = tokens_h * tokens_w;
+    in.x = torch::randn({1, l, dim});
+    in.e = torch::randn({1, 6, dim}) * 0.1;
+    in.seq_lens = torch::tensor({l}, torch::kLong);
+    in.grid_sizes = torch::tensor(std::vector<int64_t>{1, tokens_h, tokens_w}, torch::kLong).view({1, 3});
+    in.freqs = dit_freqs(dim / heads);
+    in.context = torch::randn({1, 16, dim});
+  }
+  [[nodiscard]] double token_dims() const { return static_cast<double>(tokens_h * tokens_w * dim); }
+};
+
+struct measured {
+  torch::Tensor out;
+  std::int64_t peak = 0;
+};
+
+template <class F>
+measured measure(F&& f) {
+  torch::NoGradGuard g;
+  offload::testing::host_memory_probe probe;
+  measured m;
+  m.out = f();
+  m.peak = probe.peak();
+  return m;
+}
+
+} // namespace
+
+BOOST_AUTO_TEST_SUITE(dit_activation_memory)
+
+BOOST_AUTO_TEST_CASE(chunked_rope_gives_the_reference_bits_with_a_bounded_peak) {
+  torch::manual_seed(2);
+  const int64_t n = 2, d = 48, l = 70;
+  const auto freqs = dit_freqs(d);
+  // Two samples, the second with padding past its grid (seq_len 60 of 70).
+  const auto x = torch::randn({2, l, n, d});
+  const auto grid = torch::tensor(std::vector<int64_t>{2, 5, 7, 3, 4, 5}, torch::kLong).view({2, 3});
+  const auto expected = rope_reference(x, grid, freqs);
+  for (const int64_t chunk : {int64_t{1}, int64_t{3}, int64_t{16}, int64_t{60}, int64_t{70}, int64_t{4096}}) {
+    BOOST_TEST_CONTEXT("chunk " << chunk) {
+      BOOST_TEST(torch::equal(wan::rope_apply(x, grid, freqs, chunk), expected));
+      // Rounded to bf16 straight from each chunk: the bits of the reference's float32 result cast.
+      BOOST_TEST(torch::equal(wan::rope_apply(x, grid, freqs, chunk, torch::kBFloat16), expected.to(torch::kBFloat16)));
+      BOOST_TEST(torch::equal(wan::rope_apply(x.to(torch::kBFloat16), grid, freqs, chunk),
+                              rope_reference(x.to(torch::kBFloat16), grid, freqs)));
+    }
+  }
+  BOOST_TEST(offload::testing::error_id([&] { (void)wan::rope_apply(x, grid, freqs, 0); }) == "offload.wan.model.rope_chunk");
+}
+
+BOOST_AUTO_TEST_CASE(chunked_rope_peak_does_not_grow_with_the_sequence) {
+  // One sample of 4096 tokens, 8 heads of 64: the reference holds float64 copies of the whole
+  // sequence (x, the product, the concatenation, the stack: 20+ bytes per element besides its
+  // float32 result); chunks of 64 tokens hold the float32 result plus one chunk's float64 work.
+  torch::manual_seed(4);
+  const int64_t n = 8, d = 64, l = 4096;
+  const auto freqs = dit_freqs(d);
+  const auto x = torch::randn({1, l, n, d});
+  const auto grid = torch::tensor(std::vector<int64_t>{4, 32, 32}, torch::kLong).view({1, 3});
+  const double elements = static_cast<double>(l * n * d);
+  const auto ref = measure([&] { return rope_reference(x, grid, freqs); });
+  const auto chunked = measure([&] { return wan::rope_apply(x, grid, freqs, 64); });
+  BOOST_TEST(torch::equal(ref.out, chunked.out));
+  // A chunk's work: x, the product and the rotation in float64 (8 bytes an element each), the
+  // multipliers (complex128, d/2 a token, and their parts) and the token indices.
+  const double chunk_work = 64.0 * (n * d * 8 * 3 + (d / 2) * 16 * 2 + 8 * 4);
+  BOOST_TEST_MESSAGE("rope_apply 4096 tokens x 512: reference peak " << ref.peak / elements << " B/element, chunked "
+                                                                    << chunked.peak / elements << " B/element");
+  BOOST_TEST(ref.peak >= 20.0 * elements);
+  BOOST_TEST(chunked.peak <= 4.0 * elements + chunk_work + 65536);
+}
+
+BOOST_AUTO_TEST_CASE(block_forward_matches_the_reference_order_and_holds_less) {
+  // Widths of T2V-1.3B (dim 1536, ffn 8960) and the 14B FFN ratio (13824 / 5120) at 1536, 256
+  // tokens. Under bf16 autocast (the GPU's dtypes) and in float32 (the CPU's).
+  for (const int64_t ffn : {int64_t{8960}, int64_t{4147}}) {
+    for (const bool autocast : {true, false}) {
+      BOOST_TEST_CONTEXT("ffn " << ffn << (autocast ? ", autocast bf16" : ", float32")) {
+        block_case c{1536, ffn, 16, 16};
+        c.build(autocast);
+        // RoPE chunks of 8 tokens of 256: the proportion of 1024 tokens at T2V-1.3B 832x480x81
+        // (32760 tokens), so the measured peak is the one of the real shape per token x dim.
+        c.blk->self_attn->rope_chunk_tokens = 8;
+        std::optional<wan::autocast_guard> guard;
+        if (autocast) guard.emplace(torch::kBFloat16);
+        const auto ref = measure([&] { return reference_block(*c.blk, c.in); });
+        const auto ours = measure([&] {
+          return c.blk->forward(c.in.x, c.in.e, c.in.seq_lens, c.in.grid_sizes, c.in.freqs, c.in.context, {});
+        });
+        BOOST_TEST(torch::equal(ours.out, ref.out), "the block's output differs from the reference order's");
+        // Both also hold the block's input (allocated before the probe), float32 [L, dim].
+        const auto input = static_cast<double>(c.in.x.nbytes());
+        const double ref_k = (static_cast<double>(ref.peak) + input) / c.token_dims();
+        const double ours_k = (static_cast<double>(ours.peak) + input) / c.token_dims();
+        BOOST_TEST_MESSAGE("WanAttentionBlock dim 1536 ffn " << ffn << (autocast ? " bf16" : " fp32")
+                                                            << ": reference order " << ref_k << " B per token x dim, ours "
+                                                            << ours_k << " (ratio " << ours_k / ref_k << ")");
+        BOOST_TEST(ours.peak < ref.peak);
+        // The stage workspace model scales the reference's calibrated activations by this ratio
+        // under the GPU's dtypes; the measurement must not exceed it.
+        if (autocast) BOOST_TEST(ours_k / ref_k <= wan::workspace_constants::dit_activation_ratio);
+      }
+    }
+  }
+}
+
+BOOST_AUTO_TEST_SUITE_END()
