@@ -144,7 +144,11 @@ cmake_args=(
   -DCMAKE_CXX_FLAGS="-I$DEV/include"
   -DCMAKE_EXE_LINKER_FLAGS="${NV_LIBS:+-Wl,-rpath-link,$NV_LIBS}"
 )
-[[ -n $NVCC ]] && cmake_args+=(-DCMAKE_CUDA_COMPILER="$NVCC" -DCUDAToolkit_ROOT="$(dirname "$(dirname "$NVCC")")")
+# LibTorch's cuda.cmake runs its bundled legacy FindCUDA first, which reads CUDA_TOOLKIT_ROOT_DIR
+# (not CMAKE_CUDA_COMPILER / CUDAToolkit_ROOT) and otherwise finds only an nvcc on PATH or in
+# <prefix>/cuda/bin.
+[[ -n $NVCC ]] && cmake_args+=(-DCMAKE_CUDA_COMPILER="$NVCC" -DCUDAToolkit_ROOT="$(dirname "$(dirname "$NVCC")")"
+                               -DCUDA_TOOLKIT_ROOT_DIR="$(dirname "$(dirname "$NVCC")")")
 if part configure 120 20 cmake "${cmake_args[@]}"; then
   part build 300 60 cmake --build "$BUILD" --target wan_bench -j "$JOBS" || true
 fi

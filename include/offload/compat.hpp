@@ -19,8 +19,15 @@
 #define OFFLOAD_HAS_SDPA 0
 #endif
 
-/// LibTorch >= 2.1 uses `c10::DeviceType::PrivateUse1`; the mock device never needs it but the
-/// names of some allocator statistics changed between versions.
+/// LibTorch >= 2.1: at::scaled_dot_product_attention takes a `scale` argument (after is_causal);
+/// 2.0's has none (its scale is always 1/sqrt(head dim)).
+#if OFFLOAD_TORCH_VERSION >= 20100
+#define OFFLOAD_SDPA_HAS_SCALE 1
+#else
+#define OFFLOAD_SDPA_HAS_SCALE 0
+#endif
+
+/// LibTorch 2.x (any minor version). Nothing tests it yet: prefer a macro per feature, as above.
 #if OFFLOAD_TORCH_VERSION >= 20000
 #define OFFLOAD_TORCH2 1
 #else

@@ -59,7 +59,7 @@ torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch
   // Boolean mask: true = takes part in attention (SDPA's convention).
   const c10::optional<at::Tensor> attn_mask =
       mask.defined() ? c10::optional<at::Tensor>(mask) : c10::optional<at::Tensor>();
-#if OFFLOAD_TORCH_VERSION >= 20100
+#if OFFLOAD_SDPA_HAS_SCALE
   auto out = at::scaled_dot_product_attention(q, k, v, attn_mask, 0.0, false, scale);
 #else // LibTorch 2.0 has no `scale` argument: fold a non-default scale into q
   const double unit = 1.0 / std::sqrt(static_cast<double>(q.size(-1)));

@@ -58,8 +58,8 @@ std::string html_unescape(std::string_view text);
 
 /// Token ids and attention mask, both int64 [B, seq_len].
 struct tokenized {
-  torch::Tensor ids;
-  torch::Tensor mask;
+  at::Tensor ids; // = torch::Tensor; this header includes only <ATen/core/Tensor.h>
+  at::Tensor mask;
 };
 
 /// The tokenizer T5EncoderModel builds: HuggingfaceTokenizer(name, seq_len, clean).
