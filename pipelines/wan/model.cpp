@@ -171,9 +171,6 @@ torch::Tensor rope_apply(const torch::Tensor& x, const torch::Tensor& grid_sizes
   // and converts the result to float32. Here each chunk's float64 product is rounded straight
   // into the output (float32, then `dtype`): the same roundings of the same values.
   auto out = torch::empty(x.sizes(), x.options().dtype(dtype)); // [B, L, N, D]
-  const auto store = [&](torch::Tensor dst, const torch::Tensor& value) {
-    dst.copy_(dtype == torch::kFloat32 || value.scalar_type() == torch::kFloat32 ? value : value.to(torch::kFloat32));
-  };
 
   for (int64_t i = 0; i < grid.size(0); ++i) {
     const int64_t f = g[i][0], h = g[i][1], w = g[i][2], seq_len = f * h * w;
@@ -197,10 +194,10 @@ torch::Tensor rope_apply(const torch::Tensor& x, const torch::Tensor& grid_sizes
           x[i].slice(0, s, s + m).to(torch::kFloat64).contiguous().reshape({m, n, -1, 2}));
       auto r = torch::view_as_real(x_i * freqs_i).flatten(2); // float64 [m, n, 2c]
       x_i = torch::Tensor();
-      store(out[i].slice(0, s, s + m), r.to(torch::kFloat32));
+      out[i].slice(0, s, s + m).copy_(r.to(torch::kFloat32)); // float64 -> float32 -> dtype
     }
     // the padding past seq_len passes through (float64 and back in the reference: exact)
-    if (seq_len < x.size(1)) store(out[i].slice(0, seq_len), x[i].slice(0, seq_len).to(torch::kFloat32));
+    if (seq_len < x.size(1)) out[i].slice(0, seq_len).copy_(x[i].slice(0, seq_len).to(torch::kFloat32));
   }
   return out;
 }
