@@ -45,6 +45,24 @@ struct DeepImpl : torch::nn::Module {
 TORCH_MODULE(Deep);
 // [streaming-module]
 
+// [host-table-module]
+// A token table and a streamed block list (T5's layout): while streamed, the table stays on the
+// host and the forward gathers from it there, moving only the rows.
+struct LookupImpl : torch::nn::Module {
+  torch::nn::Embedding table{nullptr};
+  Deep deep{nullptr};
+  LookupImpl() {
+    table = register_module("table", torch::nn::Embedding(100, 32));
+    deep = register_module("deep", Deep());
+  }
+  at::Tensor forward(const at::Tensor& ids) {
+    const auto& w = table->weight;
+    return deep->forward(w.device() == ids.device() ? table(ids) : table(ids.to(w.device())).to(ids.device()));
+  }
+};
+TORCH_MODULE(Lookup);
+// [host-table-module]
+
 int main() {
   // [devices]
   offload::device_set devices; // always holds the host, "cpu"
@@ -116,8 +134,21 @@ int main() {
   } catch (const offload::capacity_error& e) {
     std::cout << e.what() << "\n"; // the binding stage, the shortfall, the smallest change that fits
   }
+  // A storage the component computes exactly (stored_size::exact: the DiT's matmul weights in bf16,
+  // which autocast computes in bf16 anyway) the planner may choose; tiles stay the user's choice,
+  // carried into every policy it considers (the stages must carry the tiled workspace).
+  auto exact = sizes;
+  exact[1].storage = {{offload::storage_dtype::bf16, 2.70_GiB, std::nullopt, /*exact=*/true}};
+  exact[2].tileable = true;
+  auto tiled_stages = timed;
+  tiled_stages[2].workspace = {{"vae", 1.72_GiB}}; // the decode's workspace in 32x32 latent-px tiles
+  const auto small = offload::plan_for_budget(
+      tiled_stages, exact, {.accelerator = mock0, .budgets = {.device = 6_GiB}, .tiles = {{"vae", {32, 8}}}});
+  std::cout << small.plan.policy.str() << "\n"; // dit=...:store=bf16..., vae=...:tile=32:overlap=8
   // [budget]
   assert(chosen.device_peak_bytes <= 12_GiB);
+  assert(small.plan.policy.of("dit").store == offload::storage_dtype::bf16);
+  assert(small.plan.policy.of("vae").tile.enabled());
 
   // [execute]
   const std::vector<offload::stage> tiny = {{"attend", {"attn"}, {{"attn", 64_KiB}}, 3}};
@@ -153,7 +184,18 @@ int main() {
     h = net->forward(h);
   }
   streaming.finish();
+  // A lookup table the forward gathers from (T5's token embedding) may stay on the host while the
+  // component streams: neither on the device nor copied (block_layout::host_bytes).
+  Lookup lookup;
+  offload::offloadable looked("lookup", lookup);
+  looked.declare_blocks("deep.blocks", 4).keep_on_host_while_streaming("table");
+  lookup->deep->stream = looked.stream();
+  const auto table_plan = offload::schedule(passes_of("lookup"), {offload::info_of(looked)}, offload::parse_policy("lookup=cuda:stream=2"),
+                                            {.accelerator = mock0});
+  std::cout << "lookup: " << offload::format_bytes(table_plan.device_bytes.at("lookup")) << " on the device, "
+            << offload::format_bytes(looked.blocks()->host_bytes) << " of table on the host\n";
   // [streaming]
+  assert(table_plan.device_bytes.at("lookup") == 2 * looked.blocks()->slot_bytes);
 
   // [storage]
   // A storage rule says which tensors may be stored narrower; the policy picks the dtype

@@ -36,19 +36,20 @@ RUNS=$OUT/runs.log
 : > "$RUNS"
 
 # ---- the policies ---------------------------------------------------------------------------------
-# The lowest-memory placement that keeps compute on the GPU: T5 on the host, the DiT streamed through
-# 2 block slots from pinned memory, the VAE brought in for its stage only.
-LOW_13B='t5=cpu,dit=cuda:on_demand:stream=2:pinned,vae=cuda:on_demand:pinned'
+# The lowest-memory placement, with every stage on the GPU (planned 2.19 GiB): T5 streamed through 2
+# block slots (its token embedding stays on the host), the DiT streamed in bf16 (the same bits under
+# autocast), the VAE tiled and brought in for its stage only. Last: store= converts the masters.
+LOW_13B='t5=cuda:on_demand:stream=2:pinned,dit=cuda:on_demand:stream=2:store=bf16:pinned,vae=cuda:on_demand:tile=32:pinned'
 POLICIES_13B=(resident offload_model offload_model+t5_cpu "$LOW_13B")
 # >>> EXTRA POLICIES: storage (:store=bf16) and tiling (:tile=N[:overlap=M]) options of the policy
 # grammar. They run in a separate invocation (with its own resident run), so that a wan_bench whose
 # grammar lacks an option still runs the other parts. Extend this list as options land. store=
 # converts the masters one-way (later policies see them converted): keep store= policies last.
 EXTRA_13B=(
+  't5=cpu,dit=cuda:on_demand:stream=2:pinned,vae=cuda:on_demand:pinned'
   't5=cpu,dit=cuda:on_demand:stream=2:pinned,vae=cuda:on_demand:tile=32:pinned'
   't5=cpu,dit=cuda:on_demand:stream=2:store=bf16:pinned,vae=cuda:on_demand:pinned'
   't5=cpu,dit=cuda:resident:store=bf16,vae=cuda:resident'
-  't5=cuda:on_demand:stream=2:pinned,dit=cuda:on_demand:stream=2:store=bf16:pinned,vae=cuda:on_demand:tile=32:pinned'
 )
 # T2V-14B: the target (peak <= 12 GiB) needs the DiT streamed and the VAE tiled; resident
 # second, for the time ratio; the untiled streamed policy last.

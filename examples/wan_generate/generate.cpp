@@ -106,7 +106,8 @@ wan::generation_shape generation_shape_of(const options& o) {
   s.frame_num = o.frame_num;
   s.sampling_steps = o.sample_steps;
   s.ref_images = static_cast<int>(o.src_ref_images.size());
-  s.decode_tiling = wan::vae_tiling_of(o.policy); // vae=...:tile=N: the plan carries the tiled decode
+  // vae=...:tile=N (or --vae_tile with --vram_budget): the plan carries the tiled workspaces
+  s.vae_tiling = o.vae_tile ? wan::vae_tiling_of(*o.vae_tile) : wan::vae_tiling_of(o.policy);
   const std::string& image = o.task.starts_with("i2v") ? o.image : o.task.starts_with("flf2v") ? o.first_frame : "";
   if (!image.empty()) {
     const auto [iw, ih] = image_size(image);
@@ -120,10 +121,14 @@ wan::generation_shape generation_shape_of(const options& o) {
 
 namespace {
 
-/// --vram_budget, --pinned_budget, --host_budget and --cost_model as the planner's options.
+/// --vram_budget, --pinned_budget, --host_budget and --cost_model as the planner's options. The
+/// planner may store the DiT in bf16 where that computes the same bits: on CUDA (autocast), and in
+/// a dry run, which plans for a CUDA card; a run on a mock device computes in float32, so there it
+/// keeps the native storage.
 offload::budget_options budget_options_of(const options& o, offload::device_id accelerator) {
   offload::budget_options b;
   b.accelerator = accelerator;
+  b.allow_exact_storage = o.dry_run || (!accelerator.is_host() && !accelerator.is_mock());
   b.budgets = {.device = o.vram_budget, .pinned = o.pinned_budget, .host = o.host_budget};
   if (!o.cost_model_file.empty()) b.cost = offload::cost_model::load(o.cost_model_file);
   return b;

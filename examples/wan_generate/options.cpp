@@ -16,6 +16,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <charconv>
 #include <cctype>
 #include <chrono>
 #include <ctime>
@@ -211,6 +212,9 @@ void validate(options& o, const std::string& offload_model_text) {
   } else if (o.pinned_budget || o.host_budget || !o.cost_model_file.empty()) {
     throw usage_error(fmt::format("{} is used by the budget planner: add --vram_budget SIZE (e.g. 8GiB)",
                                   o.pinned_budget ? "--pinned_budget" : o.host_budget ? "--host_budget" : "--cost_model"));
+  } else if (o.vae_tile) {
+    throw usage_error("--vae_tile tiles the VAE in the budget planner's policy: add --vram_budget SIZE, or give the "
+                      "tiles in the placement (--placement 'vae=cuda:tile=32')");
   }
   if (!o.cost_model_file.empty()) {
     try {
@@ -300,6 +304,31 @@ std::string default_save_file(const options& o) {
   return fmt::format("{}_{}_1_1_{}_{}{}", o.task, o.size, p, stamp, single_frame_task(o.task) ? ".png" : ".mp4");
 }
 
+namespace {
+
+/// --vae_tile "N" or "N:M": tiles of N latent pixels overlapping by M (default N / 4).
+offload::tile_options parse_vae_tile(const std::string& text) {
+  auto number = [&](std::string_view part, std::string_view what) {
+    int v = -1;
+    const auto r = std::from_chars(part.data(), part.data() + part.size(), v);
+    if (r.ec != std::errc() || r.ptr != part.data() + part.size() || part.empty())
+      throw usage_error(fmt::format("--vae_tile '{}': expected {} (N or N:M, e.g. 32 or 32:8)", text, what));
+    return v;
+  };
+  const auto colon = text.find(':');
+  offload::tile_options t;
+  t.size = number(std::string_view(text).substr(0, colon), "a tile size N in latent pixels");
+  t.overlap = colon == std::string::npos ? t.size / 4 : number(std::string_view(text).substr(colon + 1), "an overlap M");
+  if (t.size < 1 || t.size > 99999)
+    throw usage_error(fmt::format("--vae_tile '{}': expected a tile size of 1 to 99999 latent pixels", text));
+  if (t.overlap < 0 || t.overlap >= t.size)
+    throw usage_error(fmt::format("--vae_tile '{}': expected an overlap smaller than the tile ({}), found {}", text,
+                                  t.size, t.overlap));
+  return t;
+}
+
+} // namespace
+
 std::optional<options> parse_command_line(int argc, char** argv) {
   options o;
   CLI::App app{"Generate an image or video from a text prompt or image using Wan (C++ port of "
@@ -308,7 +337,7 @@ std::optional<options> parse_command_line(int argc, char** argv) {
   app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   app.get_formatter()->column_width(34);
   std::string offload_model_text, ref_images, gpu_memory;
-  std::string vram_budget, pinned_budget, host_budget;
+  std::string vram_budget, pinned_budget, host_budget, vae_tile;
   std::optional<int> frame_num, sample_steps;
   std::optional<double> sample_shift;
 
@@ -367,6 +396,9 @@ std::optional<options> parse_command_line(int argc, char** argv) {
                  "(default unlimited)");
   app.add_option("--cost_model", o.cost_model_file,
                  "With --vram_budget: cost model file written by offload_calibrate (default: H100 figures)");
+  app.add_option("--vae_tile", vae_tile,
+                 "With --vram_budget: run the VAE in tiles of N latent pixels overlapping by M (N or N:M, "
+                 "default M = N/4); the video differs slightly from an untiled one (docs/storage_and_tiling.md)");
   app.add_option("--report", o.report, "Plan report format: table or json")->capture_default_str();
 
   try {
@@ -427,6 +459,7 @@ std::optional<options> parse_command_line(int argc, char** argv) {
     if (**target < 0 || (**target == 0 && std::string_view(flag) != "--pinned_budget"))
       throw usage_error(fmt::format("{} '{}': expected a positive size such as 8GiB", flag, *text));
   }
+  if (!vae_tile.empty()) o.vae_tile = parse_vae_tile(vae_tile);
   validate(o, offload_model_text);
   return o;
 }

@@ -69,6 +69,7 @@ struct options {
   std::optional<std::int64_t> pinned_budget; ///< --pinned_budget (needs --vram_budget)
   std::optional<std::int64_t> host_budget;   ///< --host_budget (needs --vram_budget)
   std::string cost_model_file;               ///< --cost_model FILE (offload_calibrate); "" = H100 defaults
+  std::optional<offload::tile_options> vae_tile; ///< --vae_tile N[:M] (needs --vram_budget)
 
   int width = 0, height = 0;          ///< SIZE_CONFIGS[size] (W*H)
 };

@@ -7,7 +7,9 @@
 /// (with sizes), budgets for device memory, pinned host memory and host memory, and a cost model
 /// (cost_model.hpp). The search covers the policy space of placement_policy.hpp: per component,
 /// where it executes (the accelerator or the host), when it loads (`init`, `first_use`), when it
-/// leaves (`never`, `after_use`, `when_idle`), pinned or pageable master; and `evict_on_demand`.
+/// leaves (`never`, `after_use`, `when_idle`), pinned or pageable master, streamed or whole, stored
+/// natively or in a storage dtype it declares exact; and `evict_on_demand`. It never chooses what
+/// changes results (a storage that is not exact, tiles): those are the user's call.
 /// How it searches: offload/detail/budget_search.hpp and docs/planner.md.
 ///
 /// Output: a budget_plan holding the scheduler's plan (the plan format of plan.hpp) for the chosen
@@ -37,6 +39,8 @@
 #include <fmt/format.h>
 
 #include <cstdint>
+#include <functional>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -63,6 +67,14 @@ struct budget_options {
   /// Consider streaming the block list of components that declare one (`stream=2:pinned`: two
   /// device slots, one block prefetched, pinned masters).
   bool allow_streaming = true;
+  /// Consider storing accelerator-executed components in the storage dtypes they declare exact
+  /// (stored_size::exact: same bits, e.g. a DiT's matmul weights in bf16 under bf16 autocast): less
+  /// device memory, host memory and transfer time. Storages that change results are never chosen.
+  bool allow_exact_storage = true;
+  /// Components that run tiled in every policy the planner considers (`vae=...:tile=32`), by
+  /// name. Tiles change results, so the planner never chooses them: the user does, and the stages
+  /// must carry the tiled workspaces.
+  std::map<std::string, tile_options, std::less<>> tiles;
 };
 
 /// The planner's choice: the scheduler's plan for it (fits every budget) and its prediction.

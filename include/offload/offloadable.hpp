@@ -92,15 +92,25 @@ public:
     registry_.set_blocks(block_paths);
     return *this;
   }
+  /// Keeps the tensors under `prefix` (a lookup table such as `token_embedding`) on the host while
+  /// the component streams its blocks; the module's forward gathers from the table where it is and
+  /// moves the rows. See tensor_registry::keep_on_host_while_streaming. Chainable.
+  offloadable& keep_on_host_while_streaming(std::string_view prefix) {
+    registry_.keep_on_host_while_streaming(prefix);
+    return *this;
+  }
   [[nodiscard]] std::optional<block_layout> blocks() const override { return registry_.blocks(); }
   void set_streaming(stream_options options) override { registry_.set_streaming(options); }
   /// The block stream the module's forward uses (offload::block_use), or nullptr.
   [[nodiscard]] block_stream* stream() noexcept { return registry_.stream(); }
 
   /// Declares which tensors a policy's `store=bf16|fp16` converts (paths without the component
-  /// prefix, e.g. `blocks.0.ffn.0.weight`); see storage.hpp. Chainable.
-  offloadable& declare_storage_rule(std::function<bool(std::string_view path)> selects) {
-    registry_.set_storage_rule(std::move(selects));
+  /// prefix, e.g. `blocks.0.ffn.0.weight`); see storage.hpp. `exact`: the dtypes in which the
+  /// module's forward computes the same bits on the accelerator (it casts those tensors to that
+  /// dtype per op there anyway), which the budget planner may choose. Chainable.
+  offloadable& declare_storage_rule(std::function<bool(std::string_view path)> selects,
+                                    std::vector<storage_dtype> exact = {}) {
+    registry_.set_storage_rule(std::move(selects), std::move(exact));
     return *this;
   }
   [[nodiscard]] std::vector<stored_size> storage_sizes() const override { return registry_.stored_sizes(); }

@@ -77,7 +77,7 @@ public:
   std::vector<plan_step> steps;
   std::map<std::string, device_id> execute_on;             ///< per component
   std::map<std::string, std::int64_t> component_bytes;     ///< per component
-  /// Streamed components: bytes on their device (all but the blocks, plus the slots).
+  /// Streamed components: bytes on their device (all but the blocks and host tables, plus the slots).
   std::map<std::string, std::int64_t> device_bytes;
   std::map<device_id, std::optional<std::int64_t>> capacity;
   std::map<device_id, std::int64_t> peak_bytes;

@@ -45,11 +45,20 @@ struct stage {
 struct block_layout {
   std::vector<std::int64_t> block_bytes;
   std::int64_t slot_bytes = 0;
+  /// Bytes outside the blocks that stay on the host while the component streams: lookup tables
+  /// its forward gathers from there (offloadable::keep_on_host_while_streaming, e.g. T5's token
+  /// embedding).
+  std::int64_t host_bytes = 0;
   [[nodiscard]] std::int64_t count() const noexcept { return static_cast<std::int64_t>(block_bytes.size()); }
   [[nodiscard]] std::int64_t total() const noexcept {
     std::int64_t n = 0;
     for (auto b : block_bytes) n += b;
     return n;
+  }
+  /// What moves as a whole when a component of `component_bytes` is placed streamed: all but the
+  /// blocks and the host tables.
+  [[nodiscard]] std::int64_t streamed_rest(std::int64_t component_bytes) const noexcept {
+    return component_bytes - total() - host_bytes;
   }
   friend bool operator==(const block_layout&, const block_layout&) = default;
 };
@@ -59,6 +68,11 @@ struct stored_size {
   storage_dtype dtype = storage_dtype::native;
   std::int64_t bytes = 0;
   std::optional<block_layout> blocks;
+  /// The component computes the same bits with this storage when it executes on the accelerator
+  /// (its forward computes the converted tensors in this dtype there anyway, e.g. under bf16
+  /// autocast). The budget planner may then choose it (budget_options::allow_exact_storage); a
+  /// storage that is not exact is only ever the user's choice.
+  bool exact = false;
   friend bool operator==(const stored_size&, const stored_size&) = default;
 };
 

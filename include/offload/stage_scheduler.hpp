@@ -221,7 +221,8 @@ private:
   [[nodiscard]] int slots_of(const std::string& name) const {
     return static_cast<int>(std::min<std::int64_t>(policy_.of(name).stream.slots, info(name)->blocks->count()));
   }
-  /// Bytes on its device while placed: everything, or (streamed) all but the blocks plus K slots.
+  /// Bytes on its device while placed: everything, or (streamed) all but the blocks and host tables
+  /// plus K slots.
   [[nodiscard]] std::int64_t bytes_of(const std::string& name) const {
     const auto* c = info(name);
     if (!c) return 0;
@@ -229,13 +230,13 @@ private:
   }
   [[nodiscard]] std::int64_t footprint(const std::string& name) const {
     const auto* c = info(name);
-    return c->bytes - c->blocks->total() + slots_of(name) * c->blocks->slot_bytes;
+    return c->blocks->streamed_rest(c->bytes) + slots_of(name) * c->blocks->slot_bytes;
   }
-  /// Bytes copied when placed: everything, or (streamed) all but the blocks.
+  /// Bytes copied when placed: everything, or (streamed) all but the blocks and the host tables.
   [[nodiscard]] std::int64_t transfer_bytes_of(const std::string& name) const {
     const auto* c = info(name);
     if (!c) return 0;
-    return streamed(name) ? c->bytes - c->blocks->total() : c->bytes;
+    return streamed(name) ? c->blocks->streamed_rest(c->bytes) : c->bytes;
   }
 
   /// Compute plus streaming time of a stage; counts the bytes it streams into `step`.

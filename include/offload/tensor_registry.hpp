@@ -25,6 +25,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <functional>
 #include <map>
 #include <memory>
@@ -187,6 +188,11 @@ public:
         owner[idx] = it->second;
       }
       if (owner[idx] < 0) continue;
+      if (entries_[idx].host_table)
+        throw config_error("offload.config.host_table",
+                           fmt::format("component '{}': tensor '{}' is kept on the host while streaming, so it "
+                                       "cannot belong to block '{}'; name blocks that leave the tables out",
+                                       component_, path, prefixes[static_cast<std::size_t>(owner[idx])]));
       if (entries_[idx].mut == mutability::mutable_)
         throw config_error("offload.config.blocks",
                            fmt::format("component '{}': tensor '{}' is mutable; streamed blocks must be "
@@ -212,10 +218,37 @@ public:
     stream_ = std::make_unique<block_stream>(component_, std::move(blocks));
   }
 
-  /// The declared block list's sizes, if any.
+  /// Keeps the tensors under the module path `prefix` (`token_embedding`) on the host while the
+  /// component streams its blocks: lookup tables the forward gathers from where they are, moving
+  /// only the rows it gathered (a gather gives the same values on any device). Placed whole, the
+  /// component moves them like any other tensor. At home; the tensors must lie outside the blocks.
+  void keep_on_host_while_streaming(std::string_view prefix) {
+    require_home("keep tensors on the host");
+    bool any = false;
+    for (auto& e : entries_) {
+      if (!under(e.path, prefix)) continue;
+      if (e.block >= 0)
+        throw config_error("offload.config.host_table",
+                           fmt::format("component '{}': tensor '{}' is part of block {}; a table kept on the host "
+                                       "while streaming lies outside the block list",
+                                       component_, e.path, e.block));
+      e.host_table = true;
+      any = true;
+    }
+    if (!any)
+      throw placement_error("offload.placement.unknown_tensor",
+                            fmt::format("component '{}' has no tensor under '{}' to keep on the host; name a module "
+                                        "path such as 'token_embedding'",
+                                        component_, prefix));
+  }
+
+  /// The declared block list's sizes, if any (host_bytes: the tables kept on the host while streaming).
   [[nodiscard]] std::optional<block_layout> blocks() const {
     if (!stream_) return std::nullopt;
-    return stream_->layout();
+    block_layout l = stream_->layout();
+    for (const auto& e : entries_)
+      if (e.host_table) l.host_bytes += static_cast<std::int64_t>(e.master.nbytes());
+    return l;
   }
 
   /// Streams the declared blocks when placed (0 slots: the component moves as a whole). At home.
@@ -264,8 +297,10 @@ public:
   }
 
   /// Declares the storage rule: `selects(path)` says which floating tensors (dotted paths without the
-  /// component prefix) a policy's `store=bf16|fp16` converts. At home, once.
-  void set_storage_rule(std::function<bool(std::string_view path)> selects) {
+  /// component prefix) a policy's `store=bf16|fp16` converts. `exact`: the dtypes in which the
+  /// component computes the same bits when it executes on the accelerator (stored_size::exact), so
+  /// the budget planner may choose them. At home, once.
+  void set_storage_rule(std::function<bool(std::string_view path)> selects, std::vector<storage_dtype> exact = {}) {
     require_home("declare a storage rule");
     if (storage_rule_)
       throw placement_error("offload.placement.duplicate_storage_rule",
@@ -274,7 +309,14 @@ public:
       throw config_error("offload.config.storage_rule",
                          fmt::format("component '{}': the storage rule is empty; pass a predicate over tensor paths",
                                      component_));
+    for (const auto d : exact)
+      if (d == storage_dtype::native)
+        throw config_error("offload.config.storage_rule",
+                           fmt::format("component '{}': an exact storage dtype must be bf16 or fp16, found native "
+                                       "(the native storage needs no declaration)",
+                                       component_));
     storage_rule_ = std::move(selects);
+    exact_storage_ = std::move(exact);
   }
   [[nodiscard]] bool has_storage_rule() const noexcept { return static_cast<bool>(storage_rule_); }
 
@@ -287,11 +329,15 @@ public:
     for (const storage_dtype d : {storage_dtype::bf16, storage_dtype::fp16}) {
       stored_size s;
       s.dtype = d;
+      s.exact = std::find(exact_storage_.begin(), exact_storage_.end(), d) != exact_storage_.end();
       for (const auto& e : entries_) s.bytes += stored_bytes(e.path, e.master, d);
-      if (stream_)
+      if (stream_) {
         s.blocks = stream_->layout([&](std::string_view qualified_path, const at::Tensor& master) {
           return stored_bytes(qualified_path.substr(component_.size() + 1), master, d);
         });
+        for (const auto& e : entries_)
+          if (e.host_table) s.blocks->host_bytes += stored_bytes(e.path, e.master, d);
+      }
       out.push_back(std::move(s));
     }
     return out;
@@ -339,7 +385,7 @@ public:
     out.reserve(entries_.size());
     for (const auto& e : entries_) {
       const at::Tensor t = e.current();
-      const bool at_home = e.block >= 0 && streaming() && !stream_->in_use(e.block);
+      const bool at_home = streaming() && (e.host_table || (e.block >= 0 && !stream_->in_use(e.block)));
       out.push_back({e.path, e.kind, at_home ? device_id::cpu() : location(), t.scalar_type(),
                      static_cast<std::int64_t>(t.nbytes())});
     }
@@ -357,7 +403,7 @@ public:
     std::size_t done = 0;
     try {
       for (auto& e : entries_) {
-        if (streamed && e.block >= 0) {
+        if (streamed && stays_home(e)) {
           ++done;
           continue;
         }
@@ -376,7 +422,7 @@ public:
     } catch (...) {
       for (std::size_t i = 0; i < done; ++i) {
         auto& e = entries_[i];
-        if (streamed && e.block >= 0) continue;
+        if (streamed && stays_home(e)) continue;
         target.release(static_cast<std::int64_t>(e.master.nbytes()));
         e.assign(e.master);
         e.placed = at::Tensor();
@@ -397,6 +443,18 @@ public:
     const c10::Device physical = expected.torch_device();
     for (const auto& e : entries_) {
       const at::Tensor t = e.current();
+      if (!expected.is_host() && e.host_table && streaming()) {
+        // A host table of a streamed component: its host master, where the forward gathers.
+        if (t.defined() && t.data_ptr() == e.master.data_ptr() && t.scalar_type() == e.master.scalar_type()) continue;
+        throw placement_error(
+            "offload.placement.device_mismatch",
+            fmt::format("tensor '{}' (kept on the host while streaming) expected its host master ({}/{}), found {} "
+                        "(stage '{}', policy '{}'); the forward gathers from it where it is: never .to() it by hand",
+                        qualified(e.path), device_id::cpu().str(), c10::toString(e.master.scalar_type()),
+                        t.defined() ? fmt::format("{}/{}", t.device().str(), c10::toString(t.scalar_type()))
+                                    : std::string("undefined"),
+                        where.stage, where.policy));
+      }
       if (!expected.is_host() && e.block >= 0 && streaming()) {
         // A streamed block: a view of its slot while in use, else its host master.
         const at::Tensor& want = stream_->expected(e.block, static_cast<std::size_t>(e.block_pos));
@@ -453,6 +511,7 @@ private:
     at::Tensor placed;          ///< device copy while placed (not for streamed blocks)
     int block = -1;             ///< index in the declared block list, or -1
     int block_pos = 0;          ///< position among its block's tensors
+    bool host_table = false;    ///< kept on the host while streaming (keep_on_host_while_streaming)
     [[nodiscard]] at::Tensor current() const { return slot ? *slot : handle; }
     void assign(const at::Tensor& t) {
       if (slot) *slot = t;
@@ -460,6 +519,13 @@ private:
     }
   };
 
+  /// While streaming: the tensors the component does not place (its blocks, which the stream
+  /// moves, and its host tables).
+  [[nodiscard]] static bool stays_home(const entry& e) noexcept { return e.block >= 0 || e.host_table; }
+  /// `path` is `prefix` or lies under it (`prefix.`...).
+  [[nodiscard]] static bool under(std::string_view path, std::string_view prefix) noexcept {
+    return path.compare(0, prefix.size(), prefix) == 0 && (path.size() == prefix.size() || path[prefix.size()] == '.');
+  }
   /// Whether the storage rule converts this tensor (floating, not complex, selected).
   [[nodiscard]] bool converts(std::string_view path, const at::Tensor& master) const {
     return storage_rule_ && master.is_floating_point() && storage_rule_(path);
@@ -512,10 +578,11 @@ private:
     // twice and copied from undefined tensors.
     const bool streamed = streaming();
     for (auto& e : entries_)
-      if (e.mut == mutability::mutable_) from.copy_to_host(e.placed, e.master, qualified(e.path));
+      if (e.mut == mutability::mutable_ && !(streamed && e.host_table))
+        from.copy_to_host(e.placed, e.master, qualified(e.path));
     if (streamed) stream_->detach();
     for (auto& e : entries_) {
-      if (streamed && e.block >= 0) continue;
+      if (streamed && stays_home(e)) continue;
       e.assign(e.master);
       e.placed = at::Tensor();
       from.release(static_cast<std::int64_t>(e.master.nbytes()));
@@ -528,6 +595,7 @@ private:
   std::unordered_set<const void*> seen_;
   std::unique_ptr<block_stream> stream_;
   std::function<bool(std::string_view)> storage_rule_;
+  std::vector<storage_dtype> exact_storage_; ///< storage dtypes that compute the same bits (stored_size::exact)
   device* where_ = nullptr;
   bool pinned_ = false;
 };

@@ -19,6 +19,9 @@ namespace {
 
 bool is_vace_task(std::string_view task) { return task.starts_with("vace"); }
 
+/// The tile size (latent pixels) the advice tries when nothing fits untiled.
+constexpr int advice_tile_latent = 32;
+
 } // namespace
 
 std::vector<stage_work> stage_flops(const generation_shape& s) {
@@ -52,6 +55,17 @@ std::vector<offload::stage> timed_pipeline_stages(const generation_shape& shape,
   return stages;
 }
 
+offload::tile_options tile_options_of(const VaeTiling& tiling) {
+  tiling.validate();
+  if (tiling.tile_latent_h != tiling.tile_latent_w)
+    throw offload::config_error(
+        "offload.wan.budget.tiling",
+        fmt::format("the budget planner tiles the VAE through the policy option 'vae=...:tile=N:overlap=M' (square "
+                    "tiles); found tiles of {}x{} latent pixels: use square tiles",
+                    tiling.tile_latent_h, tiling.tile_latent_w));
+  return {static_cast<int>(tiling.tile_latent_h), static_cast<int>(tiling.overlap_latent)};
+}
+
 namespace {
 
 bool fits(const generation_shape& shape, const std::vector<offload::component_info>& comps,
@@ -66,8 +80,10 @@ bool fits(const generation_shape& shape, const std::vector<offload::component_in
 
 } // namespace
 
-offload::budget_plan plan_generation(const generation_shape& shape, const offload::budget_options& options) {
+offload::budget_plan plan_generation(const generation_shape& shape, const offload::budget_options& given) {
   const auto comps = preset_components(shape.task);
+  offload::budget_options options = given;
+  if (shape.vae_tiling) options.tiles[std::string(VAE_COMPONENT)] = tile_options_of(*shape.vae_tiling);
   try {
     return offload::plan_for_budget(timed_pipeline_stages(shape, options.cost), comps, options);
   } catch (const offload::capacity_error& e) {
@@ -106,6 +122,17 @@ offload::budget_plan plan_generation(const generation_shape& shape, const offloa
     }
     if (advice.empty())
       advice = fmt::format("; no smaller frame count or supported size of task {} fits these budgets", shape.task);
+    // Tiles change the video, so the planner never chooses them; say when they would fit.
+    if (!shape.vae_tiling) {
+      generation_shape tiled = shape;
+      tiled.vae_tiling = VaeTiling::square(advice_tile_latent, advice_tile_latent / 4);
+      offload::budget_options with_tiles = options;
+      with_tiles.tiles[std::string(VAE_COMPONENT)] = tile_options_of(*tiled.vae_tiling);
+      if (fits(tiled, comps, with_tiles))
+        advice += fmt::format("; the VAE run in tiles fits (policy option 'vae=...:tile={}:overlap={}'; tiles change "
+                              "the video slightly: docs/storage_and_tiling.md)",
+                              advice_tile_latent, advice_tile_latent / 4);
+    }
     const std::string what = e.what();
     throw offload::capacity_error(e.id(),
                                   fmt::format("task {} at {}x{}, {} frames: {}{}", shape.task, shape.width,

@@ -54,8 +54,16 @@ std::vector<stage_work> stage_flops(const generation_shape& shape);
 std::vector<offload::stage> timed_pipeline_stages(const generation_shape& shape, const offload::cost_model& cost);
 
 /// The fastest placement of the task's preset components (preset_components) for the shape within
-/// the budgets. When none fits, the planner's capacity_error is rethrown with Wan advice added: the
-/// largest frame count and the largest supported size (smaller than the shape's) that would fit.
+/// the budgets. With shape.vae_tiling the VAE runs tiled in every policy considered (the chosen
+/// policy carries `vae=...:tile=N:overlap=M`; the stages carry the tiled workspaces). The DiT may be
+/// stored in bf16 (dit_exact_storage) when options.allow_exact_storage. When none fits, the
+/// planner's capacity_error is rethrown with Wan advice added: the largest frame count and the
+/// largest supported size (smaller than the shape's) that would fit, and whether the VAE in tiles
+/// of 32 latent pixels would.
 offload::budget_plan plan_generation(const generation_shape& shape, const offload::budget_options& options);
+
+/// The policy's tile option for a square VaeTiling (`tile=N:overlap=M`); config_error
+/// `offload.wan.budget.tiling` for a non-square one.
+offload::tile_options tile_options_of(const VaeTiling& tiling);
 
 } // namespace wan

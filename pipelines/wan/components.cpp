@@ -152,6 +152,9 @@ void WanComponents::wrap(const component_options& options) {
   // T5's `blocks` can be streamed (t5=cuda:stream=K): T5Encoder::forward_branches uses them through
   // offload::block_use, for the prompt and the negative prompt together.
   t5->declare_blocks("blocks", static_cast<int>(text_encoder->model->blocks->size()));
+  // Streamed, T5 keeps its token embedding (umT5-XXL: 2 GiB in bf16) on the host and gathers the
+  // prompt's rows there (T5Encoder::forward_branches).
+  t5->keep_on_host_while_streaming("token_embedding");
   text_encoder->model->block_stream = t5->stream();
   t5_component = std::move(t5);
   if (clip)
@@ -162,10 +165,13 @@ void WanComponents::wrap(const component_options& options) {
                                                                   : std::optional<c10::ScalarType>(dtypes.dit)});
   dit->register_aux("freqs", model->freqs, offload::dtype_rule::keep);
   // `dit=cuda:store=bf16`: the matmul weights in bf16, as autocast computes them (the same
-  // selection as store_matmul_weights).
+  // selection as store_matmul_weights). Exact in the autocast dtype (dit_exact_storage): the
+  // budget planner may choose it.
+  std::vector<offload::storage_dtype> exact;
+  if (dit_exact_storage() != offload::storage_dtype::native) exact.push_back(dit_exact_storage());
   dit->declare_storage_rule([paths = matmul_weight_paths(*model)](std::string_view path) {
     return paths.count(std::string(path)) > 0;
-  });
+  }, std::move(exact));
   // The DiT's blocks can be streamed (dit=cuda:stream=K): WanModel::forward_branches uses them
   // through offload::block_use; VaceWanModel::forward_branches uses `vace_blocks` and `blocks`
   // interleaved, in its block_order().

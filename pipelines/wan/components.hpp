@@ -168,7 +168,7 @@ struct execution {
 /// overlapping by `overlap`. Throws offload::config_error for an invalid tiling.
 std::optional<VaeTiling> vae_tiling_of(const offload::tile_options& tile);
 /// The VaeTiling a policy asks of the `vae` component; pipelines put it in their
-/// generation_shape (decode_tiling) so the plan carries the tiled decode workspace.
+/// generation_shape (vae_tiling) so the plan carries the tiled decode workspace.
 std::optional<VaeTiling> vae_tiling_of(const offload::placement_policy& policy);
 
 /// The dtype the DiT computes its matmuls in for `exec` (see execution::autocast), or nullopt.

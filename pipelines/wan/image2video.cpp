@@ -176,7 +176,7 @@ torch::Tensor WanI2V::run(const detail::prompt_source& prompt, const detail::pro
   shape.height = static_cast<int>(h);
   shape.frame_num = static_cast<int>(F);
   shape.sampling_steps = static_cast<int>(params.sampling_steps);
-  shape.decode_tiling = vae_tiling_of(exec.policy);
+  shape.vae_tiling = vae_tiling_of(exec.policy);
   offload_run run(pipeline_stages(shape), *components, exec, observer);
   const torch::Device dit_device = run.device_of(DIT_COMPONENT);
 

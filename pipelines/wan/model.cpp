@@ -714,14 +714,20 @@ WanModelImpl::forward_branches(std::vector<torch::Tensor> x, const torch::Tensor
     if (one) record(fmt::format("block.{}", i), h[0]);
   }
 
+  return head_branches(std::move(h), e, emb.grid_sizes, one);
+}
+
+std::vector<std::vector<torch::Tensor>> WanModelImpl::head_branches(std::vector<torch::Tensor> h,
+                                                                   const torch::Tensor& e,
+                                                                   const torch::Tensor& grid_sizes, bool record_first) {
   std::vector<std::vector<torch::Tensor>> outs;
   for (auto& hb : h) {
     // head
     hb = head(hb, e);
-    if (one) record("head", hb);
+    if (record_first && outs.empty()) record("head", hb);
 
     // unpatchify
-    auto out = unpatchify(hb, emb.grid_sizes);
+    auto out = unpatchify(hb, grid_sizes);
     for (auto& u : out) u = u.to(torch::kFloat32);
     outs.push_back(std::move(out));
   }

@@ -314,6 +314,11 @@ public:
                                                            int64_t seq_len, const torch::Tensor& clip_fea = {},
                                                            const std::vector<torch::Tensor>& y = {});
 
+  /// The end of forward() for each branch's block output: `head` (e from the time embedding) and
+  /// unpatchify, cast to float32. Records "head" for the first branch when `record_first`.
+  std::vector<std::vector<torch::Tensor>> head_branches(std::vector<torch::Tensor> h, const torch::Tensor& e,
+                                                        const torch::Tensor& grid_sizes, bool record_first);
+
   /// x [B, L, prod(patch) * out_dim], grid_sizes int64 [B, 3] -> B tensors [out_dim, F, H, W]
   std::vector<torch::Tensor> unpatchify(const torch::Tensor& x,
                                         const torch::Tensor& grid_sizes) const;

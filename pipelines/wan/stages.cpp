@@ -101,6 +101,7 @@ offload::block_layout t5_block_layout(const T5Config& cfg, std::int64_t element_
   offload::block_layout l;
   l.block_bytes.assign(static_cast<std::size_t>(cfg.encoder_layers), bytes);
   l.slot_bytes = slot;
+  l.host_bytes = cfg.vocab_size * cfg.dim * element_size; // token_embedding, kept on the host while streaming
   return l;
 }
 
@@ -113,9 +114,17 @@ offload::stored_size dit_stored_size(const WanModelConfig& cfg, offload::storage
   const std::int64_t freqs = 1024 * (cfg.dim / cfg.num_heads / 2) * c10::elementSize(c10::ScalarType::ComplexDouble);
   offload::stored_size s;
   s.dtype = dtype;
+  s.exact = dtype != offload::storage_dtype::native && dtype == dit_exact_storage();
   s.bytes = (n.total - n.matmul) * full + n.matmul * narrow + freqs;
   s.blocks = dit_block_layout(cfg, full, narrow);
   return s;
+}
+
+offload::storage_dtype dit_exact_storage() {
+  const auto dtype = configs::wan_shared_cfg().param_dtype;
+  if (dtype == c10::ScalarType::BFloat16) return offload::storage_dtype::bf16;
+  if (dtype == c10::ScalarType::Half) return offload::storage_dtype::fp16;
+  return offload::storage_dtype::native;
 }
 
 std::vector<offload::component_info> preset_components(std::string_view task) {
@@ -146,17 +155,39 @@ std::int64_t dit_tokens(const generation_shape& s) {
   return lat_t * (s.height / 16) * (s.width / 16);
 }
 
-std::int64_t decode_workspace_bytes(int width, int height, int frame_num,
-                                    const std::optional<VaeTiling>& tiling) {
+namespace {
+
+/// A VAE pass over `width x height` frames: `vae_bytes_per_pixel` x the pixels it works on at once
+/// (the frame, or one tile: min(8 tile_latent_h, H) x min(8 tile_latent_w, W)) + `held` (the
+/// videos it holds throughout); tiled, + one tile of video (3 x frame_num x tile pixels float32)
+/// + `tiled_held` (the blend's accumulators).
+std::int64_t vae_workspace(int width, int height, int frame_num, double held, const std::optional<VaeTiling>& tiling,
+                           double tiled_held) {
   using W = workspace_constants;
-  const double pixels = static_cast<double>(width) * height;
-  const double video = 3.0 * frame_num * pixels * 4.0;
   auto b = [](double x) { return static_cast<std::int64_t>(x + 0.5); };
   if (tiling) tiling->validate();
-  if (!tiling || tiling->covers(height / 8, width / 8)) return b(W::vae_bytes_per_pixel * pixels + video);
+  if (!tiling || tiling->covers(height / 8, width / 8))
+    return b(W::vae_bytes_per_pixel * static_cast<double>(width) * height + held);
   const double tile_pixels = static_cast<double>(std::min<std::int64_t>(8 * tiling->tile_latent_h, height)) *
                              static_cast<double>(std::min<std::int64_t>(8 * tiling->tile_latent_w, width));
-  return b(W::vae_bytes_per_pixel * tile_pixels + video + 3.0 * frame_num * tile_pixels * 4.0 + pixels * 4.0);
+  return b(W::vae_bytes_per_pixel * tile_pixels + held + 3.0 * frame_num * tile_pixels * 4.0 + tiled_held);
+}
+
+} // namespace
+
+std::int64_t decode_workspace_bytes(int width, int height, int frame_num,
+                                    const std::optional<VaeTiling>& tiling) {
+  const double pixels = static_cast<double>(width) * height;
+  // the decoded video; tiled, the blend's weight sum (H x W float32)
+  return vae_workspace(width, height, frame_num, 3.0 * frame_num * pixels * 4.0, tiling, pixels * 4.0);
+}
+
+std::int64_t encode_workspace_bytes(int width, int height, int frame_num, int videos,
+                                    const std::optional<VaeTiling>& tiling) {
+  const double pixels = static_cast<double>(width) * height;
+  // the input videos; tiled, the latent blend (accumulator and weights)
+  const double latent = 16.0 * ((frame_num - 1) / 4 + 1) * (height / 8) * (width / 8) * 4.0;
+  return vae_workspace(width, height, frame_num, videos * 3.0 * frame_num * pixels * 4.0, tiling, 2.0 * latent);
 }
 
 std::vector<offload::stage> pipeline_stages(const generation_shape& s) {
@@ -173,8 +204,6 @@ std::vector<offload::stage> pipeline_stages(const generation_shape& s) {
     throw offload::config_error("offload.wan.stages.steps",
                                 fmt::format("sampling_steps {}: expected >= 1", s.sampling_steps));
   using W = workspace_constants;
-  const double pixels = static_cast<double>(s.width) * s.height;
-  const double video = 3.0 * s.frame_num * pixels * 4.0;
   const auto t5 = std::string(T5_COMPONENT), clip = std::string(CLIP_COMPONENT),
              dit = std::string(DIT_COMPONENT), vae = std::string(VAE_COMPONENT);
   auto b = [](double x) { return static_cast<std::int64_t>(x + 0.5); };
@@ -183,10 +212,10 @@ std::vector<offload::stage> pipeline_stages(const generation_shape& s) {
   out.push_back({"text_encode", {t5}, {{t5, b(W::text_encode_bytes)}}});
   if (is_image_task(s.task)) {
     out.push_back({"clip_encode", {clip}, {{clip, b(W::clip_encode_bytes)}}});
-    out.push_back({"vae_encode", {vae}, {{vae, b(W::vae_bytes_per_pixel * pixels + video)}}});
+    out.push_back({"vae_encode", {vae}, {{vae, encode_workspace_bytes(s.width, s.height, s.frame_num, 1, s.vae_tiling)}}});
   } else if (is_vace_task(s.task)) {
     // vace_encode_frames encodes inactive and reactive videos (+ reference images).
-    out.push_back({"vae_encode", {vae}, {{vae, b(W::vae_bytes_per_pixel * pixels + 2 * video)}}});
+    out.push_back({"vae_encode", {vae}, {{vae, encode_workspace_bytes(s.width, s.height, s.frame_num, 2, s.vae_tiling)}}});
   }
   // The reference: the calibrated activations of one forward (the branches run one after the
   // other; VACE keeps every hint: one [L, dim] float32 tensor per VACE layer, + 1 for the stacked
@@ -202,7 +231,7 @@ std::vector<offload::stage> pipeline_stages(const generation_shape& s) {
                  {dit},
                  {{dit, b(per_token_dim * static_cast<double>(dit_tokens(s)) * cfg.dim)}},
                  s.sampling_steps});
-  out.push_back({"decode", {vae}, {{vae, decode_workspace_bytes(s.width, s.height, s.frame_num, s.decode_tiling)}}});
+  out.push_back({"decode", {vae}, {{vae, decode_workspace_bytes(s.width, s.height, s.frame_num, s.vae_tiling)}}});
   return out;
 }
 

@@ -33,14 +33,18 @@
 /// - decode: the VAE decodes one latent frame at a time, so its activations scale with the pixel
 ///   count, not the frame count: `k_vae * H * W` plus the decoded video (3 x F x H x W float32);
 ///   k_vae = (8.28 GiB - 0.36 GiB video) / (832 * 480) ~ 21.3 KB per pixel.
-///   With a VaeTiling (generation_shape::decode_tiling, wan/vae_tiling.hpp) the decoder runs one
+///   With a VaeTiling (generation_shape::vae_tiling, wan/vae_tiling.hpp) the decoder runs one
 ///   spatial tile at a time: `k_vae * tile_pixels` (tile_pixels = min(8 tile_latent_h, H) x
 ///   min(8 tile_latent_w, W); the overlap lies inside the tile) plus the full output video (the
 ///   blend accumulator), one tile of decoded video (the weighted tile being added) and the blend
 ///   weight sum (H x W float32). A tiling whose tile covers the frame runs the untiled decode and
 ///   is modelled as untiled. See decode_workspace_bytes and docs/pipelines/wan.md.
 /// - vae_encode (i2v, flf2v, vace): not measured; the encoder also works chunk by chunk at full
-///   resolution with the same channel widths, so the decode constant is used, plus the input video.
+///   resolution with the same channel widths, so the decode constant is used, plus the input
+///   video (VACE encodes two: inactive and reactive). With a VaeTiling the encoder runs one
+///   spatial tile at a time: `k_vae * tile_pixels` plus the input videos, one tile of input (the
+///   slice the encoder makes contiguous) and the latent blend (accumulator and weights, 2 x 16 x
+///   T_lat x H/8 x W/8 float32). See encode_workspace_bytes.
 /// - clip_encode: not measured; a ViT-H/14 at 224x224 (257 tokens) in float16: 64 MiB.
 
 #include <offload/stage.hpp>
@@ -73,9 +77,10 @@ struct generation_shape {
   int frame_num = 81;
   int sampling_steps = 50;
   int ref_images = 0; ///< VACE reference images (each adds one latent frame)
-  /// Spatially tiled VAE decode (WanVAE::decode(zs, tiling)); nullopt = untiled. Only the
-  /// decode stage's workspace depends on it (vae_encode is modelled untiled: conservative).
-  std::optional<VaeTiling> decode_tiling = std::nullopt;
+  /// Spatially tiled VAE decode and encode (WanVAE::decode(zs, tiling), WanVAE::encode(videos,
+  /// tiling): what `vae=...:tile=N` runs); nullopt = untiled. The decode and vae_encode stages'
+  /// workspaces depend on it.
+  std::optional<VaeTiling> vae_tiling = std::nullopt;
   /// Model the official Python reference's denoise activations (to compare with its
   /// measurements) instead of this port's (the default; see workspace_constants).
   bool reference_activations = false;
@@ -96,13 +101,22 @@ offload::block_layout dit_block_layout(const WanModelConfig& cfg, std::int64_t e
                                        std::int64_t matmul_element_size = 0);
 
 /// The layout of a T5 encoder's `blocks` stored with `element_size` bytes per element (umT5-XXL in
-/// bf16: 24 blocks of 0.41 GiB), equal to what the loaded encoder's component declares.
+/// bf16: 24 blocks of 0.41 GiB; its token embedding, 2 GiB, stays on the host while streaming:
+/// host_bytes), equal to what the loaded encoder's component declares.
 offload::block_layout t5_block_layout(const T5Config& cfg, std::int64_t element_size);
 
 /// The size of a float32 DiT with its matmul weights (the storage rule's tensors) stored as
 /// `dtype`: bytes (its RoPE table `freqs` included) and block layout, equal to the
-/// loaded model's component storage_sizes(). `native`: as built, float32.
+/// loaded model's component storage_sizes(). `native`: as built, float32. Exact
+/// (stored_size::exact) for dit_exact_storage().
 offload::stored_size dit_stored_size(const WanModelConfig& cfg, offload::storage_dtype dtype);
+
+/// The storage dtype of the DiT's matmul weights that computes the same bits as float32 storage on
+/// CUDA: the pipelines run the DiT under autocast(param_dtype) there (dit_autocast), which casts
+/// those weights to param_dtype per op; param_dtype is bf16 in every Wan config. So the budget
+/// planner may store the DiT so (stored_size::exact). Elsewhere (a mock device, the host, or
+/// execution::autocast = float32) the pipelines compute in float32, and the storage changes results.
+offload::storage_dtype dit_exact_storage();
 
 /// The stages of the task in the reference's order with workspace estimates (see the file comment).
 std::vector<offload::stage> pipeline_stages(const generation_shape& shape);
@@ -114,6 +128,14 @@ std::vector<offload::stage> pipeline_stages(const generation_shape& shape);
 /// with tile_pixels = min(8 tile_latent_h, H) x min(8 tile_latent_w, W). Throws
 /// offload::config_error for an invalid tiling (VaeTiling::validate).
 std::int64_t decode_workspace_bytes(int width, int height, int frame_num,
+                                    const std::optional<VaeTiling>& tiling = std::nullopt);
+
+/// Device workspace in bytes of the VAE encode of `videos` videos of `frame_num` frames of
+/// `width x height` (VACE encodes 2): `vae_bytes_per_pixel * W * H + videos x video` untiled, and
+/// with `tiling` (one that does not cover the latent [H/8, W/8]): `vae_bytes_per_pixel *
+/// tile_pixels + videos x video + 3 x frame_num x tile_pixels x 4 + 2 x 16 x T_lat x H/8 x W/8 x 4`
+/// (T_lat = (frame_num - 1) / 4 + 1). Throws offload::config_error for an invalid tiling.
+std::int64_t encode_workspace_bytes(int width, int height, int frame_num, int videos,
                                     const std::optional<VaeTiling>& tiling = std::nullopt);
 
 /// Number of DiT tokens for a shape (the reference's seq_len before padding).

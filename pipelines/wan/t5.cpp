@@ -291,7 +291,11 @@ std::vector<torch::Tensor> T5EncoderImpl::forward_branches(
     const std::vector<std::pair<torch::Tensor, torch::Tensor>>& inputs) {
   std::vector<torch::Tensor> xs, es;
   for (const auto& [ids, mask] : inputs) {
-    auto x = token_embedding->forward(ids);  // [B, L, C]
+    // The table may stay on the host while T5 streams (keep_on_host_while_streaming): gather the
+    // rows there and move them to the ids' device (a gather: the same values anywhere).
+    const auto& table = token_embedding->weight;
+    auto x = table.device() == ids.device() ? token_embedding->forward(ids)
+                                            : token_embedding->forward(ids.to(table.device())).to(ids.device());  // [B, L, C]
     xs.push_back(dropout->forward(x));
     es.push_back(config.shared_pos ? pos_embedding->forward(x.size(1), x.size(1))  // [1, N, L, L]
                                    : torch::Tensor());

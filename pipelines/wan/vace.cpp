@@ -237,7 +237,7 @@ torch::Tensor WanVace::run(const detail::prompt_source& prompt, const detail::pr
   shape.frame_num = static_cast<int>(input_frames[0].size(1));
   shape.sampling_steps = static_cast<int>(params.sampling_steps);
   shape.ref_images = static_cast<int>(refs);
-  shape.decode_tiling = vae_tiling_of(exec.policy);
+  shape.vae_tiling = vae_tiling_of(exec.policy);
   offload_run run(pipeline_stages(shape), *components, exec, observer);
   const torch::Device dit_device = run.device_of(DIT_COMPONENT);
   vae_device_ = run.device_of(VAE_COMPONENT);

@@ -233,18 +233,7 @@ std::vector<std::vector<torch::Tensor>> VaceWanModelImpl::forward_branches(
     if (one) record(fmt::format("block.{}", i), h[0]);
   }
 
-  std::vector<std::vector<torch::Tensor>> outs;
-  for (auto& hb : h) {
-    // head
-    hb = head(hb, e);
-    if (one) record("head", hb);
-
-    // unpatchify
-    auto out = unpatchify(hb, emb.grid_sizes);
-    for (auto& u : out) u = u.to(torch::kFloat32);
-    outs.push_back(std::move(out));
-  }
-  return outs;
+  return head_branches(std::move(h), e, emb.grid_sizes, one);
 }
 
 VaceWanModel load_vace_wan_model(const std::filesystem::path& dir) {

@@ -555,6 +555,24 @@ BOOST_AUTO_TEST_CASE(simulation_uses_the_stored_size) {
   BOOST_TEST(p.peak_of(device_id::mock(0)) == info.stored_as(offload::storage_dtype::fp16)->bytes + 100);
 }
 
+BOOST_AUTO_TEST_CASE(exact_storage_dtypes_are_declared_with_the_rule) {
+  // Declared exact: the planner may choose it (stored_size::exact); the other dtype stays a user's choice.
+  fixture f;
+  f.comp.declare_storage_rule(toy_rule, {offload::storage_dtype::bf16});
+  const auto info = offload::info_of(f.comp);
+  BOOST_REQUIRE(info.stored_as(offload::storage_dtype::bf16) != nullptr);
+  BOOST_TEST(info.stored_as(offload::storage_dtype::bf16)->exact);
+  BOOST_TEST(!info.stored_as(offload::storage_dtype::fp16)->exact);
+  // Without the list nothing is exact.
+  fixture g;
+  g.comp.declare_storage_rule(toy_rule);
+  for (const auto& s : g.comp.storage_sizes()) BOOST_TEST(!s.exact, offload::to_string(s.dtype));
+  // `native` is no storage to declare.
+  fixture h;
+  BOOST_TEST(offload::testing::error_id([&] { h.comp.declare_storage_rule(toy_rule, {offload::storage_dtype::native}); }) ==
+             "offload.config.storage_rule");
+}
+
 BOOST_AUTO_TEST_CASE(errors_name_the_component_and_the_policy) {
   fixture f; // no storage rule, not tileable
   std::vector<offload::stage> stages = {{"denoise", {"dit"}, {}, 1, 0}};
@@ -587,6 +605,130 @@ BOOST_AUTO_TEST_CASE(errors_name_the_component_and_the_policy) {
   f.comp.declare_storage_rule(toy_rule);
   BOOST_TEST(offload::testing::error_id([&] { f.comp.declare_storage_rule(toy_rule); }) ==
              "offload.placement.duplicate_storage_rule");
+}
+
+// A T5-like module: a token table it gathers from, blocks, a norm. The table stays on the host while
+// the component streams (keep_on_host_while_streaming); the forward gathers where the table is.
+struct toy_tableImpl : torch::nn::Module {
+  torch::nn::Embedding table{nullptr};
+  torch::nn::ModuleList blocks{nullptr};
+  std::vector<torch::nn::Linear> block_list;
+  torch::nn::Linear norm{nullptr};
+  offload::block_stream* stream = nullptr;
+  std::function<void()> inside; // called inside each block (tests)
+
+  toy_tableImpl() {
+    table = register_module("table", torch::nn::Embedding(64, 16));
+    blocks = register_module("blocks", torch::nn::ModuleList());
+    for (int i = 0; i < kBlocks; ++i) {
+      block_list.push_back(torch::nn::Linear(16, 16));
+      blocks->push_back(block_list.back());
+    }
+    norm = register_module("norm", torch::nn::Linear(16, 16));
+  }
+  std::vector<at::Tensor> forward(const std::vector<at::Tensor>& ids) {
+    std::vector<at::Tensor> h;
+    for (const auto& i : ids) {
+      const auto& w = table->weight;
+      h.push_back(w.device() == i.device() ? table(i) : table(i.to(w.device())).to(i.device()));
+    }
+    for (int b = 0; b < kBlocks; ++b) {
+      offload::block_use use(stream, b);
+      if (inside) inside();
+      for (auto& v : h) v = torch::gelu(block_list[static_cast<std::size_t>(b)](v)) + v;
+    }
+    for (auto& v : h) v = norm(v);
+    return h;
+  }
+};
+TORCH_MODULE(toy_table);
+
+BOOST_AUTO_TEST_CASE(host_tables_stay_home_while_streaming) {
+  const std::vector<at::Tensor> ids = {torch::tensor({1, 5, 63, 5}, torch::kLong), torch::tensor({0, 2, 2, 7}, torch::kLong)};
+  torch::manual_seed(11);
+  toy_table ref;
+  const auto expected = ref->forward(ids);
+
+  torch::manual_seed(11);
+  toy_table model;
+  offload::offloadable<toy_table> comp{"t5", model};
+  comp.declare_blocks("blocks", kBlocks);
+  comp.keep_on_host_while_streaming("table");
+  model->stream = comp.stream();
+  const std::int64_t table = 64 * 16 * 4, block = (16 * 16 + 16) * 4;
+  const auto l = comp.blocks();
+  BOOST_REQUIRE(l.has_value());
+  BOOST_TEST(l->host_bytes == table);
+  BOOST_TEST(l->total() == kBlocks * block);
+  BOOST_TEST(l->streamed_rest(comp.bytes()) == comp.bytes() - kBlocks * block - table);
+  BOOST_TEST(comp.bytes() == table + kBlocks * block + (16 * 16 + 16) * 4); // the host memory: everything
+
+  // The plan: streamed, the table is neither on the device nor copied; whole, it moves.
+  const std::vector<offload::stage> stages = {{"encode", {"t5"}, {{"t5", 100}}, 1, 0}};
+  const auto info = offload::info_of(comp);
+  offload::device_set devices;
+  auto& gpu = offload::testing::add_mock(devices, 0, {.capacity = 1_GiB});
+  const auto p = offload::schedule(stages, {info}, offload::parse_policy("t5=mock:0:on_demand:stream=2"),
+                                   {.accelerator = gpu.id(), .devices = {{gpu.id(), 1_GiB}}});
+  BOOST_REQUIRE(p.fits());
+  const std::int64_t rest = (16 * 16 + 16) * 4;
+  BOOST_TEST(p.device_bytes.at("t5") == rest + 2 * l->slot_bytes);
+  BOOST_TEST(p.bytes_to_devices == rest + kBlocks * block);
+
+  offload::executor ex(p, devices, {&comp});
+  ex.start();
+  {
+    auto s = ex.enter("encode");
+    BOOST_TEST(gpu.used() == rest + 2 * l->slot_bytes + 100); // + the stage's workspace
+    // The table's tensor is its host master; the audit accepts it, inside blocks too.
+    for (const auto& t : comp.tensors().tensors())
+      if (t.path == "table.weight") BOOST_TEST(t.device == device_id::cpu());
+    BOOST_TEST(model->table->weight.data_ptr() == comp.tensors().master("table.weight").data_ptr());
+    comp.audit(gpu.id(), {"encode", "test"});
+    model->inside = [&] { comp.audit(gpu.id(), {"encode", "test"}); };
+    const auto got = model->forward(ids);
+    for (std::size_t b = 0; b < ids.size(); ++b) BOOST_TEST(torch::equal(got[b], expected[b]), "branch " << b);
+    model->inside = nullptr;
+    // Replaced by hand: the audit names it.
+    const at::Tensor master = model->table->weight.detach();
+    model->table->weight.set_data(master.clone());
+    const auto msg = offload::testing::error_message([&] { comp.audit(gpu.id(), {"encode", "test"}); });
+    BOOST_TEST(msg.find("tensor 't5.table.weight' (kept on the host while streaming) expected its host master") !=
+                   std::string::npos,
+               msg);
+    model->table->weight.set_data(master);
+  }
+  ex.finish();
+  BOOST_TEST(gpu.bytes_in() == p.bytes_to_devices);
+  BOOST_TEST(gpu.peak() == p.peak_of(gpu.id()));
+  BOOST_TEST(gpu.used() == 0);
+
+  // Placed whole, the table moves like any tensor.
+  comp.set_streaming({});
+  comp.place_on(gpu);
+  BOOST_TEST(gpu.used() == comp.bytes());
+  for (const auto& t : comp.tensors().tensors()) BOOST_TEST(t.device == gpu.id(), t.path);
+  comp.audit(gpu.id(), {"encode", "test"});
+  comp.place_on(devices.host());
+  BOOST_TEST(gpu.used() == 0);
+}
+
+BOOST_AUTO_TEST_CASE(host_table_declaration_errors) {
+  toy_table model;
+  offload::offloadable<toy_table> comp{"t5", model};
+  // Unknown path: no tensor under it ('tab' is not a module path prefix of 'table').
+  BOOST_TEST(offload::testing::error_id([&] { comp.keep_on_host_while_streaming("tab"); }) ==
+             "offload.placement.unknown_tensor");
+  // A table inside a block, whichever is declared first.
+  {
+    toy_table m;
+    offload::offloadable<toy_table> c{"t5", m};
+    c.declare_blocks("blocks", kBlocks);
+    BOOST_TEST(offload::testing::error_id([&] { c.keep_on_host_while_streaming("blocks.2"); }) ==
+               "offload.config.host_table");
+  }
+  comp.keep_on_host_while_streaming("blocks.2.weight");
+  BOOST_TEST(offload::testing::error_id([&] { comp.declare_blocks("blocks", kBlocks); }) == "offload.config.host_table");
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -286,6 +286,128 @@ BOOST_AUTO_TEST_CASE(streaming_is_chosen_when_the_whole_denoiser_does_not_fit) {
   BOOST_TEST(!roomy.plan.policy.of("den").stream.enabled());
 }
 
+/// A 12 GiB denoiser (10 blocks of 1 GiB + 2 GiB of the rest) whose storage rule offers bf16 (6 GiB:
+/// blocks of 512 MiB, the rest 1 GiB) and fp16 (the same sizes); `exact_bf16`: bf16 computes the
+/// same bits (stored_size::exact).
+offload::component_info stored_denoiser(bool exact_bf16) {
+  offload::component_info den{"den", 12_GiB, offload::block_layout{std::vector<std::int64_t>(10, 1_GiB), 1_GiB}};
+  const offload::block_layout half{std::vector<std::int64_t>(10, 512_MiB), 512_MiB};
+  den.storage = {{offload::storage_dtype::bf16, 6_GiB, half, exact_bf16},
+                 {offload::storage_dtype::fp16, 6_GiB, half, false}};
+  return den;
+}
+
+BOOST_AUTO_TEST_CASE(exact_storage_is_chosen_where_it_saves_memory_or_copies) {
+  const std::vector<offload::stage> st = {{"encode", {"enc"}, {{"enc", 1_GiB}}, 1, 0.5},
+                                          {"denoise", {"den"}, {{"den", 2_GiB}}, 20, 1.0}};
+  const auto cost = offload::cost_model::defaults();
+  const double pinned = cost.h2d_pinned_bytes_per_second;
+  const std::vector<offload::component_info> c = {{"enc", 2_GiB}, stored_denoiser(true)};
+
+  // 9 GiB: the whole native denoiser (12 + 2 GiB) cannot stay; stored in bf16 it can (6 + 2 GiB),
+  // which beats streaming it natively. Both load at init; the encoder leaves after use to make room
+  // (it is copied once either way), so the peak is in encode: 2 + 6 + 1 GiB of workspace.
+  const auto r = offload::plan_for_budget(st, c, options(9_GiB));
+  const auto& cp = r.plan.policy.of("den");
+  BOOST_TEST(!cp.execute_on.is_host());
+  BOOST_TEST((cp.store == offload::storage_dtype::bf16), r.plan.policy.str());
+  BOOST_TEST(!cp.stream.enabled(), r.plan.policy.str());
+  BOOST_TEST(r.plan.fits());
+  BOOST_TEST(r.device_peak_bytes == 2_GiB + 6_GiB + 1_GiB);
+  BOOST_TEST(r.plan.step("denoise")->peak_bytes.at(gpu) == 6_GiB + 2_GiB);
+  BOOST_TEST(onloads_of(r.plan, "den") == 1);
+  BOOST_TEST(close(r.predicted_seconds, 0.5 + 20 * 1.0 + static_cast<double>(2_GiB + 6_GiB) / pinned),
+             r.predicted_seconds);
+  BOOST_TEST(r.pinned_bytes == 8_GiB); // the stored master is what is pinned
+  const auto sim = simulate(r, cost, c);
+  BOOST_TEST(sim_peak(sim) == r.device_peak_bytes);
+  BOOST_TEST(close(sim.seconds, r.predicted_seconds), sim.seconds << " vs " << r.predicted_seconds);
+  // The policy text parses back and plans alike.
+  const auto again = offload::schedule(st, c, offload::parse_policy(r.plan.policy.str()), {.accelerator = gpu});
+  BOOST_TEST(again.peak_of(gpu) == r.device_peak_bytes);
+
+  // 5 GiB: even stored it streams (1 GiB of the rest + 2 slots of 512 MiB + 2 GiB workspace = 4 GiB
+  // in denoise; 2 GiB of footprint + the encoder's 2 + 1 GiB in encode), moving half the bytes of a
+  // native stream (which would need 2 + 2 + 2 = 6 GiB in denoise anyway).
+  const auto s = offload::plan_for_budget(st, c, options(5_GiB));
+  const auto& sp = s.plan.policy.of("den");
+  BOOST_TEST((sp.store == offload::storage_dtype::bf16), s.plan.policy.str());
+  BOOST_TEST((sp.stream == offload::stream_options{2, 1}), s.plan.policy.str());
+  BOOST_TEST(s.plan.device_bytes.at("den") == 2_GiB);
+  BOOST_TEST(s.plan.step("denoise")->streamed_bytes.at("den") == 20 * 5_GiB);
+  BOOST_TEST(s.device_peak_bytes == 5_GiB);
+  BOOST_TEST(s.plan.step("denoise")->peak_bytes.at(gpu) == 4_GiB);
+
+  // Unlimited: resident either way; the one copy at init is halved, so bf16 wins on time.
+  const auto u = offload::plan_for_budget(st, c, options(std::nullopt));
+  BOOST_TEST((u.plan.policy.of("den").store == offload::storage_dtype::bf16), u.plan.policy.str());
+  BOOST_TEST((u.plan.policy.of("den").evict == offload::evict_rule::never));
+
+  // A storage that is not exact is never chosen: the 12 GiB denoiser streams natively on 9 GiB.
+  const std::vector<offload::component_info> inexact = {{"enc", 2_GiB}, stored_denoiser(false)};
+  const auto n = offload::plan_for_budget(st, inexact, options(9_GiB));
+  BOOST_TEST((n.plan.policy.of("den").store == offload::storage_dtype::native), n.plan.policy.str());
+  BOOST_TEST(n.plan.policy.of("den").stream.enabled(), n.plan.policy.str());
+  BOOST_TEST(n.predicted_seconds > r.predicted_seconds);
+  // Nor when exact storage is turned off: the same plan as the inexact one.
+  auto off = options(9_GiB);
+  off.allow_exact_storage = false;
+  const auto o = offload::plan_for_budget(st, c, off);
+  BOOST_TEST(o.plan.policy.str() == n.plan.policy.str());
+  BOOST_TEST(close(o.predicted_seconds, n.predicted_seconds));
+}
+
+BOOST_AUTO_TEST_CASE(exact_storage_counts_in_the_host_and_pinned_budgets) {
+  const std::vector<offload::stage> st = {{"encode", {"enc"}, {{"enc", 1_GiB}}, 1, 0.5},
+                                          {"denoise", {"den"}, {{"den", 2_GiB}}, 20, 1.0}};
+  const std::vector<offload::component_info> c = {{"enc", 2_GiB}, stored_denoiser(true)};
+  // Host memory for the masters: 2 + 12 GiB natively, 2 + 6 stored. With 10 GiB the denoiser
+  // must be stored, so it must execute on the accelerator (host execution keeps it native).
+  const auto r = offload::plan_for_budget(st, c, options(std::nullopt, std::nullopt, 10_GiB));
+  BOOST_TEST((r.plan.policy.of("den").store == offload::storage_dtype::bf16), r.plan.policy.str());
+  BOOST_TEST(r.host_peak_bytes == 8_GiB);
+  // 7 GiB of host memory fit no placement; the message asks for the stored masters' 8 GiB.
+  try {
+    (void)offload::plan_for_budget(st, c, options(std::nullopt, std::nullopt, 7_GiB));
+    BOOST_FAIL("expected capacity_error");
+  } catch (const offload::capacity_error& e) {
+    BOOST_TEST(e.device() == "cpu");
+    BOOST_TEST(e.needed() == 8_GiB);
+    BOOST_TEST(std::string(e.what()).find("a host budget of at least 8.00 GiB") != std::string::npos, e.what());
+  }
+  // Streaming pins the whole master: 6 GiB stored fits a 6 GiB pinned budget, 12 native would not.
+  const auto p = offload::plan_for_budget(st, c, options(5_GiB, 6_GiB));
+  BOOST_TEST(p.plan.policy.of("den").stream.enabled(), p.plan.policy.str());
+  BOOST_TEST((p.plan.policy.of("den").store == offload::storage_dtype::bf16));
+  BOOST_TEST(p.pinned_bytes == 6_GiB);
+}
+
+BOOST_AUTO_TEST_CASE(tiles_are_the_users_and_carried_into_every_policy) {
+  offload::component_info dec{"dec", 1_GiB};
+  dec.tileable = true;
+  const std::vector<offload::component_info> c = {{"enc", 6_GiB}, {"den", 4_GiB}, dec};
+  auto opt = options(8_GiB);
+  opt.tiles["dec"] = offload::tile_options{32, 8};
+  const auto r = offload::plan_for_budget(stages, c, opt);
+  BOOST_TEST((r.plan.policy.of("dec").tile == offload::tile_options{32, 8}), r.plan.policy.str());
+  BOOST_TEST(r.plan.policy.str().find("tile=32:overlap=8") != std::string::npos, r.plan.policy.str());
+  // Without tiles the same stages plan alike but for the option.
+  const auto u = offload::plan_for_budget(stages, c, options(8_GiB));
+  BOOST_TEST(!u.plan.policy.of("dec").tile.enabled());
+  BOOST_TEST(u.device_peak_bytes == r.device_peak_bytes);
+  // Tiles for a component that does not run tiled, or that does not exist, are config errors.
+  auto bad = options(8_GiB);
+  bad.tiles["den"] = offload::tile_options{32, 8};
+  BOOST_CHECK_EXCEPTION(offload::plan_for_budget(stages, c, bad), offload::config_error,
+                        [](const offload::config_error& e) { return e.id() == "offload.config.not_tileable"; });
+  auto unknown = options(8_GiB);
+  unknown.tiles["vae"] = offload::tile_options{32, 8};
+  BOOST_CHECK_EXCEPTION(offload::plan_for_budget(stages, c, unknown), offload::config_error, [](const offload::config_error& e) {
+    return e.id() == "offload.config.unknown_component" &&
+           std::string(e.what()).find("(enc, den, dec)") != std::string::npos;
+  });
+}
+
 BOOST_AUTO_TEST_CASE(bad_inputs_are_config_errors) {
   BOOST_CHECK_THROW(offload::plan_for_budget(stages, comps, options(-1)), offload::config_error);
   auto opt = options(8_GiB);

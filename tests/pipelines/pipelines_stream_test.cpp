@@ -172,6 +172,9 @@ BOOST_AUTO_TEST_CASE(t5_streamed_matches_the_host_run) {
   BOOST_REQUIRE(layout.has_value());
   BOOST_TEST(layout->count() == static_cast<std::int64_t>(comps->text_encoder->model->blocks->size()));
   BOOST_TEST((wan::t5_block_layout(comps->text_encoder->model->config, 4) == *layout));
+  // The token embedding stays on the host while T5 streams: neither on the device nor copied.
+  const auto& table = comps->text_encoder->model->token_embedding->weight;
+  BOOST_TEST(layout->host_bytes == static_cast<std::int64_t>(table.nbytes()));
   for (const std::string policy : {"t5=mock:0:on_demand:stream=1,dit=cpu,vae=cpu", "offload_model,t5=cuda:on_demand:stream=2:pinned"}) {
     BOOST_TEST_CONTEXT(policy) {
       offload::device_set devices;
@@ -190,6 +193,8 @@ BOOST_AUTO_TEST_CASE(t5_streamed_matches_the_host_run) {
       BOOST_TEST(mock.peak() == plan->peak_of(gpu));
       BOOST_TEST(mock.used() == 0);
       const int slots = plan->policy.of("t5").stream.slots;
+      BOOST_TEST(plan->device_bytes.at("t5") == comps->t5_component->bytes() - layout->total() - layout->host_bytes +
+                                                     std::min<std::int64_t>(slots, layout->count()) * layout->slot_bytes);
       if (slots < layout->count()) {
         BOOST_TEST(plan->step("text_encode")->streamed_bytes.at("t5") == layout->total());
         // What the text encode copied after entering: every block once, for both prompts.
@@ -197,11 +202,13 @@ BOOST_AUTO_TEST_CASE(t5_streamed_matches_the_host_run) {
       }
     }
   }
-  // umT5-XXL in bf16, the preset: 24 blocks.
+  // umT5-XXL in bf16, the preset: 24 blocks; streamed, its token embedding (256384 x 4096) stays
+  // on the host and only the final norm (4096) moves whole.
   const auto t5 = wan::preset_components("t2v-1.3B")[0];
   BOOST_REQUIRE(t5.blocks.has_value());
   BOOST_TEST(t5.blocks->count() == 24);
-  BOOST_TEST(t5.bytes - t5.blocks->total() > 0);
+  BOOST_TEST(t5.blocks->host_bytes == 256'384LL * 4096 * 2);
+  BOOST_TEST(t5.blocks->streamed_rest(t5.bytes) == 4096 * 2);
 }
 
 BOOST_AUTO_TEST_SUITE_END()
@@ -222,6 +229,9 @@ BOOST_AUTO_TEST_CASE(dit_storage_sizes_match_the_analytic_model) {
         const auto analytic = wan::dit_stored_size(cfg, s.dtype);
         BOOST_TEST(s.bytes == analytic.bytes, offload::to_string(s.dtype));
         BOOST_TEST((s.blocks == analytic.blocks), offload::to_string(s.dtype));
+        // bf16 is the autocast dtype (param_dtype): exact, so the budget planner may choose it.
+        BOOST_TEST(s.exact == analytic.exact, offload::to_string(s.dtype));
+        BOOST_TEST(s.exact == (s.dtype == offload::storage_dtype::bf16), offload::to_string(s.dtype));
         BOOST_TEST(s.bytes < comps->dit_component->bytes());
       }
     }
@@ -329,6 +339,32 @@ BOOST_AUTO_TEST_CASE(tiled_vae_policy_decodes_through_tiles) {
   offload::testing::add_mock(devices, 0);
   BOOST_TEST(torch::equal(wt::tiny_generate("t2v", {&devices, gpu, offload::parse_policy(host_policy("t2v"))}), untiled));
   BOOST_TEST(!comps->vae_tiling().has_value());
+}
+
+BOOST_AUTO_TEST_CASE(tiled_vae_policy_encodes_through_tiles) {
+  // VACE encodes its control videos (inactive and reactive) and reference image through the
+  // policy's tiles too: the plan carries the tiled encode workspace, and the mock peaks there.
+  auto comps = wt::tiny_components("vace");
+  const std::string policy = "t5=cpu,dit=cpu,vae=mock:0:on_demand:tile=2:overlap=1";
+  offload::device_set devices;
+  auto& mock = offload::testing::add_mock(devices, 0);
+  std::optional<offload::plan> plan;
+  const auto video = wt::tiny_generate("vace", {&devices, gpu, offload::parse_policy(policy)},
+                                       [&](std::string_view, int, const offload::executor& ex) {
+                                         if (!plan) plan = ex.get_plan();
+                                       },
+                                       comps);
+  BOOST_REQUIRE(plan.has_value());
+  const auto tiling = wan::vae_tiling_of(offload::parse_policy(policy));
+  BOOST_REQUIRE(tiling.has_value());
+  const auto encode = wan::encode_workspace_bytes(32, 32, 5, 2, tiling);
+  BOOST_TEST(plan->step("vae_encode")->workspace_bytes.at(gpu) == encode);
+  BOOST_TEST(encode < wan::encode_workspace_bytes(32, 32, 5, 2));
+  BOOST_TEST(mock.peak() == plan->peak_of(gpu));
+  BOOST_TEST(mock.used() == 0);
+  // The tiled run differs from the untiled one (the encode's and decode's tiles), finitely.
+  BOOST_TEST(torch::isfinite(video).all().item<bool>());
+  BOOST_TEST(!torch::equal(video, host_video("vace")));
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -81,11 +81,31 @@ BOOST_AUTO_TEST_CASE(an_unlimited_budget_keeps_everything_resident) {
       BOOST_TEST((cp.load == offload::load_rule::init && cp.evict == offload::evict_rule::never), task << " " << c.name);
     }
     BOOST_TEST(!r.plan.policy.evict_on_demand, task);
-    BOOST_TEST(r.plan.bytes_to_devices == r.plan.peak_of(device_id::cpu()), task); // each copied once
+    // Each copied once: the host masters, but for the tables a streamed component keeps at home
+    // (T5 streams: its token embedding stays on the host, so it copies less than whole).
+    std::int64_t copied = r.plan.peak_of(device_id::cpu());
+    for (const auto& c : wan::preset_components(task))
+      if (r.plan.policy.of(c.name).stream.enabled()) copied -= c.blocks->host_bytes;
+    BOOST_TEST(r.plan.bytes_to_devices == copied, task);
   }
-  // T2V-1.3B: the resident preset's peak (24.63 GiB measured).
-  const auto r = wan::plan_generation(t2v_1_3B, budget(std::nullopt));
+  // T2V-1.3B as the reference holds it (float32 DiT, nothing streamed): the resident preset's
+  // peak (24.63 GiB measured).
+  auto reference_storage = budget(std::nullopt);
+  reference_storage.allow_exact_storage = false;
+  reference_storage.allow_streaming = false;
+  const auto r = wan::plan_generation(t2v_1_3B, reference_storage);
   BOOST_TEST(std::abs(static_cast<double>(r.device_peak_bytes) / offload::GiB - 24.63) / 24.63 <= 0.03);
+  BOOST_TEST((r.plan.policy.of("dit").store == offload::storage_dtype::native));
+  // With exact storage the DiT is stored as autocast computes it (bf16 matmul weights): the same
+  // bits, one smaller copy, and a peak lower by exactly what bf16 saves.
+  auto exact = budget(std::nullopt);
+  exact.allow_streaming = false;
+  const auto e = wan::plan_generation(t2v_1_3B, exact);
+  BOOST_TEST((e.plan.policy.of("dit").store == offload::storage_dtype::bf16), e.plan.policy.str());
+  BOOST_TEST(e.predicted_seconds < r.predicted_seconds);
+  const auto dit = wan::preset_components("t2v-1.3B")[1];
+  BOOST_REQUIRE(dit.name == "dit");
+  BOOST_TEST(r.device_peak_bytes - e.device_peak_bytes == dit.bytes - dit.stored_as(offload::storage_dtype::bf16)->bytes);
 }
 
 BOOST_AUTO_TEST_CASE(the_seed_card_keeps_every_stage_on_the_gpu) {
@@ -140,9 +160,11 @@ BOOST_AUTO_TEST_CASE(the_compute_model_reproduces_the_h100_step_times) {
 }
 
 BOOST_AUTO_TEST_CASE(nothing_fits_names_stage_shortfall_and_a_shape_that_fits) {
-  // T2V-14B 720p on 60 GiB without host execution: streamed through two slots, the DiT fits.
+  // T2V-14B 720p on 60 GiB without host execution, in the reference's float32 storage: streamed
+  // through two slots, the DiT fits.
   auto opt = budget(60_GiB);
   opt.allow_host_execution = false;
+  opt.allow_exact_storage = false;
   {
     const auto streamed = wan::plan_generation(t2v_14B, opt);
     BOOST_TEST(streamed.plan.policy.of("dit").stream.enabled());
@@ -199,6 +221,66 @@ BOOST_AUTO_TEST_CASE(nothing_fits_names_stage_shortfall_and_a_shape_that_fits) {
     BOOST_TEST(e.stage() == "text_encode");
     BOOST_TEST(m.find("the components of stage 'text_encode' alone need 10.58 GiB") != std::string::npos, m);
     BOOST_TEST(m.find("no smaller frame count or supported size of task t2v-1.3B fits") != std::string::npos, m);
+  }
+}
+
+BOOST_AUTO_TEST_CASE(t2v_14B_720p_on_12_GiB_streams_the_bf16_dit_and_tiles_when_told) {
+  const auto cost = offload::cost_model::defaults();
+  // Untiled: the DiT streams in bf16 (exact); the decode (its workspace alone exceeds 12 GiB)
+  // runs on the host.
+  const auto r = wan::plan_generation(t2v_14B, budget(12_GiB));
+  const auto& dit = r.plan.policy.of("dit");
+  BOOST_TEST(!dit.execute_on.is_host(), r.plan.policy.str());
+  BOOST_TEST(dit.stream.enabled(), r.plan.policy.str());
+  BOOST_TEST((dit.store == offload::storage_dtype::bf16), r.plan.policy.str());
+  BOOST_TEST(r.plan.policy.of("vae").execute_on.is_host(), r.plan.policy.str());
+  BOOST_TEST(!r.plan.policy.of("vae").tile.enabled());
+  BOOST_TEST(r.device_peak_bytes <= 12_GiB);
+  BOOST_TEST(wan::decode_workspace_bytes(1280, 720, 81) > 12_GiB);
+  // Tiles are the user's: with them the decode runs on the GPU, and the chosen policy carries them.
+  auto tiled = t2v_14B;
+  tiled.vae_tiling = wan::VaeTiling::square(32, 8);
+  const auto t = wan::plan_generation(tiled, budget(12_GiB));
+  BOOST_TEST(!t.plan.policy.of("vae").execute_on.is_host(), t.plan.policy.str());
+  BOOST_TEST((t.plan.policy.of("vae").tile == offload::tile_options{32, 8}), t.plan.policy.str());
+  BOOST_TEST(t.plan.policy.of("dit").stream.enabled(), t.plan.policy.str());
+  BOOST_TEST((t.plan.policy.of("dit").store == offload::storage_dtype::bf16), t.plan.policy.str());
+  BOOST_TEST(t.device_peak_bytes <= 12_GiB);
+  BOOST_TEST(t.predicted_seconds < r.predicted_seconds);
+  BOOST_TEST(t.plan.step("decode")->workspace_bytes.at(gpu) == wan::decode_workspace_bytes(1280, 720, 81, tiled.vae_tiling));
+  const auto sim = simulate(t, tiled, cost);
+  BOOST_TEST(sim_peak(sim) == t.device_peak_bytes);
+  BOOST_TEST(std::abs(sim.seconds - t.predicted_seconds) <= 1e-9 * t.predicted_seconds);
+  BOOST_TEST_MESSAGE("t2v-14B 1280x720x81 on 12 GiB: '" << r.plan.policy.str() << "' " << r.predicted_seconds << " s, peak "
+                     << offload::format_bytes(r.device_peak_bytes) << "; tiled '" << t.plan.policy.str() << "' "
+                     << t.predicted_seconds << " s, peak " << offload::format_bytes(t.device_peak_bytes));
+  // A non-square tiling cannot be a policy option.
+  auto odd = t2v_14B;
+  odd.vae_tiling = wan::VaeTiling{32, 16, 4};
+  BOOST_CHECK_THROW(wan::plan_generation(odd, budget(12_GiB)), offload::config_error);
+}
+
+BOOST_AUTO_TEST_CASE(when_only_tiles_would_fit_the_advice_says_so) {
+  // T2V-1.3B on 4 GiB with 20 GiB of host memory: the untiled decode binds; tiled, it fits.
+  try {
+    (void)wan::plan_generation(t2v_1_3B, budget(4_GiB, std::nullopt, 20_GiB));
+    BOOST_FAIL("expected capacity_error");
+  } catch (const offload::capacity_error& e) {
+    const std::string m = e.what();
+    BOOST_TEST(e.stage() == "decode");
+    BOOST_TEST(m.find("; the VAE run in tiles fits (policy option 'vae=...:tile=32:overlap=8'") != std::string::npos, m);
+  }
+  auto tiled = t2v_1_3B;
+  tiled.vae_tiling = wan::VaeTiling::square(32, 8);
+  const auto t = wan::plan_generation(tiled, budget(4_GiB, std::nullopt, 20_GiB));
+  BOOST_TEST(t.device_peak_bytes <= 4_GiB);
+  BOOST_TEST((t.plan.policy.of("vae").tile == offload::tile_options{32, 8}));
+  // Already tiled, no such advice (17 GiB of host memory: the DiT's denoise cannot run there).
+  try {
+    (void)wan::plan_generation(tiled, budget(1_GiB, std::nullopt, 17_GiB));
+    BOOST_FAIL("expected capacity_error");
+  } catch (const offload::capacity_error& e) {
+    BOOST_TEST(std::string(e.what()).find("run in tiles") == std::string::npos, e.what());
   }
 }
 

@@ -274,10 +274,37 @@ BOOST_AUTO_TEST_CASE(tiled_decode_workspace_scales_with_the_tile) {
   // a covering tile runs the untiled decode and is modelled as untiled
   BOOST_TEST(wan::decode_workspace_bytes(width, height, frames, wan::VaeTiling{60, 104, 8}) == untiled);
 
-  // pipeline_stages uses it for the decode stage only
+  // The encode: the input videos held, and tiled one tile of input plus the latent blend.
+  const double latent = 16.0 * 21 * 60 * 104 * 4.0;
+  BOOST_TEST(wan::encode_workspace_bytes(width, height, frames, 1) ==
+             static_cast<std::int64_t>(W::vae_bytes_per_pixel * pixels + video + 0.5));
+  BOOST_TEST(wan::encode_workspace_bytes(width, height, frames, 2) ==
+             static_cast<std::int64_t>(W::vae_bytes_per_pixel * pixels + 2 * video + 0.5));
+  const auto encode_tiled = wan::encode_workspace_bytes(width, height, frames, 2, tiling);
+  BOOST_TEST(encode_tiled == static_cast<std::int64_t>(W::vae_bytes_per_pixel * tile_px + 2 * video +
+                                                       3.0 * frames * tile_px * 4.0 + 2 * latent + 0.5));
+  BOOST_TEST(encode_tiled < wan::encode_workspace_bytes(width, height, frames, 2));
+  BOOST_TEST(wan::encode_workspace_bytes(width, height, frames, 1, wan::VaeTiling{60, 104, 8}) ==
+             wan::encode_workspace_bytes(width, height, frames, 1));
+  // i2v and vace encode through the same tiles: their vae_encode stages carry it.
+  for (const auto& [task, videos] : {std::pair{"i2v-14B", 1}, std::pair{"vace-1.3B", 2}}) {
+    BOOST_TEST_CONTEXT(task) {
+      wan::generation_shape e{task, width, height, frames, 40};
+      const auto untiled_stages = wan::pipeline_stages(e);
+      e.vae_tiling = tiling;
+      const auto tiled_stages = wan::pipeline_stages(e);
+      for (std::size_t i = 0; i < tiled_stages.size(); ++i)
+        if (tiled_stages[i].name == "vae_encode") {
+          BOOST_TEST(untiled_stages[i].workspace.at(0).bytes == wan::encode_workspace_bytes(width, height, frames, videos));
+          BOOST_TEST(tiled_stages[i].workspace.at(0).bytes == wan::encode_workspace_bytes(width, height, frames, videos, tiling));
+        }
+    }
+  }
+
+  // t2v: pipeline_stages uses it for the decode stage only
   wan::generation_shape s{"t2v-1.3B", width, height, frames, 50};
   const auto plain = wan::pipeline_stages(s);
-  s.decode_tiling = tiling;
+  s.vae_tiling = tiling;
   const auto with_tiling = wan::pipeline_stages(s);
   BOOST_TEST_REQUIRE(plain.size() == with_tiling.size());
   for (std::size_t i = 0; i < plain.size(); ++i) {

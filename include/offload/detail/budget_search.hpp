@@ -18,6 +18,10 @@
 ///    plus one pinned onload per component) beats the best static plan, the scheduler runs with
 ///    every accelerator component resident or lazy and evictions on demand.
 /// 4. Ties (equal predicted time) go to the policy closest to all-resident, then the lower peak.
+/// 5. Storage: an accelerator component with storage dtypes it declares exact (stored_size::exact)
+///    gets holdings in each of them too, with the stored sizes (device, transfers, pinned and host
+///    masters). The host peak of an execution assignment is first bounded with each accelerator
+///    component's smallest master, then checked exactly per placement.
 
 #include <offload/cost_model.hpp>
 #include <offload/errors.hpp>
@@ -63,6 +67,23 @@ public:
       if (b && *b < 0)
         throw config_error("offload.config.budget",
                            fmt::format("{} budget {}: expected a size >= 0", name, format_bytes(*b)));
+    for (const auto& [name, tile] : opt_.tiles) {
+      const auto c = index_of(name);
+      if (!c)
+        throw config_error("offload.config.unknown_component",
+                           fmt::format("budget planner: tiles for component '{}', which is not among the components "
+                                       "({}); drop it or name one of them",
+                                       name, [&] {
+                                         std::string names;
+                                         for (const auto& i : comps_) names += (names.empty() ? "" : ", ") + i.name;
+                                         return names;
+                                       }()));
+      if (tile.enabled() && !comps_[*c].tileable)
+        throw config_error("offload.config.not_tileable",
+                           fmt::format("budget planner: tiles for component '{}', which does not run tiled; drop "
+                                       "them",
+                                       name));
+    }
     prepare();
     for (unsigned mask = 0; mask < (1u << n_); ++mask) {
       if (mask && !opt_.allow_host_execution) break;
@@ -90,9 +111,11 @@ private:
     evict_rule evict = evict_rule::never;
     std::vector<unsigned char> resident; ///< per step: on the accelerator
     int onloads = 0;
-    int deviation = 0;             ///< 0 for resident (init, never)
+    int deviation = 0;             ///< 0 for resident (init, never), +1 streamed, +1 stored
     std::int64_t bytes = 0;        ///< on the device while resident (streamed: all but the blocks + slots)
     std::int64_t onload_bytes = 0; ///< copied per onload (streamed: all but the blocks)
+    std::int64_t master_bytes = 0; ///< its host master (pinned when pinned), as stored
+    storage_dtype store = storage_dtype::native;
     stream_options stream{};       ///< streamed: its masters must be pinned
     double stream_seconds = 0;     ///< time the block copies add to the stages beyond their compute
     std::vector<double> stream_step; ///< the same per step
@@ -105,6 +128,7 @@ private:
     double compute = 0;
     std::int64_t host_peak = 0;
     std::size_t host_step = 0;
+    std::int64_t masters = 0; ///< host masters: each accelerator component at its smallest storage
     std::vector<std::int64_t> device_ws; ///< per step
     double lower_bound = 0;
   };
@@ -132,7 +156,6 @@ private:
       for (const auto& w : stages_[s].workspace)
         if (const auto c = index_of(w.component)) ws_[*c][s + 1] += w.bytes;
     }
-    for (const auto& c : comps_) masters_ += c.bytes;
     // Holdings from the scheduler: component c with one rule, the others on the host.
     const std::pair<load_rule, evict_rule> rules[] = {
         {load_rule::init, evict_rule::never},          {load_rule::first_use, evict_rule::never},
@@ -140,44 +163,60 @@ private:
         {load_rule::first_use, evict_rule::when_idle}, {load_rule::init, evict_rule::when_idle}};
     holdings_.assign(n_, {});
     min_transfer_lb_.assign(n_, 0);
+    min_master_.assign(n_, 0);
     for (std::size_t c = 0; c < n_; ++c) {
       const auto& info = comps_[c];
-      const bool streamable = opt_.allow_streaming && info.blocks && info.blocks->count() > 1;
-      for (const stream_options stream : {stream_options{}, stream_options{2, 1}}) {
-        if (stream.enabled() && !streamable) continue;
-        for (const auto& [load, evict] : rules) {
-          placement_policy p;
-          p.fallback = component_policy{target::host()};
-          p.components[info.name] = component_policy{target::accelerator(), load, evict,
-                                                     stream.enabled() ? host_memory::pinned : host_memory::pageable,
-                                                     stream};
-          const plan pl = schedule(stages_, comps_, p, {.accelerator = opt_.accelerator, .suggest = false});
-          ++schedules_;
-          holding h{load, evict, std::vector<unsigned char>(steps_, 0), 0,
-                    (load == load_rule::init && evict == evict_rule::never ? 0 : 1) + (stream.enabled() ? 1 : 0)};
-          h.bytes = stream.enabled() ? pl.device_bytes.at(info.name) : info.bytes;
-          h.onload_bytes = stream.enabled() ? info.bytes - info.blocks->total() : info.bytes;
-          h.stream = stream;
-          h.stream_step.assign(steps_, 0.0);
-          for (std::size_t s = 0; s < steps_; ++s) {
-            const auto it = pl.steps[s].resident.find(opt_.accelerator);
-            if (it != pl.steps[s].resident.end())
-              h.resident[s] = std::find(it->second.begin(), it->second.end(), info.name) != it->second.end();
-            for (const auto& a : pl.steps[s].before)
-              if (a.kind == action_kind::onload && a.component == info.name) ++h.onloads;
-            // The block copies, priced without credit for their overlap with compute (an upper
-            // bound: with prefetch they mostly hide). So streaming never looks cheaper than one
-            // whole copy, and is chosen only where the component cannot stay whole.
-            if (s > 0 && stream.enabled())
-              if (const auto b = pl.steps[s].streamed_bytes.find(info.name); b != pl.steps[s].streamed_bytes.end()) {
-                h.stream_step[s] = opt_.cost.transfer_seconds(b->second, host_memory::pinned);
-                h.stream_seconds += h.stream_step[s];
-              }
+      // Its storages: native, and each storage it declares exact (when allowed).
+      std::vector<const stored_size*> storages{nullptr};
+      if (opt_.allow_exact_storage)
+        for (const auto& st : info.storage)
+          if (st.exact && st.dtype != storage_dtype::native) storages.push_back(&st);
+      min_master_[c] = info.bytes;
+      for (const stored_size* stored : storages) {
+        const std::int64_t master = stored ? stored->bytes : info.bytes;
+        const auto& blocks = stored ? stored->blocks : info.blocks;
+        min_master_[c] = std::min(min_master_[c], master);
+        const bool streamable = opt_.allow_streaming && blocks && blocks->count() > 1;
+        for (const stream_options stream : {stream_options{}, stream_options{2, 1}}) {
+          if (stream.enabled() && !streamable) continue;
+          for (const auto& [load, evict] : rules) {
+            placement_policy p;
+            p.fallback = component_policy{target::host()};
+            component_policy cp{target::accelerator(), load, evict,
+                                stream.enabled() ? host_memory::pinned : host_memory::pageable, stream};
+            cp.store = stored ? stored->dtype : storage_dtype::native;
+            p.components[info.name] = cp;
+            const plan pl = schedule(stages_, comps_, p, {.accelerator = opt_.accelerator, .suggest = false});
+            ++schedules_;
+            holding h{load, evict, std::vector<unsigned char>(steps_, 0), 0,
+                      (load == load_rule::init && evict == evict_rule::never ? 0 : 1) + (stream.enabled() ? 1 : 0) +
+                          (stored ? 1 : 0)};
+            h.bytes = stream.enabled() ? pl.device_bytes.at(info.name) : master;
+            h.onload_bytes = stream.enabled() ? blocks->streamed_rest(master) : master;
+            h.master_bytes = master;
+            h.store = cp.store;
+            h.stream = stream;
+            h.stream_step.assign(steps_, 0.0);
+            for (std::size_t s = 0; s < steps_; ++s) {
+              const auto it = pl.steps[s].resident.find(opt_.accelerator);
+              if (it != pl.steps[s].resident.end())
+                h.resident[s] = std::find(it->second.begin(), it->second.end(), info.name) != it->second.end();
+              for (const auto& a : pl.steps[s].before)
+                if (a.kind == action_kind::onload && a.component == info.name) ++h.onloads;
+              // The block copies, priced without credit for their overlap with compute (an upper
+              // bound: with prefetch they mostly hide). So streaming never looks cheaper than one
+              // whole copy, and is chosen only where the component cannot stay whole.
+              if (s > 0 && stream.enabled())
+                if (const auto b = pl.steps[s].streamed_bytes.find(info.name); b != pl.steps[s].streamed_bytes.end()) {
+                  h.stream_step[s] = opt_.cost.transfer_seconds(b->second, host_memory::pinned);
+                  h.stream_seconds += h.stream_step[s];
+                }
+            }
+            const bool seen = std::any_of(holdings_[c].begin(), holdings_[c].end(), [&](const holding& o) {
+              return o.resident == h.resident && o.onloads == h.onloads && o.stream == h.stream && o.store == h.store;
+            });
+            if (!seen) holdings_[c].push_back(std::move(h));
           }
-          const bool seen = std::any_of(holdings_[c].begin(), holdings_[c].end(), [&](const holding& o) {
-            return o.resident == h.resident && o.onloads == h.onloads && o.stream == h.stream;
-          });
-          if (!seen) holdings_[c].push_back(std::move(h));
         }
       }
       double lb = std::numeric_limits<double>::infinity();
@@ -202,11 +241,12 @@ private:
       e.compute += opt_.cost.compute_seconds(stages_[s].seconds, host) * stages_[s].repeat;
     }
     e.device_ws.assign(steps_, 0);
-    e.host_peak = masters_;
+    for (std::size_t c = 0; c < n_; ++c) e.masters += on_host(mask, c) ? comps_[c].bytes : min_master_[c];
+    e.host_peak = e.masters;
     for (std::size_t s = 0; s < steps_; ++s) {
       std::int64_t host_ws = 0;
       for (std::size_t c = 0; c < n_; ++c) (on_host(mask, c) ? host_ws : e.device_ws[s]) += ws_[c][s];
-      if (masters_ + host_ws > e.host_peak) e.host_peak = masters_ + host_ws, e.host_step = s;
+      if (e.masters + host_ws > e.host_peak) e.host_peak = e.masters + host_ws, e.host_step = s;
     }
     e.lower_bound = e.compute;
     for (std::size_t c = 0; c < n_; ++c)
@@ -215,18 +255,20 @@ private:
   }
 
   // ---- pricing ----------------------------------------------------------------------------
-  /// Transfer seconds with the best pinned subset for the given onload counts and bytes; streamed
-  /// components (`forced`) are always pinned and add their block copies' time. Infinite when the
-  /// forced ones alone exceed the pinned budget.
+  /// Transfer seconds with the best pinned subset for the given onload counts and bytes (a pinned
+  /// component pins its whole master, `master_bytes`); streamed components (`forced`) are always
+  /// pinned and add their block copies' time. Infinite when the forced ones alone exceed the
+  /// pinned budget.
   void price_transfers(candidate& k, const std::vector<int>& onloads, const std::vector<std::int64_t>& onload_bytes,
-                       unsigned forced = 0, double stream_seconds = 0) const {
+                       const std::vector<std::int64_t>& master_bytes, unsigned forced = 0,
+                       double stream_seconds = 0) const {
     double best = std::numeric_limits<double>::infinity();
     std::int64_t best_pinned = 0;
     unsigned best_mask = 0;
     std::vector<std::size_t> moved;
     std::int64_t forced_bytes = 0;
     for (std::size_t c = 0; c < n_; ++c)
-      if ((forced >> c) & 1u) forced_bytes += comps_[c].bytes;
+      if ((forced >> c) & 1u) forced_bytes += master_bytes[c];
       else if (onloads[c] > 0) moved.push_back(c);
     double forced_t = stream_seconds;
     for (std::size_t c = 0; c < n_; ++c)
@@ -238,7 +280,7 @@ private:
       for (std::size_t i = 0; i < moved.size(); ++i) {
         const auto c = moved[i];
         const bool pin = (sub >> i) & 1u;
-        if (pin) pinned += comps_[c].bytes, mask |= 1u << c;
+        if (pin) pinned += master_bytes[c], mask |= 1u << c;
         t += onloads[c] * opt_.cost.transfer_seconds(onload_bytes[c], pin ? host_memory::pinned : host_memory::pageable);
       }
       if (opt_.budgets.pinned && pinned > *opt_.budgets.pinned) continue;
@@ -310,21 +352,25 @@ private:
     k.compute = e.compute;
     k.host_peak = e.host_peak;
     std::vector<int> onloads(n_, 0);
-    std::vector<std::int64_t> onload_bytes(n_, 0);
+    std::vector<std::int64_t> onload_bytes(n_, 0), master_bytes(n_, 0);
     unsigned streamed = 0;
     double stream_seconds = 0;
     for (std::size_t c = 0; c < n_; ++c) {
       if (choice[c] < 0) {
         ++k.deviation;
+        master_bytes[c] = comps_[c].bytes;
         continue;
       }
       const auto& h = holdings_[c][static_cast<std::size_t>(choice[c])];
       onloads[c] = h.onloads;
       onload_bytes[c] = h.onload_bytes;
+      master_bytes[c] = h.master_bytes;
+      k.host_peak += h.master_bytes - min_master_[c]; // exec_of counted its smallest storage
       k.deviation += h.deviation;
       if (h.stream.enabled()) streamed |= 1u << c, stream_seconds += h.stream_seconds;
     }
-    price_transfers(k, onloads, onload_bytes, streamed, stream_seconds);
+    if (opt_.budgets.host && k.host_peak > *opt_.budgets.host) return;
+    price_transfers(k, onloads, onload_bytes, master_bytes, streamed, stream_seconds);
     if (!std::isfinite(k.transfer)) return; // the streamed masters do not fit the pinned budget
     k.time = k.compute + k.transfer;
     for (std::size_t s = 0; s < steps_; ++s)
@@ -334,7 +380,11 @@ private:
 
   // ---- evict on demand ---------------------------------------------------------------------
   void search_on_demand(const exec_info& e) {
-    if (opt_.budgets.host && e.host_peak > *opt_.budgets.host) return;
+    // Native storage throughout: its host peak is the assignment's with every master native.
+    std::int64_t host_peak = e.host_peak;
+    for (std::size_t c = 0; c < n_; ++c)
+      if (!on_host(e.host_mask, c)) host_peak += comps_[c].bytes - min_master_[c];
+    if (opt_.budgets.host && host_peak > *opt_.budgets.host) return;
     if (best_ && e.lower_bound >= best_->time * (1 - 1e-9)) return; // cannot beat it: ties go to static
     std::vector<std::size_t> accel;
     for (std::size_t c = 0; c < n_; ++c)
@@ -361,8 +411,8 @@ private:
       std::vector<std::int64_t> onload_bytes(n_);
       for (std::size_t c = 0; c < n_; ++c) onload_bytes[c] = comps_[c].bytes;
       k.compute = e.compute;
-      k.host_peak = e.host_peak;
-      price_transfers(k, onloads, onload_bytes);
+      k.host_peak = host_peak;
+      price_transfers(k, onloads, onload_bytes, onload_bytes);
       k.time = k.compute + k.transfer;
       k.deviation = 1 + static_cast<int>(std::count(k.choice.begin(), k.choice.end(), 1)) +
                     static_cast<int>(std::count(k.choice.begin(), k.choice.end(), -1));
@@ -389,8 +439,10 @@ private:
         cp.load = h.load;
         cp.evict = h.evict;
         cp.stream = h.stream;
+        cp.store = h.store;
       }
       if ((k.pinned_mask >> c) & 1u) cp.memory = host_memory::pinned;
+      if (const auto t = opt_.tiles.find(comps_[c].name); t != opt_.tiles.end()) cp.tile = t->second;
       p.components[comps_[c].name] = cp;
     }
     p.evict_on_demand = k.on_demand;
@@ -522,7 +574,7 @@ private:
           "offload.capacity.no_placement_fits",
           fmt::format("{}: every placement that fits the device needs {} of host memory in stage '{}' (the "
                       "masters {} + host workspace), short by {}; smallest change that fits: {}",
-                      head, format_bytes(e.host_peak), step_name(e.host_step), format_bytes(masters_),
+                      head, format_bytes(e.host_peak), step_name(e.host_step), format_bytes(e.masters),
                       format_bytes(e.host_peak - H.value_or(0)), changes),
           device_id::cpu().str(), step_name(e.host_step), e.host_peak, H.value_or(0));
     }
@@ -566,7 +618,7 @@ private:
   std::vector<std::vector<std::int64_t>> ws_;    ///< per component, per step: its workspace
   std::vector<std::vector<holding>> holdings_;
   std::vector<double> min_transfer_lb_; ///< per component: the least transfer time of its holdings
-  std::int64_t masters_ = 0;
+  std::vector<std::int64_t> min_master_; ///< per component: its smallest master over the storages searched
   std::vector<exec_info> execs_;
   std::optional<candidate> best_;
   std::size_t considered_ = 0, schedules_ = 0;

@@ -42,7 +42,7 @@ public:
     }
     if (target.id().is_host()) return;
     const bool streamed = blocks_ && stream_.enabled();
-    const std::int64_t rest = streamed ? bytes_ - blocks_->total() : bytes_;
+    const std::int64_t rest = streamed ? blocks_->streamed_rest(bytes_) : bytes_;
     placed_ = streamed ? rest + std::min<std::int64_t>(stream_.slots, blocks_->count()) * blocks_->slot_bytes : bytes_;
     target.allocate(placed_, name_);
     try {
