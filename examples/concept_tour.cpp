@@ -113,6 +113,16 @@ int main() {
   }
   // [plans]
 
+  // [prefetch]
+  // Cross-stage prefetch: the next stage's components start moving during the current stage's
+  // last repetition, on the transfer stream, where the device has room on top of its peak.
+  const auto ahead = offload::schedule(stages, sizes,
+                                       offload::parse_policy("t5=cuda:on_demand,dit=cuda:on_demand,vae=cuda:on_demand,prefetch"),
+                                       {.accelerator = mock0, .devices = {{mock0, 24_GiB}}});
+  std::cout << ahead.table(); // text_encode: "prefetch: onload dit"; denoise: "prefetch: onload vae"
+  // [prefetch]
+  assert(ahead.steps[1].prefetch.size() == 1 && ahead.steps[1].prefetch[0].component == "dit");
+
   // [simulate]
   const auto plan = offload::schedule(stages, sizes, seed, {.accelerator = mock0, .devices = {{mock0, 11.49_GiB}}});
   const auto sim = offload::testing::simulate(plan, sizes, {.h2d_bytes_per_second = 25e9});

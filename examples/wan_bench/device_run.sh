@@ -46,6 +46,8 @@ POLICIES_13B=(resident offload_model offload_model+t5_cpu "$LOW_13B")
 # grammar lacks an option still runs the other parts. Extend this list as options land. store=
 # converts the masters one-way (later policies see them converted): keep store= policies last.
 EXTRA_13B=(
+  'offload_model+vae_cpu'
+  'offload_model+vae_cpu,prefetch'
   't5=cpu,dit=cuda:on_demand:stream=2:pinned,vae=cuda:on_demand:pinned'
   't5=cpu,dit=cuda:on_demand:stream=2:pinned,vae=cuda:on_demand:tile=32:pinned'
   't5=cpu,dit=cuda:on_demand:stream=2:store=bf16:pinned,vae=cuda:on_demand:pinned'

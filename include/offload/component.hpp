@@ -41,6 +41,14 @@ public:
   /// host (eviction: device memory is freed; immutable tensors copy nothing back). Transactional:
   /// when a copy or allocation fails, everything is back home and the error propagates.
   virtual void place_on(device& target) = 0;
+  /// Starts moving the component onto `target` in the background, on the device's transfer stream
+  /// (cross-stage prefetch: the executor calls it during the stage before the one that uses it).
+  /// It is placed (accounted, location() == target) when this returns; finish_placement() makes
+  /// the compute stream wait for the copies. Default: place_on (synchronous). Transactional.
+  virtual void prefetch_onto(device& target) { place_on(target); }
+  /// Makes the compute stream of the device wait for the copies prefetch_onto started (no host
+  /// wait); nothing may read the component before. No effect when nothing is pending.
+  virtual void finish_placement() {}
   /// Throws placement_error unless every tensor is on `expected` with its planned dtype.
   virtual void audit(device_id expected, const stage_context& where) const = 0;
   /// Keeps the host masters in pinned memory (or not). Called by the executor, at home, from the

@@ -198,6 +198,16 @@ public:
     bytes_in_ += static_cast<std::int64_t>(host.nbytes());
     return do_copy_into_async(host, dst, what, pinned, not_before);
   }
+  /// Accounts an asynchronous host -> device copy of `bytes` on the transfer stream without moving
+  /// data (simulations of sized components), after `not_before`; returns its completion as
+  /// copy_into_async does. Counted in transfers() and bytes_in().
+  [[nodiscard]] transfer_event account_transfer_async(std::int64_t bytes, std::string_view what, bool pinned,
+                                                      const transfer_event& not_before = {}) {
+    ++transfers_;
+    before_transfer(bytes, what);
+    bytes_in_ += bytes;
+    return do_account_transfer_async(bytes, what, pinned, not_before);
+  }
   /// Makes the compute stream wait for `e` (no host wait).
   void wait(const transfer_event& e) { if (e.pending()) do_wait(e); }
   /// A point on the compute stream: copies issued after it with `not_before` start when the work
@@ -221,6 +231,12 @@ protected:
   virtual transfer_event do_copy_into_async(const at::Tensor& host, at::Tensor& dst, std::string_view /*what*/,
                                             bool /*pinned*/, const transfer_event& /*not_before*/) {
     dst.copy_(host);
+    return {};
+  }
+  /// Default: a synchronous transfer, complete when it returns.
+  virtual transfer_event do_account_transfer_async(std::int64_t bytes, std::string_view what, bool pinned,
+                                                   const transfer_event& /*not_before*/) {
+    on_transfer(bytes, what, true, pinned);
     return {};
   }
   virtual void do_wait(const transfer_event& /*e*/) {}

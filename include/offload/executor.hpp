@@ -22,7 +22,9 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -115,6 +117,9 @@ public:
                                   : std::string()));
       if (step_ > 0) apply(plan_.steps[step_].after, plan_.steps[step_].stage);
       ++step_;
+      // The previous stage's prefetches: the compute stream waits for their copies now (or, when
+      // that stage ran fewer repetitions than planned and never issued them, they load here).
+      complete_prefetches(plan_.steps[step_ - 1], plan_.steps[step_].stage);
       apply(plan_.steps[step_].before, plan_.steps[step_].stage);
       audit_step(plan_.steps[step_]);
       repetition_ = 0;
@@ -136,6 +141,16 @@ public:
       rethrow_in_stage(e, st.stage);
     }
     workspace_ = std::move(reserved);
+    // The stage's last repetition: the next stage's prefetches start on the transfer stream.
+    if (repetition_ == st.repeat && !st.prefetch.empty()) {
+      try {
+        issue_prefetches(st);
+      } catch (const capacity_error& e) {
+        for (auto& [dev, b] : workspace_) dev->release(b);
+        workspace_.clear();
+        rethrow_in_stage(e, st.stage);
+      }
+    }
     in_stage_ = true;
     stage_start_ = devices_->clock().now();
     return stage_scope(this);
@@ -167,6 +182,7 @@ public:
       } catch (...) {
       }
     }
+    prefetched_.clear();
     started_ = finished_ = false;
     step_ = 0;
   }
@@ -211,9 +227,48 @@ private:
                          : fmt::format("workspace:{} ({})", st.stage, users);
   }
 
+  /// Audits the components resident in the stage, but for those it prefetches for the next one
+  /// (they arrive during its last repetition).
   void audit_step(const plan_step& st) const {
     for (const auto& [d, names] : st.resident)
-      for (const auto& n : names) comps_.at(n)->audit(d, {st.stage, plan_.policy.label()});
+      for (const auto& n : names) {
+        const bool later = std::any_of(st.prefetch.begin(), st.prefetch.end(),
+                                       [&](const action& a) { return a.component == n && !prefetched_.count(n); });
+        if (!later) comps_.at(n)->audit(d, {st.stage, plan_.policy.label()});
+      }
+  }
+
+  void issue_prefetches(const plan_step& st) {
+    for (const auto& a : st.prefetch) {
+      if (prefetched_.count(a.component)) continue;
+      device& target = devices_->get(a.device);
+      const double t0 = devices_->clock().now();
+      comps_.at(a.component)->prefetch_onto(target);
+      prefetched_.insert(a.component);
+      trace_.span({fmt::format("prefetch {}", a.component), "prefetch", fmt::format("{} transfers", a.device.str()),
+                   t0, devices_->clock().now(), a.bytes});
+      sample(target);
+    }
+  }
+
+  void complete_prefetches(const plan_step& previous, const std::string& stage) {
+    for (const auto& a : previous.prefetch) {
+      component& c = *comps_.at(a.component);
+      if (prefetched_.erase(a.component)) {
+        c.finish_placement();
+        continue;
+      }
+      // Not issued (the stage ran fewer repetitions than planned): a synchronous onload.
+      const double t0 = devices_->clock().now();
+      try {
+        c.place_on(devices_->get(a.device));
+      } catch (const capacity_error& e) {
+        rethrow_in_stage(e, stage);
+      }
+      trace_.span({fmt::format("onload {}", a.component), "onload", fmt::format("{} transfers", a.device.str()), t0,
+                   devices_->clock().now(), a.bytes});
+      sample(devices_->get(a.device));
+    }
   }
 
   void sample(device& d) {
@@ -233,6 +288,7 @@ private:
   offload::plan plan_;
   device_set* devices_;
   std::map<std::string, component*> comps_;
+  std::set<std::string> prefetched_; ///< prefetches issued and not yet completed
   timeline trace_;
   std::vector<std::pair<device*, std::int64_t>> workspace_;
   std::size_t step_ = 0;

@@ -72,6 +72,8 @@ public:
   [[nodiscard]] std::int64_t bytes() const override { return registry_.bytes(); }
   [[nodiscard]] device_id location() const override { return registry_.location(); }
   void place_on(device& target) override { registry_.place_on(target); }
+  void prefetch_onto(device& target) override { registry_.place_on_async(target); }
+  void finish_placement() override { registry_.finish_placement(); }
   void audit(device_id expected, const stage_context& where) const override {
     registry_.audit(expected, where);
   }

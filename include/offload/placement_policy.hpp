@@ -118,6 +118,10 @@ public:
   std::vector<std::string> explicit_names;
   /// When a stage needs room, evict the resident components needed latest (Belady), minimally.
   bool evict_on_demand = false;
+  /// Cross-stage prefetch (`prefetch`): a component the next stage brings in starts moving during
+  /// the current stage's last repetition, on the transfer stream, when the device has room for it
+  /// on top of that stage's peak. Its copy then overlaps compute instead of preceding the stage.
+  bool prefetch = false;
 
   [[nodiscard]] const component_policy& of(std::string_view component) const {
     const auto it = components.find(component);
@@ -136,7 +140,7 @@ public:
 
   friend bool operator==(const placement_policy& a, const placement_policy& b) {
     return a.fallback == b.fallback && a.components == b.components &&
-           a.evict_on_demand == b.evict_on_demand;
+           a.evict_on_demand == b.evict_on_demand && a.prefetch == b.prefetch;
   }
 
 private:
@@ -213,8 +217,9 @@ public:
       else if (word == "vae_cpu") flags.vae_cpu = any_flag = true;
       else if (word == "resident") any_flag = true;
       else if (word == "evict_on_demand") p.evict_on_demand = true;
+      else if (word == "prefetch") p.prefetch = true;
       else
-        fail_at(word_pos, "a preset (offload_model, t5_cpu, vae_cpu, resident, evict_on_demand) or "
+        fail_at(word_pos, "a preset (offload_model, t5_cpu, vae_cpu, resident, evict_on_demand, prefetch) or "
                           "'component=target'");
       skip_spaces();
       if (pos_ == text_.size()) break;
@@ -223,9 +228,10 @@ public:
       skip_spaces();
     }
     if (any_flag) {
-      const bool eod = p.evict_on_demand;
+      const bool eod = p.evict_on_demand, pre = p.prefetch;
       p = wan_flags(flags);
       p.evict_on_demand = eod;
+      p.prefetch = pre;
     }
     for (auto& [name, cp] : entries) {
       p.components[name] = cp;
@@ -422,6 +428,7 @@ inline std::string placement_policy::str() const {
   for (const auto& [name, c] : components)
     s += (s.empty() ? "" : ",") + name + "=" + detail::entry_text(c);
   if (evict_on_demand) s += (s.empty() ? "" : ",") + std::string("evict_on_demand");
+  if (prefetch) s += (s.empty() ? "" : ",") + std::string("prefetch");
   return s.empty() ? "resident" : s;
 }
 

@@ -48,6 +48,9 @@ struct plan_step {
   double seconds = 0; ///< compute seconds per repetition (from the stage)
   std::vector<std::string> uses;
   std::vector<action> before; ///< applied before the stage runs (evictions first, then onloads)
+  /// Onloads for the next stage, started at this stage's last repetition on the transfer stream
+  /// (`prefetch` policies); the components are resident from then on (counted in this step).
+  std::vector<action> prefetch;
   std::vector<action> after;  ///< applied after its last repetition
   std::map<device_id, std::vector<std::string>> resident; ///< during the stage
   std::map<device_id, std::int64_t> resident_bytes;
@@ -143,9 +146,10 @@ public:
     std::vector<std::string> acts(steps.size()), ress(steps.size());
     for (std::size_t i = 0; i < steps.size(); ++i) {
       const auto& s = steps[i];
-      for (const auto* list : {&s.before, &s.after})
+      for (const auto* list : {&s.before, &s.prefetch, &s.after})
         for (const auto& a : *list)
-          acts[i] += fmt::format("{}{}{} {}", acts[i].empty() ? "" : ", ", list == &s.after ? "after: " : "",
+          acts[i] += fmt::format("{}{}{} {}", acts[i].empty() ? "" : ", ",
+                                 list == &s.after ? "after: " : list == &s.prefetch ? "prefetch: " : "",
                                  to_string(a.kind), a.component);
       for (const auto& [c, b] : s.streamed_bytes)
         acts[i] += fmt::format("{}stream {} {}", acts[i].empty() ? "" : ", ", c, format_bytes(b));
@@ -206,9 +210,11 @@ public:
       std::string streamed;
       for (const auto& [c, b] : s.streamed_bytes) json_append(streamed, fmt::format("{}:{}", json_string(c), b));
       json_append(stages,
-                  fmt::format(R"({{"name":{},"repeat":{},"uses":[{}],"before":{},"after":{},"resident":{{{}}},)"
-                              R"("resident_bytes":{},"workspace_bytes":{},"peak_bytes":{},"streamed_bytes":{{{}}}}})",
-                              json_string(s.stage), s.repeat, uses, actions(s.before), actions(s.after),
+                  fmt::format(R"({{"name":{},"repeat":{},"uses":[{}],"before":{},"prefetch":{},"after":{},)"
+                              R"("resident":{{{}}},"resident_bytes":{},"workspace_bytes":{},"peak_bytes":{},)"
+                              R"("streamed_bytes":{{{}}}}})",
+                              json_string(s.stage), s.repeat, uses, actions(s.before), actions(s.prefetch),
+                              actions(s.after),
                               resident, device_map(s.resident_bytes), device_map(s.workspace_bytes),
                               device_map(s.peak_bytes), streamed));
     }

@@ -432,8 +432,64 @@ public:
     where_ = &target;
   }
 
+  /// place_on, with the copies on the device's transfer stream (copy_into_async into buffers the
+  /// device allocates, each after the compute work issued so far): the tensors are placed and
+  /// accounted when it returns, the data arrives in the background. finish_placement() makes the
+  /// compute stream wait; audit() reports reading them before (on mock devices). Transactional.
+  void place_on_async(device& target) {
+    if (where_ == &target) return;
+    if (where_) evict();
+    if (target.id().is_host()) return;
+    const bool streamed = streaming();
+    const transfer_event after_compute = target.record_compute(); // a reused buffer's readers are done
+    transfer_event last;
+    std::size_t done = 0;
+    try {
+      for (auto& e : entries_) {
+        if (streamed && stays_home(e)) {
+          ++done;
+          continue;
+        }
+        const auto nbytes = static_cast<std::int64_t>(e.master.nbytes());
+        const at::Tensor buffer = target.allocate_buffer(nbytes, qualified(e.path));
+        at::Tensor view = buffer.view(e.master.scalar_type()).view(e.master.sizes());
+        try {
+          last = target.copy_into_async(e.master, view, qualified(e.path), pinned_, after_compute);
+        } catch (...) {
+          target.release(nbytes);
+          throw;
+        }
+        e.placed = view;
+        e.assign(e.placed);
+        ++done;
+      }
+      if (streamed) stream_->attach(target, pinned_);
+    } catch (...) {
+      target.wait(last); // nothing is freed under a copy in flight
+      for (std::size_t i = 0; i < done; ++i) {
+        auto& e = entries_[i];
+        if (streamed && stays_home(e)) continue;
+        target.release(static_cast<std::int64_t>(e.master.nbytes()));
+        e.assign(e.master);
+        e.placed = at::Tensor();
+      }
+      throw;
+    }
+    where_ = &target;
+    pending_ = last;
+  }
+
+  /// Makes the compute stream wait for the copies of place_on_async (no host wait).
+  void finish_placement() {
+    if (where_ && pending_.pending()) where_->wait(pending_);
+    pending_ = {};
+  }
+
   /// Throws placement_error naming the first tensor that is not on `expected` with its dtype.
+  /// Auditing is reading: after place_on_async, before finish_placement(), a mock device throws
+  /// `offload.placement.read_before_transfer`.
   void audit(device_id expected, const stage_context& where) const {
+    if (where_ && pending_.pending()) where_->note_read(pending_, qualified("*"));
     if (location() != expected)
       throw placement_error(
           "offload.placement.component_mismatch",
@@ -571,6 +627,7 @@ private:
   }
   void evict() {
     device& from = *where_;
+    finish_placement(); // an eviction never frees memory a prefetch is still writing
     // Mutable tensors are copied back first, all of them, before anything is released: when a copy
     // fails the component is still wholly on `from` (its device copies authoritative; a master
     // already refreshed holds the same values) and a later eviction can retry. Interleaving the
@@ -598,6 +655,7 @@ private:
   std::vector<storage_dtype> exact_storage_; ///< storage dtypes that compute the same bits (stored_size::exact)
   device* where_ = nullptr;
   bool pinned_ = false;
+  transfer_event pending_; ///< the last copy of place_on_async until finish_placement()
 };
 
 } // namespace offload

@@ -2,7 +2,9 @@
 
 #include <offload/offloadable.hpp>
 #include <offload/stage_scheduler.hpp>
+#include <offload/testing/errors.hpp>
 #include <offload/testing/mock_device.hpp>
+#include <offload/testing/simulate.hpp>
 
 #include <boost/test/unit_test.hpp>
 #include <nlohmann/json.hpp>
@@ -197,6 +199,161 @@ BOOST_AUTO_TEST_CASE(trace_is_valid_chrome_json_with_stages_transfers_and_counte
   BOOST_TEST(stages == 4); // encode, denoise x2, decode
   BOOST_TEST(onloads == 3); // enc + dec at init, den at denoise
   BOOST_TEST(counters > 0);
+}
+
+BOOST_AUTO_TEST_CASE(cross_stage_prefetch_overlaps_compute_and_gives_the_same_result) {
+  // Each component moves for its stage only (on_demand); with `prefetch` the next stage's component
+  // starts moving during the current stage's last repetition, on the transfer stream.
+  const at::Tensor x = torch::rand({3, 8});
+  const double bw = 1e6; // 1 MB/s: a component's copy takes a few milliseconds of virtual time
+  const double compute = 0.05;
+  auto run = [&](const std::string& policy, bool prefetch, int steps, int ran_steps) {
+    toy_pipeline tp;
+    offload::device_set devices;
+    auto& gpu = offload::testing::add_mock(devices, 0, {.h2d_bytes_per_second = bw});
+    auto pol = offload::parse_policy(policy);
+    pol.prefetch = prefetch;
+    auto stages = tp.stages(steps);
+    for (auto& st : stages) st.seconds = compute; // the scheduler credits the overlap against it
+    const auto plan = offload::schedule(stages, tp.infos(), pol,
+                                        {.accelerator = gpu.id(), .devices = {{gpu.id(), 1_MiB, bw}}});
+    plan.require_fit();
+    offload::executor ex(plan, devices, tp.components());
+    torch::NoGradGuard g;
+    at::Tensor h;
+    {
+      auto s = ex.enter("encode");
+      s.compute(compute);
+      h = tp.enc->forward(x);
+    }
+    for (int i = 0; i < ran_steps; ++i) {
+      auto s = ex.enter("denoise");
+      s.compute(compute);
+      h = h - 0.1 * tp.den->forward(h);
+    }
+    at::Tensor y;
+    {
+      auto s = ex.enter("decode");
+      s.compute(compute);
+      y = tp.dec->forward(h) * tp.dec_scale;
+    }
+    ex.finish();
+    struct out {
+      at::Tensor y;
+      offload::plan plan;
+      double seconds;
+      std::int64_t peak, bytes_in;
+      std::size_t in_flight;
+      std::vector<offload::testing::transfer_record> log;
+    };
+    return out{y, plan, devices.clock().now(), gpu.peak(), gpu.bytes_in(), gpu.copies_in_flight(), gpu.transfer_log()};
+  };
+  const std::string policy = "enc=mock:0:on_demand,den=mock:0:on_demand,dec=mock:0:on_demand";
+  const auto plain = run(policy, false, 3, 3);
+  const auto pre = run(policy, true, 3, 3);
+  // The plan: den is prefetched during encode, dec during the last denoise step; nothing else moves.
+  BOOST_TEST(pre.plan.steps[1].prefetch.size() == 1u);
+  BOOST_TEST(pre.plan.steps[1].prefetch.at(0).component == "den");
+  BOOST_TEST(pre.plan.steps[2].prefetch.at(0).component == "dec");
+  BOOST_TEST(pre.plan.steps[2].before.empty()); // no onload before denoise: den is there
+  BOOST_TEST(pre.plan.bytes_to_devices == plain.plan.bytes_to_devices);
+  BOOST_TEST(pre.plan.policy.str().find("prefetch") != std::string::npos);
+  // Same bits, same bytes; the mock peaks where the plan says (encode now holds enc and den).
+  BOOST_TEST(torch::equal(pre.y, plain.y));
+  BOOST_TEST(pre.bytes_in == plain.bytes_in);
+  const auto mock0 = device_id::mock(0);
+  BOOST_TEST(pre.peak == pre.plan.peak_of(mock0));
+  BOOST_TEST(pre.plan.steps[1].peak_bytes.at(mock0) ==
+             plain.plan.steps[1].peak_bytes.at(mock0) + pre.plan.component_bytes.at("den"));
+  BOOST_TEST(pre.in_flight == 0u);
+  // Time: the prefetched copies ran on the transfer stream while compute ran (the log says async),
+  // so the run is shorter by exactly their time (each is shorter than the compute it hides behind).
+  const double den_copy = static_cast<double>(pre.plan.component_bytes.at("den")) / bw;
+  const double dec_copy = static_cast<double>(pre.plan.component_bytes.at("dec")) / bw;
+  BOOST_TEST_REQUIRE(den_copy < compute);
+  BOOST_TEST_REQUIRE(dec_copy < compute);
+  for (const auto& r : pre.log)
+    BOOST_TEST(r.async == !r.what.starts_with("enc."), r.what); // den and dec prefetched, enc loaded at encode
+  BOOST_TEST(std::abs((plain.seconds - pre.seconds) - (den_copy + dec_copy)) < 1e-9,
+             plain.seconds << " vs " << pre.seconds);
+  BOOST_TEST(std::abs(pre.plan.predicted_seconds - (plain.plan.predicted_seconds - den_copy - dec_copy)) < 1e-9);
+  // A stage run fewer times than planned never issues its prefetch: the next stage loads it.
+  const auto short_run = run(policy, true, 3, 2);
+  BOOST_TEST(torch::equal(short_run.y, run(policy, false, 3, 2).y));
+  BOOST_TEST(short_run.in_flight == 0u);
+  BOOST_TEST(short_run.bytes_in == pre.bytes_in);
+  for (const auto& r : short_run.log)
+    BOOST_TEST(r.async == r.what.starts_with("den."), r.what); // dec's prefetch was never issued
+  // No room on top of the stage's peak: nothing is prefetched.
+  toy_pipeline tp;
+  auto pol = offload::parse_policy(policy);
+  pol.prefetch = true;
+  const auto tight = offload::schedule(tp.stages(3), tp.infos(), pol,
+                                       {.accelerator = mock0, .devices = {{mock0, plain.plan.peak_of(mock0), bw}}});
+  BOOST_TEST(tight.fits());
+  for (const auto& st : tight.steps) BOOST_TEST(st.prefetch.empty(), st.stage);
+}
+
+BOOST_AUTO_TEST_CASE(a_prefetched_component_is_not_read_before_its_copy) {
+  toy_pipeline tp;
+  offload::device_set devices;
+  auto& gpu = offload::testing::add_mock(devices, 0, {.h2d_bytes_per_second = 1e6});
+  const double t0 = devices.clock().now();
+  tp.c_den.prefetch_onto(gpu);
+  // Placed and accounted at once; the data arrives on the transfer stream (one copy per tensor).
+  BOOST_TEST(gpu.used() == tp.c_den.bytes());
+  BOOST_TEST(tp.c_den.location() == gpu.id());
+  BOOST_TEST(gpu.copies_in_flight() == tp.c_den.tensors().size());
+  BOOST_TEST(devices.clock().now() == t0); // the compute stream did not wait
+  BOOST_TEST(offload::testing::error_id([&] { tp.c_den.audit(gpu.id(), {"denoise", "test"}); }) ==
+             "offload.placement.read_before_transfer");
+  tp.c_den.finish_placement();
+  BOOST_TEST(std::abs(devices.clock().now() - (t0 + static_cast<double>(tp.c_den.bytes()) / 1e6)) < 1e-12);
+  BOOST_TEST(gpu.copies_in_flight() == 0u);
+  tp.c_den.audit(gpu.id(), {"denoise", "test"});
+  for (const auto& item : tp.den->named_parameters())
+    BOOST_TEST(torch::equal(item.value(), tp.c_den.tensors().master(item.key())), item.key());
+  tp.c_den.place_on(devices.host());
+  BOOST_TEST(gpu.used() == 0);
+  // Evicted while its copies are in flight: the eviction waits for them first.
+  tp.c_den.prefetch_onto(gpu);
+  tp.c_den.place_on(devices.host());
+  BOOST_TEST(gpu.copies_in_flight() == 0u);
+  BOOST_TEST(gpu.used() == 0);
+  // A failed copy leaves the component home and the device as it was.
+  gpu.fail_transfer_at(2);
+  BOOST_TEST(offload::testing::error_id([&] { tp.c_den.prefetch_onto(gpu); }) == "offload.capacity.injected_fault");
+  BOOST_TEST(tp.c_den.location() == device_id::cpu());
+  BOOST_TEST(gpu.used() == 0);
+  BOOST_TEST(gpu.copies_in_flight() == 0u);
+}
+
+BOOST_AUTO_TEST_CASE(simulated_prefetch_takes_the_predicted_time) {
+  // Sized components (no tensors) on the transfer stream: the simulation's time is the plan's.
+  const std::vector<offload::component_info> comps = {{"t5", 4_GiB}, {"dit", 3_GiB}, {"vae", 1_GiB}};
+  const std::vector<offload::stage> stages = {{"text_encode", {"t5"}, {{"t5", 1_GiB}}, 1, 0.5},
+                                              {"denoise", {"dit"}, {{"dit", 2_GiB}}, 10, 0.2},
+                                              {"decode", {"vae"}, {{"vae", 3_GiB}}, 1, 1.0}};
+  const double bw = 25e9;
+  for (const char* text : {"offload_model,prefetch", "t5=cuda:on_demand,dit=cuda:on_demand,vae=cuda:on_demand,prefetch",
+                           "t5=cuda:on_demand,dit=cuda:on_demand,vae=cuda:on_demand"}) {
+    BOOST_TEST_CONTEXT(text) {
+      const auto mock0 = device_id::mock(0);
+      const auto plan = offload::schedule(stages, comps, offload::parse_policy(text),
+                                          {.accelerator = mock0, .devices = {{mock0, 16_GiB, bw}}});
+      BOOST_REQUIRE(plan.fits());
+      const auto sim = offload::testing::simulate(plan, comps, {.h2d_bytes_per_second = bw});
+      BOOST_TEST(sim.peak_bytes.at(mock0) == plan.peak_of(mock0));
+      BOOST_TEST(std::abs(sim.seconds - plan.predicted_seconds) < 1e-9, sim.seconds << " vs " << plan.predicted_seconds);
+    }
+  }
+  // The dit's copy (0.13 s) hides behind text_encode (0.5 s); the vae's behind one denoise step.
+  const auto mock0 = device_id::mock(0);
+  const auto with = offload::schedule(stages, comps, offload::parse_policy("t5=cuda:on_demand,dit=cuda:on_demand,vae=cuda:on_demand,prefetch"),
+                                      {.accelerator = mock0, .devices = {{mock0, 16_GiB, bw}}});
+  const auto without = offload::schedule(stages, comps, offload::parse_policy("t5=cuda:on_demand,dit=cuda:on_demand,vae=cuda:on_demand"),
+                                         {.accelerator = mock0, .devices = {{mock0, 16_GiB, bw}}});
+  BOOST_TEST(std::abs((without.predicted_seconds - with.predicted_seconds) - static_cast<double>(3_GiB + 1_GiB) / bw) < 1e-9);
 }
 
 BOOST_AUTO_TEST_SUITE_END()

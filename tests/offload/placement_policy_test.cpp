@@ -60,11 +60,18 @@ BOOST_AUTO_TEST_CASE(presets_equal_the_reference_flags) {
   BOOST_TEST((mixed.of("dit").evict == evict_rule::when_idle));
   BOOST_TEST((mixed.of("t5").evict == evict_rule::after_use));
   BOOST_TEST(placement_policy::parse("offload_model,evict_on_demand").evict_on_demand);
+  // Cross-stage prefetch is a flag too, kept with presets and entries in any order.
+  const auto pre = placement_policy::parse("prefetch+offload_model,dit=cuda:on_demand");
+  BOOST_TEST(pre.prefetch);
+  BOOST_TEST((pre.of("t5").evict == evict_rule::after_use));
+  BOOST_TEST(!placement_policy::parse("offload_model").prefetch);
+  BOOST_TEST(!(pre == placement_policy::parse("offload_model,dit=cuda:on_demand")));
 }
 
 BOOST_AUTO_TEST_CASE(canonical_text_round_trips) {
   for (const char* text : {"resident", "offload_model", "offload_model+vae_cpu", "t5_cpu,vae_cpu",
                            "t5=cpu:pinned,vae=cuda:on_demand,dit=cuda:1:offload,evict_on_demand",
+                           "offload_model,prefetch", "evict_on_demand,prefetch,t5=cpu",
                            "x=cuda:lazy:offload,y=mock:3:on_demand:preload"}) {
     const auto p = placement_policy::parse(text);
     const auto q = placement_policy::parse(p.str());

@@ -56,6 +56,10 @@ const std::vector<std::string> presets = {
     "offload_model+t5_cpu+vae_cpu",
     "evict_on_demand",
     "offload_model,evict_on_demand",
+    // Cross-stage prefetch: the VAE moves during the last denoising step, the streamed DiT's
+    // footprint during the text encode (and the image encodes).
+    "offload_model+vae_cpu,prefetch",
+    "t5=cuda:on_demand:stream=2,dit=cuda:on_demand:stream=2,vae=cuda:on_demand,prefetch",
 };
 
 torch::Tensor generate(const std::string& kind, const wan::execution& exec, const wan::stage_observer& observer) {
@@ -70,14 +74,17 @@ torch::Tensor host_video(const std::string& kind) {
   return cache[kind] = generate(kind, {&devices, gpu, offload::parse_policy(host_policy(kind))}, {});
 }
 
-/// Asserts that every component is where the current stage's resident set puts it.
-void check_resident(const wan::WanComponents& comps, std::string_view stage, const offload::executor& ex,
-                    std::map<std::string, std::set<std::string>>& seen_on_gpu) {
+/// Asserts that every component is where the current stage's resident set puts it (what the stage
+/// prefetches for the next one arrives at its last repetition).
+void check_resident(const wan::WanComponents& comps, std::string_view stage, int repetition,
+                    const offload::executor& ex, std::map<std::string, std::set<std::string>>& seen_on_gpu) {
   const auto* step = ex.get_plan().step(stage);
   BOOST_TEST_REQUIRE(step != nullptr, "stage " << stage << " is not in the plan");
   std::map<std::string, device_id> expected;
   for (const auto& [d, names] : step->resident)
     for (const auto& n : names) expected[n] = d;
+  if (repetition < step->repeat)
+    for (const auto& a : step->prefetch) expected[a.component] = device_id::cpu();
   for (auto* c : comps.components()) {
     const auto it = expected.find(c->name());
     const bool planned = it != expected.end();
@@ -136,7 +143,7 @@ void run_all_presets(const std::string& kind) {
                                   [&](std::string_view stage, int repetition, const offload::executor& ex) {
                                     if (repetition == 1) entered.emplace_back(stage);
                                     if (!plan) plan = ex.get_plan();
-                                    check_resident(*comps, stage, ex, on_gpu);
+                                    check_resident(*comps, stage, repetition, ex, on_gpu);
                                   });
       BOOST_TEST(torch::equal(video, reference), "video differs from the all-host run");
       check_home(*comps);
@@ -152,7 +159,22 @@ void run_all_presets(const std::string& kind) {
       if (preset.find("offload_model") != std::string::npos && preset.find("t5_cpu") == std::string::npos)
         BOOST_TEST(on_gpu["denoise"].count("t5") == 0u); // T5 left after text_encode
       if (preset.find("t5_cpu") != std::string::npos) BOOST_TEST(on_gpu["text_encode"].count("t5") == 0u);
-      if (preset.find("vae_cpu") != std::string::npos) BOOST_TEST(on_gpu["denoise"].count("vae") == 0u);
+      if (preset.find("vae_cpu") != std::string::npos) {
+        if (preset.find("prefetch") == std::string::npos) {
+          BOOST_TEST(on_gpu["denoise"].count("vae") == 0u);
+        } else { // it arrives during the last denoising step (check_resident: not before)
+          const auto& pre = plan->step("denoise")->prefetch;
+          BOOST_TEST(std::any_of(pre.begin(), pre.end(), [](const offload::action& a) { return a.component == "vae"; }));
+        }
+      }
+      if (preset.find("prefetch") != std::string::npos) {
+        std::size_t prefetched = 0;
+        for (const auto& s : plan->steps) prefetched += s.prefetch.size();
+        BOOST_TEST(prefetched > 0u, "nothing was prefetched");
+        BOOST_TEST(mock.peak() == plan->peak_of(gpu));
+        BOOST_TEST(mock.bytes_in() == plan->bytes_to_devices);
+        BOOST_TEST(mock.copies_in_flight() == 0u);
+      }
       if (eod) {
         bool evicted_on_demand = false;
         for (const auto& s : plan->steps)

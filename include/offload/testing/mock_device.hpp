@@ -98,7 +98,10 @@ protected:
   transfer_event do_copy_into_async(const at::Tensor& host, at::Tensor& dst, std::string_view what, bool pinned,
                                     const transfer_event& not_before) override {
     dst.copy_(host);
-    const auto bytes = static_cast<std::int64_t>(host.nbytes());
+    return do_account_transfer_async(static_cast<std::int64_t>(host.nbytes()), what, pinned, not_before);
+  }
+  transfer_event do_account_transfer_async(std::int64_t bytes, std::string_view what, bool pinned,
+                                           const transfer_event& not_before) override {
     const double bw = (!pinned && options_.h2d_pageable_bytes_per_second > 0) ? options_.h2d_pageable_bytes_per_second
                                                                               : options_.h2d_bytes_per_second;
     const double start = std::max({clock_->now(), stream_free_at_, not_before.ready_at});

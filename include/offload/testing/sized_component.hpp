@@ -34,27 +34,16 @@ public:
   [[nodiscard]] std::int64_t bytes() const override { return bytes_; }
   [[nodiscard]] device_id location() const override { return where_ ? where_->id() : device_id::cpu(); }
 
-  void place_on(device& target) override {
-    if (where_ == &target) return;
-    if (where_) {
-      where_->release(placed_);
-      where_ = nullptr;
-    }
-    if (target.id().is_host()) return;
-    const bool streamed = blocks_ && stream_.enabled();
-    const std::int64_t rest = streamed ? blocks_->streamed_rest(bytes_) : bytes_;
-    placed_ = streamed ? rest + std::min<std::int64_t>(stream_.slots, blocks_->count()) * blocks_->slot_bytes : bytes_;
-    target.allocate(placed_, name_);
-    try {
-      target.account_transfer(rest, name_, /*to_device=*/true, pinned_);
-    } catch (...) {
-      target.release(placed_);
-      throw;
-    }
-    where_ = &target;
+  void place_on(device& target) override { place(target, false); }
+  /// The copy on the device's transfer stream (a mock charges it there, overlapping compute).
+  void prefetch_onto(device& target) override { place(target, true); }
+  void finish_placement() override {
+    if (where_ && pending_.pending()) where_->wait(pending_);
+    pending_ = {};
   }
 
   void audit(device_id expected, const stage_context& where) const override {
+    if (where_ && pending_.pending()) where_->note_read(pending_, name_); // before finish_placement(): a mock throws
     if (location() != expected)
       throw placement_error("offload.placement.component_mismatch",
                             fmt::format("component '{}' expected on {}, found on {} (stage '{}', "
@@ -69,6 +58,28 @@ public:
   void set_tiling(tile_options) override {}
 
 private:
+  void place(device& target, bool async) {
+    if (where_ == &target) return;
+    if (where_) {
+      finish_placement();
+      where_->release(placed_);
+      where_ = nullptr;
+    }
+    if (target.id().is_host()) return;
+    const bool streamed = blocks_ && stream_.enabled();
+    const std::int64_t rest = streamed ? blocks_->streamed_rest(bytes_) : bytes_;
+    placed_ = streamed ? rest + std::min<std::int64_t>(stream_.slots, blocks_->count()) * blocks_->slot_bytes : bytes_;
+    target.allocate(placed_, name_);
+    try {
+      if (async) pending_ = target.account_transfer_async(rest, name_, pinned_, target.record_compute());
+      else target.account_transfer(rest, name_, /*to_device=*/true, pinned_);
+    } catch (...) {
+      target.release(placed_);
+      throw;
+    }
+    where_ = &target;
+  }
+
   std::string name_;
   std::int64_t bytes_;
   bool pinned_;
@@ -76,6 +87,7 @@ private:
   stream_options stream_{};
   std::int64_t placed_ = 0; ///< bytes allocated on the device while placed
   device* where_ = nullptr;
+  transfer_event pending_; ///< the prefetch's copy until finish_placement()
 };
 
 } // namespace offload::testing
