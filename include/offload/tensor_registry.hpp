@@ -395,89 +395,13 @@ public:
   [[nodiscard]] std::size_t size() const noexcept { return entries_.size(); }
 
   /// Moves every tensor onto `target`, or home when `target` is the host. Transactional.
-  void place_on(device& target) {
-    if (where_ == &target) return;
-    if (where_) evict();
-    if (target.id().is_host()) return;
-    const bool streamed = streaming();
-    std::size_t done = 0;
-    try {
-      for (auto& e : entries_) {
-        if (streamed && stays_home(e)) {
-          ++done;
-          continue;
-        }
-        const auto nbytes = static_cast<std::int64_t>(e.master.nbytes());
-        target.allocate(nbytes, qualified(e.path));
-        try {
-          e.placed = target.copy_from_host(e.master, qualified(e.path), pinned_);
-        } catch (...) {
-          target.release(nbytes);
-          throw;
-        }
-        e.assign(e.placed);
-        ++done;
-      }
-      if (streamed) stream_->attach(target, pinned_);
-    } catch (...) {
-      for (std::size_t i = 0; i < done; ++i) {
-        auto& e = entries_[i];
-        if (streamed && stays_home(e)) continue;
-        target.release(static_cast<std::int64_t>(e.master.nbytes()));
-        e.assign(e.master);
-        e.placed = at::Tensor();
-      }
-      throw;
-    }
-    where_ = &target;
-  }
+  void place_on(device& target) { place(target, /*async=*/false); }
 
   /// place_on, with the copies on the device's transfer stream (copy_into_async into buffers the
   /// device allocates, each after the compute work issued so far): the tensors are placed and
   /// accounted when it returns, the data arrives in the background. finish_placement() makes the
   /// compute stream wait; audit() reports reading them before (on mock devices). Transactional.
-  void place_on_async(device& target) {
-    if (where_ == &target) return;
-    if (where_) evict();
-    if (target.id().is_host()) return;
-    const bool streamed = streaming();
-    const transfer_event after_compute = target.record_compute(); // a reused buffer's readers are done
-    transfer_event last;
-    std::size_t done = 0;
-    try {
-      for (auto& e : entries_) {
-        if (streamed && stays_home(e)) {
-          ++done;
-          continue;
-        }
-        const auto nbytes = static_cast<std::int64_t>(e.master.nbytes());
-        const at::Tensor buffer = target.allocate_buffer(nbytes, qualified(e.path));
-        at::Tensor view = buffer.view(e.master.scalar_type()).view(e.master.sizes());
-        try {
-          last = target.copy_into_async(e.master, view, qualified(e.path), pinned_, after_compute);
-        } catch (...) {
-          target.release(nbytes);
-          throw;
-        }
-        e.placed = view;
-        e.assign(e.placed);
-        ++done;
-      }
-      if (streamed) stream_->attach(target, pinned_);
-    } catch (...) {
-      target.wait(last); // nothing is freed under a copy in flight
-      for (std::size_t i = 0; i < done; ++i) {
-        auto& e = entries_[i];
-        if (streamed && stays_home(e)) continue;
-        target.release(static_cast<std::int64_t>(e.master.nbytes()));
-        e.assign(e.master);
-        e.placed = at::Tensor();
-      }
-      throw;
-    }
-    where_ = &target;
-    pending_ = last;
-  }
+  void place_on_async(device& target) { place(target, /*async=*/true); }
 
   /// Makes the compute stream wait for the copies of place_on_async (no host wait).
   void finish_placement() {
@@ -574,6 +498,54 @@ private:
       else handle.set_data(t);
     }
   };
+
+  void place(device& target, bool async) {
+    if (where_ == &target) return;
+    if (where_) evict();
+    if (target.id().is_host()) return;
+    const bool streamed = streaming();
+    // Asynchronous copies start after the compute work issued so far: a reused buffer's readers are done.
+    const transfer_event after_compute = async ? target.record_compute() : transfer_event{};
+    transfer_event last;
+    std::size_t done = 0;
+    try {
+      for (auto& e : entries_) {
+        if (streamed && stays_home(e)) {
+          ++done;
+          continue;
+        }
+        const auto nbytes = static_cast<std::int64_t>(e.master.nbytes());
+        at::Tensor placed; // async: a view of a device buffer the copy fills; sync: the copy itself
+        if (async)
+          placed = target.allocate_buffer(nbytes, qualified(e.path)).view(e.master.scalar_type()).view(e.master.sizes());
+        else
+          target.allocate(nbytes, qualified(e.path));
+        try {
+          if (async) last = target.copy_into_async(e.master, placed, qualified(e.path), pinned_, after_compute);
+          else placed = target.copy_from_host(e.master, qualified(e.path), pinned_);
+        } catch (...) {
+          target.release(nbytes);
+          throw;
+        }
+        e.placed = placed;
+        e.assign(e.placed);
+        ++done;
+      }
+      if (streamed) stream_->attach(target, pinned_);
+    } catch (...) {
+      target.wait(last); // nothing is freed under a copy in flight
+      for (std::size_t i = 0; i < done; ++i) {
+        auto& e = entries_[i];
+        if (streamed && stays_home(e)) continue;
+        target.release(static_cast<std::int64_t>(e.master.nbytes()));
+        e.assign(e.master);
+        e.placed = at::Tensor();
+      }
+      throw;
+    }
+    where_ = &target;
+    pending_ = last;
+  }
 
   /// While streaming: the tensors the component does not place (its blocks, which the stream
   /// moves, and its host tables).
