@@ -205,7 +205,8 @@ private:
                 if (a.kind == action_kind::onload && a.component == info.name) ++h.onloads;
               // The block copies, priced without credit for their overlap with compute (an upper
               // bound: with prefetch they mostly hide). So streaming never looks cheaper than one
-              // whole copy, and is chosen only where the component cannot stay whole.
+              // whole copy, and is chosen only where the component cannot stay whole; unless it
+              // keeps tables on the host (block_layout::host_bytes), which it then copies less.
               if (s > 0 && stream.enabled())
                 if (const auto b = pl.steps[s].streamed_bytes.find(info.name); b != pl.steps[s].streamed_bytes.end()) {
                   h.stream_step[s] = opt_.cost.transfer_seconds(b->second, host_memory::pinned);
