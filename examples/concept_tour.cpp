@@ -117,7 +117,7 @@ int main() {
   // Cross-stage prefetch: the next stage's components start moving during the current stage's
   // last repetition, on the transfer stream, where the device has room on top of its peak.
   const auto ahead = offload::schedule(stages, sizes,
-                                       offload::parse_policy("t5=cuda:on_demand,dit=cuda:on_demand,vae=cuda:on_demand,prefetch"),
+                                       offload::parse_policy("t5=cuda:on_demand,dit=cuda:on_demand,vae=cuda:on_demand,pinned,prefetch"),
                                        {.accelerator = mock0, .devices = {{mock0, 24_GiB}}});
   std::cout << ahead.table(); // text_encode: "prefetch: onload dit"; denoise: "prefetch: onload vae"
   // [prefetch]

@@ -47,7 +47,8 @@ POLICIES_13B=(resident offload_model offload_model+t5_cpu "$LOW_13B")
 # converts the masters one-way (later policies see them converted): keep store= policies last.
 EXTRA_13B=(
   'offload_model+vae_cpu'
-  'offload_model+vae_cpu,prefetch'
+  'offload_model+vae_cpu,pinned'
+  'offload_model+vae_cpu,pinned,prefetch'
   't5=cpu,dit=cuda:on_demand:stream=2:pinned,vae=cuda:on_demand:pinned'
   't5=cpu,dit=cuda:on_demand:stream=2:pinned,vae=cuda:on_demand:tile=32:pinned'
   't5=cpu,dit=cuda:on_demand:stream=2:store=bf16:pinned,vae=cuda:on_demand:pinned'

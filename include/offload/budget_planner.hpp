@@ -8,7 +8,8 @@
 /// (cost_model.hpp). The search covers the policy space of placement_policy.hpp: per component,
 /// where it executes (the accelerator or the host), when it loads (`init`, `first_use`), when it
 /// leaves (`never`, `after_use`, `when_idle`), pinned or pageable master, streamed or whole, stored
-/// natively or in a storage dtype it declares exact; and `evict_on_demand`. It never chooses what
+/// natively or in a storage dtype it declares exact; `evict_on_demand`, and cross-stage `prefetch`
+/// where it hides copies within the device budget. It never chooses what
 /// changes results (a storage that is not exact, tiles): those are the user's call.
 /// How it searches: offload/detail/budget_search.hpp and docs/planner.md.
 ///
@@ -67,6 +68,11 @@ struct budget_options {
   /// Consider streaming the block list of components that declare one (`stream=2:pinned`: two
   /// device slots, one block prefetched, pinned masters).
   bool allow_streaming = true;
+  /// Consider cross-stage prefetch (`prefetch`): a pinned component the next stage brings in moves
+  /// during the current stage's last repetition where the device budget leaves room, hiding its
+  /// copy behind that repetition's compute. Costs no pinned or host memory; holds device memory
+  /// a stage early, within the budget.
+  bool allow_prefetch = true;
   /// Consider storing accelerator-executed components in the storage dtypes they declare exact
   /// (stored_size::exact: same bits, e.g. a DiT's matmul weights in bf16 under bf16 autocast): less
   /// device memory, host memory and transfer time. Storages that change results are never chosen.

@@ -19,6 +19,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <map>
 #include <optional>
 #include <string>
@@ -119,8 +120,11 @@ public:
   /// When a stage needs room, evict the resident components needed latest (Belady), minimally.
   bool evict_on_demand = false;
   /// Cross-stage prefetch (`prefetch`): a component the next stage brings in starts moving during
-  /// the current stage's last repetition, on the transfer stream, when the device has room for it
-  /// on top of that stage's peak. Its copy then overlaps compute instead of preceding the stage.
+  /// the current stage's last repetition, on the transfer stream, when its master is pinned, that
+  /// stage streams no blocks on the device, and the device has room for it on top of that stage's
+  /// peak. Its copy then overlaps compute instead of preceding the stage. The word `pinned` pins
+  /// the master of every component that moves, unless its entry says `pageable`
+  /// (`offload_model+vae_cpu,pinned,prefetch`).
   bool prefetch = false;
 
   [[nodiscard]] const component_policy& of(std::string_view component) const {
@@ -198,7 +202,8 @@ public:
   placement_policy run() {
     placement_policy p;
     wan_flag_set flags;
-    bool any_flag = false;
+    bool any_flag = false, pin_rest = false;
+    std::vector<std::string> default_memory; ///< entries that do not say pinned or pageable
     std::vector<std::pair<std::string, component_policy>> entries;
     skip_spaces();
     if (pos_ == text_.size()) fail("a preset name or an entry 'component=target'");
@@ -211,16 +216,19 @@ public:
         skip_spaces();
         for (const auto& [n, _] : entries)
           if (n == word) fail_at(word_pos, fmt::format("component '{}' once (it is given twice)", word));
+        memory_given_ = false;
         entries.emplace_back(word, entry());
+        if (!memory_given_) default_memory.push_back(word);
       } else if (word == "offload_model") flags.offload_model = any_flag = true;
       else if (word == "t5_cpu") flags.t5_cpu = any_flag = true;
       else if (word == "vae_cpu") flags.vae_cpu = any_flag = true;
       else if (word == "resident") any_flag = true;
       else if (word == "evict_on_demand") p.evict_on_demand = true;
       else if (word == "prefetch") p.prefetch = true;
+      else if (word == "pinned") pin_rest = true;
       else
-        fail_at(word_pos, "a preset (offload_model, t5_cpu, vae_cpu, resident, evict_on_demand, prefetch) or "
-                          "'component=target'");
+        fail_at(word_pos, "a preset (offload_model, t5_cpu, vae_cpu, resident, evict_on_demand, prefetch, pinned) "
+                          "or 'component=target'");
       skip_spaces();
       if (pos_ == text_.size()) break;
       if (peek() != ',' && peek() != '+') fail("',' or '+' between items");
@@ -236,6 +244,16 @@ public:
     for (auto& [name, cp] : entries) {
       p.components[name] = cp;
       p.explicit_names.push_back(name);
+    }
+    if (pin_rest) {
+      // Every component that moves to the accelerator keeps a pinned master (the presets', the
+      // unnamed, and the entries that do not say 'pageable'); one executing on the host never moves.
+      p.fallback.memory = host_memory::pinned;
+      for (auto& [name, cp] : p.components) {
+        const bool named = std::find(p.explicit_names.begin(), p.explicit_names.end(), name) != p.explicit_names.end();
+        const bool defaulted = std::find(default_memory.begin(), default_memory.end(), name) != default_memory.end();
+        if (!cp.execute_on.is_host() && (!named || defaulted)) cp.memory = host_memory::pinned;
+      }
     }
     p.set_label(std::string(text_));
     return p;
@@ -316,8 +334,8 @@ private:
         overlap = number(0, 99998, "an overlap (0-99998)");
         continue;
       }
-      if (opt == "pinned") cp.memory = host_memory::pinned;
-      else if (opt == "pageable") cp.memory = host_memory::pageable;
+      if (opt == "pinned") cp.memory = host_memory::pinned, memory_given_ = true;
+      else if (opt == "pageable") cp.memory = host_memory::pageable, memory_given_ = true;
       else if (host)
         fail_at(opt_pos, "only 'pinned', 'pageable', 'store' or 'tile' after 'cpu' (a component that "
                          "executes on the host never moves)");
@@ -390,9 +408,12 @@ private:
 
   std::string_view text_;
   std::size_t pos_ = 0;
+  bool memory_given_ = false; ///< the entry being parsed says pinned or pageable
 };
 
-inline std::string entry_text(const component_policy& c) {
+/// `pinned_default`: the policy says `pinned` (placement_policy::fallback), so a pageable master
+/// that moves is written out.
+inline std::string entry_text(const component_policy& c, bool pinned_default = false) {
   std::string s;
   switch (c.execute_on.k) {
     case target::kind::host: s = "cpu"; break;
@@ -414,6 +435,7 @@ inline std::string entry_text(const component_policy& c) {
   if (c.store != storage_dtype::native) s += fmt::format(":store={}", to_string(c.store));
   if (c.tile.enabled()) s += fmt::format(":tile={}:overlap={}", c.tile.size, c.tile.overlap);
   if (c.memory == host_memory::pinned) s += ":pinned";
+  else if (pinned_default && !c.execute_on.is_host()) s += ":pageable";
   return s;
 }
 
@@ -426,9 +448,10 @@ inline placement_policy placement_policy::parse(std::string_view text) {
 inline std::string placement_policy::str() const {
   std::string s;
   for (const auto& [name, c] : components)
-    s += (s.empty() ? "" : ",") + name + "=" + detail::entry_text(c);
+    s += (s.empty() ? "" : ",") + name + "=" + detail::entry_text(c, fallback.memory == host_memory::pinned);
   if (evict_on_demand) s += (s.empty() ? "" : ",") + std::string("evict_on_demand");
   if (prefetch) s += (s.empty() ? "" : ",") + std::string("prefetch");
+  if (fallback.memory == host_memory::pinned) s += (s.empty() ? "" : ",") + std::string("pinned");
   return s.empty() ? "resident" : s;
 }
 

@@ -258,9 +258,9 @@ private:
       const auto* spec = spec_of(d);
       if (!spec || spec->h2d_bytes_per_second <= 0) continue;
       const double transfer = static_cast<double>(bytes) / spec->h2d_bytes_per_second;
-      // Prefetching hides the copies behind compute except each pass's first block; without it
-      // every copy waits.
-      if (policy_.of(name).stream.prefetch > 0)
+      // Prefetching hides the copies behind compute except each pass's first block; without it,
+      // or from pageable masters (a copy the host thread waits for), every copy waits.
+      if (policy_.of(name).stream.prefetch > 0 && policy_.of(name).memory == host_memory::pinned)
         seconds = std::max(seconds, transfer) +
                   s.repeat * static_cast<double>(c->blocks->block_bytes.front()) / spec->h2d_bytes_per_second;
       else
@@ -300,15 +300,25 @@ private:
   }
 
   /// Cross-stage prefetch: the components stage i+1 brings in start moving during stage i's last
-  /// repetition when the device has room for them on top of stage i's peak (its workspace
-  /// included). They are resident from then on; their copies overlap that repetition's compute
-  /// on the transfer stream, so only what exceeds it adds time.
+  /// repetition, on the device's transfer stream, when
+  /// - their host masters are pinned: a copy from pageable memory holds the host thread that
+  ///   queues the compute (cuda_device copies it synchronously), so it would hide nothing and only
+  ///   hold device memory a stage early;
+  /// - stage i streams no blocks on that device: its transfer stream carries the block copies, and
+  ///   a prefetch queued ahead of them would delay the blocks by as much as it hides;
+  /// - the device has room for them on top of stage i's peak (its workspace included).
+  /// They are resident from then on; their copies overlap one repetition's compute, so only what
+  /// exceeds it adds time.
   void prefetch_next(plan& p, plan_step& step, std::size_t i) {
     const stage& next = stages_[i + 1];
+    std::set<device_id> streaming;
+    for (const auto& name : stages_[i].uses)
+      if (streamed(name)) streaming.insert(exec(name));
     std::map<device_id, double> transfer;
     for (const auto& name : next.uses) {
       const device_id d = exec(name);
-      if (d.is_host() || loc_[name] == d) continue;
+      if (d.is_host() || loc_[name] == d || streaming.count(d)) continue;
+      if (policy_.of(name).memory != host_memory::pinned) continue;
       const std::int64_t b = bytes_of(name);
       if (const auto cap = capacity_of(d); cap && running_[d] + b > *cap) continue; // no room: loaded before next
       used_[d] += b;
@@ -320,10 +330,7 @@ private:
       if (const auto* sp = spec_of(d); sp && sp->h2d_bytes_per_second > 0)
         transfer[d] += static_cast<double>(moved) / sp->h2d_bytes_per_second;
     }
-    // Credited against the last repetition's time as testing::simulate runs it: its compute plus
-    // the stage's streaming time (optimistic where the stage streams: its block copies use the
-    // same transfer stream).
-    for (const auto& [d, t] : transfer) p.predicted_seconds += std::max(0.0, t - (stages_[i].seconds + step.stream_seconds));
+    for (const auto& [d, t] : transfer) p.predicted_seconds += std::max(0.0, t - stages_[i].seconds);
   }
 
   void evict(plan& p, std::vector<action>& into, const std::string& name, std::string reason) {

@@ -46,10 +46,12 @@ std::int64_t sim_peak(const offload::testing::simulation_result& s) {
   return it == s.peak_bytes.end() ? 0 : it->second;
 }
 
+/// Copies of `name` to the device: onloads before a stage, and prefetches during the one before.
 int onloads_of(const offload::plan& p, std::string_view name) {
   int n = 0;
   for (const auto& st : p.steps)
-    for (const auto& a : st.before) n += a.kind == offload::action_kind::onload && a.component == name;
+    for (const auto* list : {&st.before, &st.prefetch})
+      for (const auto& a : *list) n += a.kind == offload::action_kind::onload && a.component == name;
   return n;
 }
 
@@ -60,7 +62,10 @@ bool close(double a, double b) { return std::abs(a - b) <= 1e-9 * std::max(1.0, 
 BOOST_AUTO_TEST_SUITE(budget_planner)
 
 BOOST_AUTO_TEST_CASE(unlimited_budgets_give_the_all_resident_plan_pinned) {
-  const auto r = offload::plan_for_budget(stages, comps, options(std::nullopt));
+  // Without cross-stage prefetch (below, it hides the later components' copies).
+  auto opt = options(std::nullopt);
+  opt.allow_prefetch = false;
+  const auto r = offload::plan_for_budget(stages, comps, opt);
   const auto cost = offload::cost_model::defaults();
   for (const auto& c : comps) {
     const auto& cp = r.plan.policy.of(c.name);
@@ -78,6 +83,52 @@ BOOST_AUTO_TEST_CASE(unlimited_budgets_give_the_all_resident_plan_pinned) {
   const auto sim = simulate(r, cost);
   BOOST_TEST(sim_peak(sim) == r.device_peak_bytes);
   BOOST_TEST(close(sim.seconds, r.predicted_seconds));
+}
+
+BOOST_AUTO_TEST_CASE(prefetch_hides_the_copies_of_later_stages_where_the_budget_has_room) {
+  const auto cost = offload::cost_model::defaults();
+  auto pinned = [&](std::int64_t b) { return cost.transfer_seconds(b, offload::host_memory::pinned); };
+  auto prefetched = [](const offload::plan& p, const char* stage) {
+    std::vector<std::string> names;
+    for (const auto& a : p.step(stage)->prefetch) names.push_back(a.component);
+    return names;
+  };
+  // Unlimited: the encoder loads at init (nothing runs before it); the denoiser moves during the
+  // encode (0.08 s behind 0.5 s), the decoder during the last denoising step. Only the encoder's
+  // copy is exposed. Of the equally fast rules the denoiser takes the one with the lower peak: it
+  // leaves after the denoise (the decode holds the encoder, the decoder and its workspace).
+  const auto r = offload::plan_for_budget(stages, comps, options(std::nullopt));
+  BOOST_TEST(r.plan.policy.str() == "dec=cuda:lazy:pinned,den=cuda:lazy:offload:pinned,enc=cuda:resident:pinned,prefetch");
+  for (const auto& c : comps) BOOST_TEST(onloads_of(r.plan, c.name) == 1, c.name);
+  BOOST_TEST(prefetched(r.plan, "encode") == std::vector<std::string>{"den"});
+  BOOST_TEST(prefetched(r.plan, "denoise") == std::vector<std::string>{"dec"});
+  BOOST_TEST(close(r.predicted_seconds, 22.5 + pinned(6_GiB)));
+  BOOST_TEST(close(r.transfer_seconds, pinned(6_GiB)));
+  BOOST_TEST(r.device_peak_bytes == 13_GiB); // denoise: encoder 6 + denoiser 4 + workspace 2 + decoder 1
+  auto sim = simulate(r, cost);
+  BOOST_TEST(sim_peak(sim) == r.device_peak_bytes);
+  BOOST_TEST(close(sim.seconds, r.predicted_seconds), sim.seconds << " vs " << r.predicted_seconds);
+  // 10 GiB: the encode (encoder 6 + workspace 1) has no room for the denoiser (4), whose copy is
+  // exposed; the decoder still moves during the last denoising step.
+  const auto ten = offload::plan_for_budget(stages, comps, options(10_GiB));
+  BOOST_TEST(ten.plan.policy.prefetch);
+  BOOST_TEST(prefetched(ten.plan, "encode").empty());
+  BOOST_TEST(prefetched(ten.plan, "denoise") == std::vector<std::string>{"dec"});
+  BOOST_TEST(close(ten.predicted_seconds, 22.5 + pinned(6_GiB) + pinned(4_GiB)));
+  BOOST_TEST(ten.device_peak_bytes <= 10_GiB);
+  sim = simulate(ten, cost);
+  BOOST_TEST(sim_peak(sim) == ten.device_peak_bytes);
+  BOOST_TEST(close(sim.seconds, ten.predicted_seconds), sim.seconds << " vs " << ten.predicted_seconds);
+  // Without pinned memory nothing is prefetched: a pageable copy holds the host thread.
+  const auto pageable = offload::plan_for_budget(stages, comps, options(std::nullopt, 0));
+  BOOST_TEST(!pageable.plan.policy.prefetch);
+  BOOST_TEST(close(pageable.predicted_seconds, 22.5 + cost.transfer_seconds(11_GiB, offload::host_memory::pageable)));
+  // Turned off, the same budget loads everything at init: every copy exposed.
+  auto off = options(std::nullopt);
+  off.allow_prefetch = false;
+  const auto no = offload::plan_for_budget(stages, comps, off);
+  BOOST_TEST(!no.plan.policy.prefetch);
+  BOOST_TEST(close(no.predicted_seconds, 22.5 + pinned(11_GiB)));
 }
 
 BOOST_AUTO_TEST_CASE(every_chosen_plan_fits_and_time_never_increases_with_the_budget) {
@@ -154,7 +205,10 @@ BOOST_AUTO_TEST_CASE(evict_on_demand_is_chosen_when_it_saves_a_copy) {
                                           {"s2", {"b"}, {}, 1, 1.0},
                                           {"s3", {"a"}, {}, 1, 1.0},
                                           {"s4", {"c"}, {}, 1, 1.0}};
-  const auto r = offload::plan_for_budget(st, abc, options(8_GiB));
+  // Without prefetch (with it, the second copy of a hides behind s2 and both plans take as long).
+  auto opt = options(8_GiB);
+  opt.allow_prefetch = false;
+  const auto r = offload::plan_for_budget(st, abc, opt);
   BOOST_TEST(r.plan.policy.evict_on_demand);
   BOOST_TEST(r.plan.policy.str() == "a=cuda:resident:pinned,b=cuda:resident:pinned,c=cuda:resident:pinned,evict_on_demand");
   BOOST_TEST(onloads_of(r.plan, "a") == 1);
@@ -167,7 +221,7 @@ BOOST_AUTO_TEST_CASE(evict_on_demand_is_chosen_when_it_saves_a_copy) {
   BOOST_TEST(sim_peak(sim) == 6_GiB);
   BOOST_TEST(close(sim.seconds, r.predicted_seconds));
   // Without it the same budget costs one more copy of a.
-  auto no_eod = options(8_GiB);
+  auto no_eod = opt;
   no_eod.allow_evict_on_demand = false;
   const auto s = offload::plan_for_budget(st, abc, no_eod);
   BOOST_TEST(onloads_of(s.plan, "a") == 2);
@@ -259,9 +313,12 @@ BOOST_AUTO_TEST_CASE(streaming_is_chosen_when_the_whole_denoiser_does_not_fit) {
   BOOST_TEST(r.device_peak_bytes <= 6_GiB);
   BOOST_TEST(r.plan.device_bytes.at("den") == 3_GiB);
   // Each step streams the 10 blocks; the planner prices those copies without crediting their
-  // overlap with compute (an upper bound), plus one pinned copy of the encoder and the rest.
+  // overlap with compute (an upper bound), plus one pinned copy of the encoder. The rest (1 GiB)
+  // moves during the encode (prefetch), which hides its copy.
+  BOOST_TEST(r.plan.policy.prefetch);
+  BOOST_TEST(r.plan.step("encode")->prefetch.size() == 1u);
   const double pinned = cost.h2d_pinned_bytes_per_second;
-  const double expected = 0.5 + 20 * 1.0 + static_cast<double>(2_GiB + 1_GiB) / pinned + static_cast<double>(20 * 10_GiB) / pinned;
+  const double expected = 0.5 + 20 * 1.0 + static_cast<double>(2_GiB) / pinned + static_cast<double>(20 * 10_GiB) / pinned;
   BOOST_TEST(close(r.predicted_seconds, expected), r.predicted_seconds << " vs " << expected);
   BOOST_TEST(r.plan.step("denoise")->streamed_bytes.at("den") == 20 * 10_GiB);
   // The simulation reproduces the prediction and the peak (streamed footprint, plan_step::stream_seconds).
@@ -305,8 +362,9 @@ BOOST_AUTO_TEST_CASE(exact_storage_is_chosen_where_it_saves_memory_or_copies) {
   const std::vector<offload::component_info> c = {{"enc", 2_GiB}, stored_denoiser(true)};
 
   // 9 GiB: the whole native denoiser (12 + 2 GiB) cannot stay; stored in bf16 it can (6 + 2 GiB),
-  // which beats streaming it natively. Both load at init; the encoder leaves after use to make room
-  // (it is copied once either way), so the peak is in encode: 2 + 6 + 1 GiB of workspace.
+  // which beats streaming it natively. The encoder leaves after use to make room (it is copied
+  // once either way); the denoiser moves during the encode (prefetch: its 0.12 s copy hides behind
+  // 0.5 s), so the peak is in encode: 2 + 6 + 1 GiB of workspace.
   const auto r = offload::plan_for_budget(st, c, options(9_GiB));
   const auto& cp = r.plan.policy.of("den");
   BOOST_TEST(!cp.execute_on.is_host());
@@ -316,8 +374,8 @@ BOOST_AUTO_TEST_CASE(exact_storage_is_chosen_where_it_saves_memory_or_copies) {
   BOOST_TEST(r.device_peak_bytes == 2_GiB + 6_GiB + 1_GiB);
   BOOST_TEST(r.plan.step("denoise")->peak_bytes.at(gpu) == 6_GiB + 2_GiB);
   BOOST_TEST(onloads_of(r.plan, "den") == 1);
-  BOOST_TEST(close(r.predicted_seconds, 0.5 + 20 * 1.0 + static_cast<double>(2_GiB + 6_GiB) / pinned),
-             r.predicted_seconds);
+  BOOST_TEST(r.plan.step("encode")->prefetch.size() == 1u);
+  BOOST_TEST(close(r.predicted_seconds, 0.5 + 20 * 1.0 + static_cast<double>(2_GiB) / pinned), r.predicted_seconds);
   BOOST_TEST(r.pinned_bytes == 8_GiB); // the stored master is what is pinned
   const auto sim = simulate(r, cost, c);
   BOOST_TEST(sim_peak(sim) == r.device_peak_bytes);
@@ -338,10 +396,17 @@ BOOST_AUTO_TEST_CASE(exact_storage_is_chosen_where_it_saves_memory_or_copies) {
   BOOST_TEST(s.device_peak_bytes == 5_GiB);
   BOOST_TEST(s.plan.step("denoise")->peak_bytes.at(gpu) == 4_GiB);
 
-  // Unlimited: resident either way; the one copy at init is halved, so bf16 wins on time.
-  const auto u = offload::plan_for_budget(st, c, options(std::nullopt));
+  // Unlimited, without prefetch: resident either way; the one copy at init is halved, so bf16 wins
+  // on time. With prefetch the copy hides behind the encode either way (0.24 s native), so the tie
+  // goes to the native storage, one step closer to all-resident.
+  auto unlimited = options(std::nullopt);
+  unlimited.allow_prefetch = false;
+  const auto u = offload::plan_for_budget(st, c, unlimited);
   BOOST_TEST((u.plan.policy.of("den").store == offload::storage_dtype::bf16), u.plan.policy.str());
   BOOST_TEST((u.plan.policy.of("den").evict == offload::evict_rule::never));
+  const auto up = offload::plan_for_budget(st, c, options(std::nullopt));
+  BOOST_TEST(up.plan.policy.str() == "den=cuda:lazy:pinned,enc=cuda:resident:pinned,prefetch");
+  BOOST_TEST(close(up.predicted_seconds, 0.5 + 20 * 1.0 + static_cast<double>(2_GiB) / pinned), up.predicted_seconds);
 
   // A storage that is not exact is never chosen: the 12 GiB denoiser streams natively on 9 GiB.
   const std::vector<offload::component_info> inexact = {{"enc", 2_GiB}, stored_denoiser(false)};

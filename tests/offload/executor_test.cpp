@@ -248,7 +248,7 @@ BOOST_AUTO_TEST_CASE(cross_stage_prefetch_overlaps_compute_and_gives_the_same_re
     };
     return out{y, plan, devices.clock().now(), gpu.peak(), gpu.bytes_in(), gpu.copies_in_flight(), gpu.transfer_log()};
   };
-  const std::string policy = "enc=mock:0:on_demand,den=mock:0:on_demand,dec=mock:0:on_demand";
+  const std::string policy = "enc=mock:0:on_demand:pinned,den=mock:0:on_demand:pinned,dec=mock:0:on_demand:pinned";
   const auto plain = run(policy, false, 3, 3);
   const auto pre = run(policy, true, 3, 3);
   // The plan: den is prefetched during encode, dec during the last denoise step; nothing else moves.
@@ -292,12 +292,64 @@ BOOST_AUTO_TEST_CASE(cross_stage_prefetch_overlaps_compute_and_gives_the_same_re
                                        {.accelerator = mock0, .devices = {{mock0, plain.plan.peak_of(mock0), bw}}});
   BOOST_TEST(tight.fits());
   for (const auto& st : tight.steps) BOOST_TEST(st.prefetch.empty(), st.stage);
+  // Pageable masters are not prefetched: the host thread would wait for their copies (the mock
+  // models it: a pageable asynchronous copy holds the compute clock), so they would hide nothing.
+  const std::string pageable = "enc=mock:0:on_demand,den=mock:0:on_demand,dec=mock:0:on_demand";
+  const auto pageable_pre = run(pageable, true, 3, 3);
+  const auto pageable_plain = run(pageable, false, 3, 3);
+  for (const auto& st : pageable_pre.plan.steps) BOOST_TEST(st.prefetch.empty(), st.stage);
+  BOOST_TEST(pageable_pre.plan.predicted_seconds == pageable_plain.plan.predicted_seconds);
+  BOOST_TEST(pageable_pre.seconds == pageable_plain.seconds);
+  BOOST_TEST(torch::equal(pageable_pre.y, pre.y));
+  {
+    offload::device_set devices;
+    auto& gpu = offload::testing::add_mock(devices, 0, {.h2d_bytes_per_second = bw});
+    toy_pipeline t;
+    const double t0 = devices.clock().now();
+    t.c_den.prefetch_onto(gpu); // pageable: the clock moves by the copy's time at once
+    BOOST_TEST(std::abs(devices.clock().now() - (t0 + static_cast<double>(t.c_den.bytes()) / bw)) < 1e-12);
+    t.c_den.finish_placement();
+    t.c_den.place_on(devices.host());
+  }
+}
+
+BOOST_AUTO_TEST_CASE(no_prefetch_into_a_stage_that_streams_blocks_on_the_device) {
+  // denoise streams the DiT: its transfer stream carries the block copies, so the VAE is not
+  // prefetched there (queued ahead of the blocks it would delay them by as much as it hides);
+  // text_encode streams nothing, so the DiT's footprint moves during it.
+  const std::vector<offload::component_info> comps = {
+      {"t5", 4_GiB},
+      {"dit", 3_GiB, offload::block_layout{std::vector<std::int64_t>(10, 256_MiB), 256_MiB}},
+      {"vae", 1_GiB}};
+  const std::vector<offload::stage> stages = {{"text_encode", {"t5"}, {{"t5", 1_GiB}}, 1, 0.5},
+                                              {"denoise", {"dit"}, {{"dit", 2_GiB}}, 10, 0.2},
+                                              {"decode", {"vae"}, {{"vae", 3_GiB}}, 1, 1.0}};
+  const auto mock0 = device_id::mock(0);
+  const double bw = 25e9;
+  auto plan_of = [&](const char* text) {
+    return offload::schedule(stages, comps, offload::parse_policy(text),
+                             {.accelerator = mock0, .devices = {{mock0, 16_GiB, bw}}});
+  };
+  const auto streamed = plan_of("t5=cuda:on_demand:pinned,dit=cuda:on_demand:stream=2:pinned,vae=cuda:on_demand:pinned,prefetch");
+  const auto whole = plan_of("t5=cuda:on_demand:pinned,dit=cuda:on_demand:pinned,vae=cuda:on_demand:pinned,prefetch");
+  BOOST_REQUIRE(streamed.fits());
+  BOOST_REQUIRE(whole.fits());
+  BOOST_TEST(streamed.step("text_encode")->prefetch.size() == 1u);
+  BOOST_TEST(streamed.step("text_encode")->prefetch.at(0).component == "dit");
+  BOOST_TEST(streamed.step("denoise")->prefetch.empty());
+  BOOST_TEST(streamed.step("decode")->before.size() == 1u); // the VAE loads when decode begins
+  BOOST_TEST(whole.step("denoise")->prefetch.size() == 1u); // unstreamed, it moves during the last step
+  // The simulation agrees with the prediction.
+  const auto sim = offload::testing::simulate(streamed, comps, {.h2d_bytes_per_second = bw});
+  BOOST_TEST(std::abs(sim.seconds - streamed.predicted_seconds) < 1e-9, sim.seconds << " vs " << streamed.predicted_seconds);
+  BOOST_TEST(sim.peak_bytes.at(mock0) == streamed.peak_of(mock0));
 }
 
 BOOST_AUTO_TEST_CASE(a_prefetched_component_is_not_read_before_its_copy) {
   toy_pipeline tp;
   offload::device_set devices;
   auto& gpu = offload::testing::add_mock(devices, 0, {.h2d_bytes_per_second = 1e6});
+  tp.c_den.use_pinned_memory(true); // from pageable memory the host would wait for the copy
   const double t0 = devices.clock().now();
   tp.c_den.prefetch_onto(gpu);
   // Placed and accounted at once; the data arrives on the transfer stream (one copy per tensor).
@@ -335,8 +387,9 @@ BOOST_AUTO_TEST_CASE(simulated_prefetch_takes_the_predicted_time) {
                                               {"denoise", {"dit"}, {{"dit", 2_GiB}}, 10, 0.2},
                                               {"decode", {"vae"}, {{"vae", 3_GiB}}, 1, 1.0}};
   const double bw = 25e9;
-  for (const char* text : {"offload_model,prefetch", "t5=cuda:on_demand,dit=cuda:on_demand,vae=cuda:on_demand,prefetch",
-                           "t5=cuda:on_demand,dit=cuda:on_demand,vae=cuda:on_demand"}) {
+  for (const char* text : {"offload_model,prefetch", "t5=cuda:on_demand:pinned,dit=cuda:on_demand:pinned,vae=cuda:on_demand:pinned,prefetch",
+                           "t5=cuda:on_demand:pinned,dit=cuda:on_demand:pinned,vae=cuda:on_demand:pinned",
+                           "t5=cuda:on_demand,dit=cuda:on_demand,vae=cuda:on_demand,prefetch"}) {
     BOOST_TEST_CONTEXT(text) {
       const auto mock0 = device_id::mock(0);
       const auto plan = offload::schedule(stages, comps, offload::parse_policy(text),
@@ -349,9 +402,9 @@ BOOST_AUTO_TEST_CASE(simulated_prefetch_takes_the_predicted_time) {
   }
   // The dit's copy (0.13 s) hides behind text_encode (0.5 s); the vae's behind one denoise step.
   const auto mock0 = device_id::mock(0);
-  const auto with = offload::schedule(stages, comps, offload::parse_policy("t5=cuda:on_demand,dit=cuda:on_demand,vae=cuda:on_demand,prefetch"),
+  const auto with = offload::schedule(stages, comps, offload::parse_policy("t5=cuda:on_demand:pinned,dit=cuda:on_demand:pinned,vae=cuda:on_demand:pinned,prefetch"),
                                       {.accelerator = mock0, .devices = {{mock0, 16_GiB, bw}}});
-  const auto without = offload::schedule(stages, comps, offload::parse_policy("t5=cuda:on_demand,dit=cuda:on_demand,vae=cuda:on_demand"),
+  const auto without = offload::schedule(stages, comps, offload::parse_policy("t5=cuda:on_demand:pinned,dit=cuda:on_demand:pinned,vae=cuda:on_demand:pinned"),
                                          {.accelerator = mock0, .devices = {{mock0, 16_GiB, bw}}});
   BOOST_TEST(std::abs((without.predicted_seconds - with.predicted_seconds) - static_cast<double>(3_GiB + 1_GiB) / bw) < 1e-9);
 }

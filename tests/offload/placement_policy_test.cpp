@@ -66,17 +66,31 @@ BOOST_AUTO_TEST_CASE(presets_equal_the_reference_flags) {
   BOOST_TEST((pre.of("t5").evict == evict_rule::after_use));
   BOOST_TEST(!placement_policy::parse("offload_model").prefetch);
   BOOST_TEST(!(pre == placement_policy::parse("offload_model,dit=cuda:on_demand")));
+  // `pinned` pins every master that moves (presets, entries, the unnamed) unless an entry says
+  // pageable; a component executing on the host never moves and stays pageable.
+  const auto pin = placement_policy::parse("offload_model+t5_cpu,pinned,dit=cuda:on_demand,vae=cuda:pageable,x=cuda");
+  BOOST_TEST((pin.of("dit").memory == offload::host_memory::pinned));
+  BOOST_TEST((pin.of("x").memory == offload::host_memory::pinned));
+  BOOST_TEST((pin.of("clip").memory == offload::host_memory::pinned));
+  BOOST_TEST((pin.of("unnamed").memory == offload::host_memory::pinned));
+  BOOST_TEST((pin.of("vae").memory == offload::host_memory::pageable));
+  BOOST_TEST((pin.of("t5").memory == offload::host_memory::pageable));
+  BOOST_TEST(pin.str().find("vae=cuda:resident:pageable") != std::string::npos, pin.str());
+  BOOST_TEST((pin == placement_policy::parse(pin.str())), pin.str());
+  BOOST_TEST((placement_policy::parse("offload_model").of("dit").memory == offload::host_memory::pageable));
 }
 
 BOOST_AUTO_TEST_CASE(canonical_text_round_trips) {
   for (const char* text : {"resident", "offload_model", "offload_model+vae_cpu", "t5_cpu,vae_cpu",
                            "t5=cpu:pinned,vae=cuda:on_demand,dit=cuda:1:offload,evict_on_demand",
                            "offload_model,prefetch", "evict_on_demand,prefetch,t5=cpu",
-                           "x=cuda:lazy:offload,y=mock:3:on_demand:preload"}) {
+                           "x=cuda:lazy:offload,y=mock:3:on_demand:preload", "pinned",
+                           "offload_model+vae_cpu,pinned,prefetch,dit=cuda:pageable"}) {
     const auto p = placement_policy::parse(text);
     const auto q = placement_policy::parse(p.str());
     BOOST_TEST((p.components == q.components), text);
     BOOST_TEST(p.evict_on_demand == q.evict_on_demand);
+    BOOST_TEST((p == q), text << " -> " << p.str());
   }
 }
 

@@ -1,6 +1,6 @@
 // The budget planner on the Wan presets (mock GPU): every chosen plan fits its budget in simulation,
-// the predicted time never increases with the budget, an unlimited budget keeps everything
-// resident, and the compute model reproduces the H100 step times it was fitted to.
+// the predicted time never increases with the budget, an unlimited budget copies everything once and
+// keeps it, and the compute model reproduces the H100 step times it was fitted to.
 #include "wan/budget.hpp"
 #include "wan/configs/configs.hpp"
 
@@ -74,25 +74,61 @@ BOOST_AUTO_TEST_CASE(budgets_from_2_to_80_GiB_fit_in_simulation_and_time_never_i
 BOOST_AUTO_TEST_CASE(an_unlimited_budget_keeps_everything_resident) {
   for (const auto& task : wan::configs::wan_tasks()) {
     wan::generation_shape shape{task, 832, 480, task.starts_with("t2i") ? 1 : 81, 50};
+    auto no_prefetch = budget(std::nullopt);
+    no_prefetch.allow_prefetch = false;
+    const auto resident = wan::plan_generation(shape, no_prefetch);
     const auto r = wan::plan_generation(shape, budget(std::nullopt));
     for (const auto& c : wan::preset_components(task)) {
-      const auto& cp = r.plan.policy.of(c.name);
+      // Without prefetch everything loads at init; with it, what a later stage uses may arrive
+      // during the stage before (lazy): either way nothing leaves.
+      const auto& cp = resident.plan.policy.of(c.name);
       BOOST_TEST(!cp.execute_on.is_host(), task << " " << c.name);
       BOOST_TEST((cp.load == offload::load_rule::init && cp.evict == offload::evict_rule::never), task << " " << c.name);
+      const auto& pp = r.plan.policy.of(c.name);
+      BOOST_TEST(!pp.execute_on.is_host(), task << " " << c.name);
+      BOOST_TEST((pp.evict == offload::evict_rule::never), task << " " << c.name);
+      int copies = 0;
+      for (const auto& st : r.plan.steps)
+        for (const auto* list : {&st.before, &st.prefetch})
+          for (const auto& a : *list) copies += a.kind == offload::action_kind::onload && a.component == c.name;
+      BOOST_TEST(copies == 1, task << " " << c.name);
     }
     BOOST_TEST(!r.plan.policy.evict_on_demand, task);
+    BOOST_TEST(r.predicted_seconds <= resident.predicted_seconds, task);
     // Each copied once: the host masters, but for the tables a streamed component keeps at home
     // (T5 streams: its token embedding stays on the host, so it copies less than whole).
-    std::int64_t copied = r.plan.peak_of(device_id::cpu());
-    for (const auto& c : wan::preset_components(task))
-      if (r.plan.policy.of(c.name).stream.enabled()) copied -= c.blocks->host_bytes;
-    BOOST_TEST(r.plan.bytes_to_devices == copied, task);
+    for (const auto* p : {&resident, &r}) {
+      std::int64_t copied = p->plan.peak_of(device_id::cpu());
+      for (const auto& c : wan::preset_components(task))
+        if (p->plan.policy.of(c.name).stream.enabled()) copied -= c.blocks->host_bytes;
+      BOOST_TEST(p->plan.bytes_to_devices == copied, task);
+    }
   }
-  // T2V-1.3B as the reference holds it (float32 DiT, nothing streamed): the resident preset's
-  // peak (24.63 GiB measured).
+  // T2V-1.3B: T5 streams during the text encode, so nothing is prefetched into it (its transfer
+  // stream carries T5's blocks); the VAE moves during the last denoising step, which hides its copy.
+  {
+    const auto cost = offload::cost_model::defaults();
+    auto no_prefetch = budget(std::nullopt);
+    no_prefetch.allow_prefetch = false;
+    const auto resident = wan::plan_generation(t2v_1_3B, no_prefetch);
+    const auto r = wan::plan_generation(t2v_1_3B, budget(std::nullopt));
+    BOOST_TEST(r.plan.policy.prefetch, r.plan.policy.str());
+    BOOST_TEST(r.plan.step("text_encode")->prefetch.empty());
+    const auto& pre = r.plan.step("denoise")->prefetch;
+    BOOST_TEST_REQUIRE(pre.size() == 1u);
+    BOOST_TEST(pre[0].component == "vae");
+    const auto vae = wan::preset_components("t2v-1.3B")[2];
+    BOOST_REQUIRE(vae.name == "vae");
+    BOOST_TEST(std::abs((resident.predicted_seconds - r.predicted_seconds) -
+                        cost.transfer_seconds(vae.bytes, offload::host_memory::pinned)) < 1e-9);
+    BOOST_TEST(r.device_peak_bytes == resident.device_peak_bytes);
+  }
+  // T2V-1.3B as the reference holds it (float32 DiT, nothing streamed, everything loaded at init):
+  // the resident preset's peak (24.63 GiB measured).
   auto reference_storage = budget(std::nullopt);
   reference_storage.allow_exact_storage = false;
   reference_storage.allow_streaming = false;
+  reference_storage.allow_prefetch = false;
   const auto r = wan::plan_generation(t2v_1_3B, reference_storage);
   BOOST_TEST(std::abs(static_cast<double>(r.device_peak_bytes) / offload::GiB - 24.63) / 24.63 <= 0.03);
   BOOST_TEST((r.plan.policy.of("dit").store == offload::storage_dtype::native));
@@ -100,6 +136,7 @@ BOOST_AUTO_TEST_CASE(an_unlimited_budget_keeps_everything_resident) {
   // bits, one smaller copy, and a peak lower by exactly what bf16 saves.
   auto exact = budget(std::nullopt);
   exact.allow_streaming = false;
+  exact.allow_prefetch = false;
   const auto e = wan::plan_generation(t2v_1_3B, exact);
   BOOST_TEST((e.plan.policy.of("dit").store == offload::storage_dtype::bf16), e.plan.policy.str());
   BOOST_TEST(e.predicted_seconds < r.predicted_seconds);

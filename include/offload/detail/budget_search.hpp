@@ -22,6 +22,13 @@
 ///    gets holdings in each of them too, with the stored sizes (device, transfers, pinned and host
 ///    masters). The host peak of an execution assignment is first bounded with each accelerator
 ///    component's smallest master, then checked exactly per placement.
+/// 6. Cross-stage prefetch is not additive either (a prefetched component is held one stage
+///    early, where the scheduler finds room). Each holding carries a bound on what prefetch could
+///    hide: per onload after the first stage, the pinned copy's time, at most the previous stage's
+///    compute. The bounds keep the pruning valid; a priced placement whose time less its pinned
+///    components' bounds beats the best is scheduled once more with `prefetch` under the device
+///    budget, and offered with the time its prefetches hide (each stage's prefetched copies, at
+///    most that stage's compute: the scheduler's own rule).
 
 #include <offload/cost_model.hpp>
 #include <offload/errors.hpp>
@@ -119,8 +126,9 @@ private:
     stream_options stream{};       ///< streamed: its masters must be pinned
     double stream_seconds = 0;     ///< time the block copies add to the stages beyond their compute
     std::vector<double> stream_step; ///< the same per step
+    double prefetch_credit = 0;    ///< at most what cross-stage prefetch hides of its onloads (pinned)
     [[nodiscard]] double transfer_lb(const cost_model& cost) const {
-      return onloads * cost.transfer_seconds(onload_bytes, host_memory::pinned) + stream_seconds;
+      return onloads * cost.transfer_seconds(onload_bytes, host_memory::pinned) + stream_seconds - prefetch_credit;
     }
   };
   struct exec_info {
@@ -136,12 +144,11 @@ private:
     unsigned host_mask = 0;
     std::vector<int> choice; ///< holding index per component (-1 on the host)
     bool on_demand = false;  ///< evict_on_demand with resident (0) / lazy (1) holdings
+    bool prefetch = false;   ///< cross-stage prefetch
     unsigned pinned_mask = 0;
     double time = 0, compute = 0, transfer = 0;
     std::int64_t device_peak = 0, host_peak = 0, pinned_bytes = 0;
-    std::size_t peak_step = 0;
     int deviation = 0;
-    std::optional<offload::plan> planned; ///< the scheduler's plan when already made
   };
 
   // ---- preparation -------------------------------------------------------------------------
@@ -202,7 +209,14 @@ private:
               if (it != pl.steps[s].resident.end())
                 h.resident[s] = std::find(it->second.begin(), it->second.end(), info.name) != it->second.end();
               for (const auto& a : pl.steps[s].before)
-                if (a.kind == action_kind::onload && a.component == info.name) ++h.onloads;
+                if (a.kind == action_kind::onload && a.component == info.name) {
+                  ++h.onloads;
+                  // Prefetched into the previous stage, its copy hides behind that stage's compute.
+                  if (opt_.allow_prefetch && s >= 2)
+                    h.prefetch_credit += std::min(opt_.cost.transfer_seconds(h.onload_bytes, host_memory::pinned),
+                                                  std::max(opt_.cost.compute_seconds(stages_[s - 2].seconds, false),
+                                                           opt_.cost.compute_seconds(stages_[s - 2].seconds, true)));
+                }
               // The block copies, priced without credit for their overlap with compute (an upper
               // bound: with prefetch they mostly hide). So streaming never looks cheaper than one
               // whole copy, and is chosen only where the component cannot stay whole; unless it
@@ -374,8 +388,51 @@ private:
     price_transfers(k, onloads, onload_bytes, master_bytes, streamed, stream_seconds);
     if (!std::isfinite(k.transfer)) return; // the streamed masters do not fit the pinned budget
     k.time = k.compute + k.transfer;
-    for (std::size_t s = 0; s < steps_; ++s)
-      if (peak[s] > k.device_peak || s == 0) k.device_peak = std::max(k.device_peak, peak[s]), k.peak_step = s;
+    k.device_peak = *std::max_element(peak.begin(), peak.end());
+    double credit = 0;
+    for (std::size_t c = 0; c < n_; ++c)
+      if (choice[c] >= 0 && ((k.pinned_mask >> c) & 1u))
+        credit += holdings_[c][static_cast<std::size_t>(choice[c])].prefetch_credit;
+    if (credit > 0 && (!best_ || k.time - credit < best_->time * (1 + 1e-9))) offer_prefetched(k, onloads, onload_bytes);
+    offer(std::move(k));
+  }
+
+  /// `k` scheduled with cross-stage prefetch under the device budget, offered when its prefetches
+  /// hide time: per stage, the pinned copies of what it prefetches, at most its compute.
+  void offer_prefetched(const candidate& base, const std::vector<int>& onloads,
+                        const std::vector<std::int64_t>& onload_bytes) {
+    candidate k = base;
+    k.prefetch = true;
+    const plan pl = schedule(stages_, comps_, policy_of(k),
+                             {.accelerator = opt_.accelerator,
+                              .devices = {{opt_.accelerator, opt_.budgets.device}},
+                              .suggest = false});
+    ++schedules_;
+    if (!pl.fits()) return; // prefetches go only where there is room: not expected
+    // The same copies, some of them earlier (else the pricing of `base` would not hold).
+    std::vector<int> counted(n_, 0);
+    for (const auto& st : pl.steps)
+      for (const auto* list : {&st.before, &st.prefetch})
+        for (const auto& a : *list)
+          if (a.kind == action_kind::onload)
+            if (const auto c = index_of(a.component)) ++counted[*c];
+    if (counted != onloads) return;
+    double credit = 0;
+    for (std::size_t s = 1; s < pl.steps.size(); ++s) {
+      double t = 0;
+      for (const auto& a : pl.steps[s].prefetch)
+        if (const auto c = index_of(a.component))
+          t += opt_.cost.transfer_seconds(onload_bytes[*c], host_memory::pinned);
+      // One repetition of the stage, slowed down where it executes on the host.
+      bool host = false;
+      for (std::size_t c = 0; c < n_; ++c) host = host || (uses_[s - 1][c] && k.choice[c] < 0);
+      credit += std::min(t, opt_.cost.compute_seconds(stages_[s - 1].seconds, host));
+    }
+    if (credit <= 0) return;
+    k.transfer -= credit;
+    k.time -= credit;
+    k.device_peak = pl.peak_of(opt_.accelerator);
+    ++k.deviation;
     offer(std::move(k));
   }
 
@@ -418,7 +475,7 @@ private:
       k.deviation = 1 + static_cast<int>(std::count(k.choice.begin(), k.choice.end(), 1)) +
                     static_cast<int>(std::count(k.choice.begin(), k.choice.end(), -1));
       k.device_peak = pl.peak_of(opt_.accelerator);
-      k.planned = std::move(pl);
+      if (opt_.allow_prefetch && k.pinned_mask != 0) offer_prefetched(k, onloads, onload_bytes);
       offer(std::move(k));
     }
   }
@@ -447,6 +504,7 @@ private:
       p.components[comps_[c].name] = cp;
     }
     p.evict_on_demand = k.on_demand;
+    p.prefetch = k.prefetch;
     p.set_label(p.str());
     return p;
   }

@@ -10,7 +10,8 @@
 ///
 /// Streams: the run's virtual clock is the compute stream. Asynchronous copies
 /// (`copy_into_async`) run on a separate transfer stream: each starts when the stream is free and
-/// its `not_before` point has passed, and takes bytes / bandwidth, overlapping compute. `wait(e)`
+/// its `not_before` point has passed, and takes bytes / bandwidth, overlapping compute when its
+/// source is pinned (from pageable memory the host thread waits for it, as on a GPU). `wait(e)`
 /// moves the compute clock to the copy's end. Reading data before waiting on its copy
 /// (`note_read`) throws `offload.placement.read_before_transfer`, so a schedule that forgets an
 /// event fails in a test instead of computing on half-copied weights on a GPU.
@@ -107,6 +108,9 @@ protected:
     const double start = std::max({clock_->now(), stream_free_at_, not_before.ready_at});
     stream_free_at_ = start + (bw > 0 ? static_cast<double>(bytes) / bw : 0.0);
     log_.push_back({std::string(what), device_id::cpu(), id(), bytes, start, stream_free_at_, true});
+    // From pageable memory the copy is synchronous for the host thread that queues the compute
+    // (cuda_device copies it with non_blocking=false): nothing new computes until it is done.
+    if (!pinned && stream_free_at_ > clock_->now()) clock_->advance(stream_free_at_ - clock_->now());
     const std::uint64_t event = next_event_++;
     in_flight_.push_back(event);
     return {stream_free_at_, event, nullptr};
