@@ -4,7 +4,7 @@
 //   offload_calibrate FILE [--device cuda:N] [--transfer_bytes SIZE] [--quick]
 //
 // With a CUDA device: host -> device bandwidth from pinned and from pageable memory, device ->
-// host, and the device's bf16 matmul throughput. Always: the host's fp32 matmul throughput. What
+// host, the time to pin host memory, and the device's bf16 matmul throughput. Always: the host's fp32 matmul throughput. What
 // could not be measured (no CUDA device: the bandwidths and the accelerator throughput) keeps the
 // H100 default, and its `sources` entry says so. Matmul throughput is an upper bound of the
 // effective throughput of real pipeline work (attention, convolutions): see docs/planner.md.
@@ -128,10 +128,28 @@ int main(int argc, char** argv) {
           fmt::format("measured: bf16 matmul {0}x{0}x{0} on {1} (an upper bound of pipeline throughput)", dev_n,
                       id.str());
       cost.accelerator = id.str();
+      // Pinning a master as use_pinned_memory does (pin_memory(): a page-locked allocation and a
+      // host copy). Every copy is kept alive, so each is a fresh allocation: LibTorch's host
+      // allocator would hand a freed block back at no cost.
+      {
+        const std::int64_t pin_n = quick ? 64 * offload::MiB : 256 * offload::MiB;
+        std::vector<torch::Tensor> held;
+        double best = 1e300;
+        for (int i = 0; i < reps; ++i) {
+          const auto master = torch::ones({pin_n}, torch::kUInt8); // touched: its pages exist
+          const auto t0 = clock_type::now();
+          held.push_back(master.pin_memory());
+          best = std::min(best, seconds_since(t0));
+        }
+        cost.pin_bytes_per_second = static_cast<double>(pin_n) / best;
+        cost.sources["pin_bytes_per_second"] =
+            fmt::format("measured: pin_memory() of a fresh {} host tensor, best of {}", offload::format_bytes(pin_n), reps);
+      }
       std::cout << fmt::format("{}: pinned {:.3g} B/s, pageable {:.3g} B/s, to host {:.3g} B/s, bf16 matmul {:.3g} "
-                               "FLOP/s\n",
+                               "FLOP/s; pinning {:.3g} B/s\n",
                                id.str(), cost.h2d_pinned_bytes_per_second, cost.h2d_pageable_bytes_per_second,
-                               cost.d2h_bytes_per_second, cost.accelerator_flops_per_second);
+                               cost.d2h_bytes_per_second, cost.accelerator_flops_per_second,
+                               cost.pin_bytes_per_second.value_or(0));
     } else {
       const std::string why = id.kind != offload::device_kind::cuda
                                   ? fmt::format("--device {} is not a CUDA device", id.str())

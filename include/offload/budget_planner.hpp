@@ -77,6 +77,9 @@ struct budget_options {
   /// (stored_size::exact: same bits, e.g. a DiT's matmul weights in bf16 under bf16 autocast): less
   /// device memory, host memory and transfer time. Storages that change results are never chosen.
   bool allow_exact_storage = true;
+  /// Runs of the stage list per process (generations), over which the one-time cost of pinning
+  /// masters (cost_model::pin_bytes_per_second) is spread: 1 for a single generation.
+  int runs = 1;
   /// Components that run tiled in every policy the planner considers (`vae=...:tile=32`), by
   /// name. Tiles change results, so the planner never chooses them: the user does, and the stages
   /// must carry the tiled workspaces.
@@ -89,7 +92,8 @@ struct budget_plan {
   memory_budgets budgets;
   double predicted_seconds = 0;
   double compute_seconds = 0;  ///< stages, host stages slowed down
-  double transfer_seconds = 0; ///< host -> device copies, pinned or pageable
+  double transfer_seconds = 0; ///< host -> device copies, pinned or pageable, and pin_seconds
+  double pin_seconds = 0;      ///< pinning the masters, per run (cost_model::pin_bytes_per_second / runs)
   std::int64_t device_peak_bytes = 0;
   std::int64_t pinned_bytes = 0; ///< masters the policy pins
   std::int64_t host_peak_bytes = 0;
@@ -118,8 +122,9 @@ inline budget_plan plan_for_budget(const std::vector<stage>& stages, const std::
 inline std::string budget_plan::summary() const {
   const auto accel = plan.accelerator;
   std::string out = fmt::format("budget planner: policy '{}'\n", plan.policy.str());
-  out += fmt::format("  predicted {:.2f} s: compute {:.2f} s, transfers {:.2f} s\n", predicted_seconds,
-                     compute_seconds, transfer_seconds);
+  out += fmt::format("  predicted {:.2f} s: compute {:.2f} s, transfers {:.2f} s{}\n", predicted_seconds,
+                     compute_seconds, transfer_seconds,
+                     pin_seconds > 0 ? fmt::format(" (pinning {:.2f} s)", pin_seconds) : std::string());
   out += fmt::format("  peaks: {} {} of {}, pinned {} of {}, host {} of {}\n", accel.str(),
                      format_bytes(device_peak_bytes), detail::budget_text(budgets.device), format_bytes(pinned_bytes),
                      detail::budget_text(budgets.pinned), format_bytes(host_peak_bytes),
@@ -133,10 +138,11 @@ inline std::string budget_plan::json() const {
   std::string s = plan.json();
   s.pop_back(); // the closing brace
   s += fmt::format(
-      R"(,"planner":{{"policy":{},"predicted_seconds":{},"compute_seconds":{},"transfer_seconds":{},)"
+      R"(,"planner":{{"policy":{},"predicted_seconds":{},"compute_seconds":{},"transfer_seconds":{},"pin_seconds":{},)"
       R"("device_peak_bytes":{},"pinned_bytes":{},"host_peak_bytes":{},)"
       R"("budgets":{{"device":{},"pinned":{},"host":{}}},"placements_considered":{},"schedules_run":{}}}}})",
-      detail::json_string(plan.policy.str()), predicted_seconds, compute_seconds, transfer_seconds, device_peak_bytes,
+      detail::json_string(plan.policy.str()), predicted_seconds, compute_seconds, transfer_seconds, pin_seconds,
+      device_peak_bytes,
       pinned_bytes, host_peak_bytes, opt(budgets.device), opt(budgets.pinned), opt(budgets.host),
       placements_considered, schedules_run);
   return s;

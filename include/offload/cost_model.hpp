@@ -35,6 +35,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <string_view>
@@ -54,6 +55,10 @@ struct cost_model {
   double accelerator_flops_per_second = 4.5e14;
   /// Effective throughput of the host on the same work (fp32 BLAS on the CPU).
   double host_flops_per_second = 1e12;
+  /// Host memory -> pinned memory when a master is pinned (`pin_memory()`: a page-locked
+  /// allocation and a host copy), once per process. Unset: pinning costs no time in the model (not
+  /// measured on the reference H100); offload_calibrate measures it on a CUDA machine.
+  std::optional<double> pin_bytes_per_second;
   /// What the figures describe.
   std::string accelerator = "NVIDIA H100 80GB (reference figures)";
   std::string host = "server CPU (assumed)";
@@ -70,8 +75,14 @@ struct cost_model {
         {"accelerator_flops_per_second",
          "default: fitted to Wan2.1 on an H100 (T2V-1.3B 832x480x81 1.45 s/step, T2V-14B 720p 26-29 s/step)"},
         {"host_flops_per_second", "default: assumed (a server CPU with fp32 BLAS); run offload_calibrate"},
+        {"pin_bytes_per_second", "default: unset (pinning costs no time); run offload_calibrate on a CUDA machine"},
     };
     return c;
+  }
+
+  /// Seconds to pin `bytes` of host masters; 0 while pin_bytes_per_second is unset.
+  [[nodiscard]] double pin_seconds(std::int64_t bytes) const {
+    return pin_bytes_per_second ? static_cast<double>(bytes) / *pin_bytes_per_second : 0.0;
   }
 
   /// Seconds to copy `bytes` host -> device from the given host memory.
@@ -88,7 +99,9 @@ struct cost_model {
 
   /// Throws config_error naming the first figure that is not a positive finite number.
   void validate(std::string_view origin = "cost model") const {
-    for (const auto& [name, v] : numbers())
+    auto figures = numbers();
+    if (pin_bytes_per_second) figures["pin_bytes_per_second"] = &*pin_bytes_per_second;
+    for (const auto& [name, v] : figures)
       if (!(std::isfinite(*v) && *v > 0))
         throw config_error("offload.config.cost_model_value",
                            fmt::format("{}: '{}' is {}; expected a positive number (bytes or FLOPs per "
@@ -102,6 +115,7 @@ struct cost_model {
     std::string out = "{\n  \"format\": \"offload.cost_model/1\",\n";
     for (const auto& [name, v] : numbers())
       out += fmt::format("  {}: {:.6g},\n", json_string(name), *v);
+    if (pin_bytes_per_second) out += fmt::format("  \"pin_bytes_per_second\": {:.6g},\n", *pin_bytes_per_second);
     out += fmt::format("  \"accelerator\": {},\n  \"host\": {},\n  \"sources\": {{", json_string(accelerator),
                        json_string(host));
     bool first = true;
@@ -151,12 +165,16 @@ struct cost_model {
           expect(s, detail::json_value::kind::string);
           c.sources[s.key] = s.value.text;
         }
+      } else if (m.key == "pin_bytes_per_second") {
+        expect(m, detail::json_value::kind::number);
+        c.pin_bytes_per_second = m.value.number;
+        if (!doc.find("sources") || !doc.find("sources")->find(m.key)) c.sources[m.key] = "given (no source recorded)";
       } else if (const auto it = figures.find(m.key); it != figures.end()) {
         expect(m, detail::json_value::kind::number);
         *it->second = m.value.number;
         if (!doc.find("sources") || !doc.find("sources")->find(m.key)) c.sources[m.key] = "given (no source recorded)";
       } else {
-        std::string known = "format, accelerator, host, sources";
+        std::string known = "format, accelerator, host, sources, pin_bytes_per_second";
         for (const auto& [k, _] : figures) known += ", " + k;
         throw config_error("offload.config.cost_model_key",
                            fmt::format("{}: unknown key '{}'; expected one of {}", origin, m.key, known));

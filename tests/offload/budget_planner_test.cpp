@@ -4,6 +4,7 @@
 #include <offload/budget_planner.hpp>
 #include <offload/cost_model.hpp>
 
+#include <offload/testing/errors.hpp>
 #include <offload/testing/simulate.hpp>
 
 #include <boost/test/unit_test.hpp>
@@ -129,6 +130,37 @@ BOOST_AUTO_TEST_CASE(prefetch_hides_the_copies_of_later_stages_where_the_budget_
   const auto no = offload::plan_for_budget(stages, comps, off);
   BOOST_TEST(!no.plan.policy.prefetch);
   BOOST_TEST(close(no.predicted_seconds, 22.5 + pinned(11_GiB)));
+}
+
+BOOST_AUTO_TEST_CASE(pinning_time_is_charged_when_the_cost_model_prices_it) {
+  // Each component is copied once. Pinning at 4 GB/s costs 0.27 s per GiB, more than a pinned copy
+  // saves (0.12 s per GiB) or prefetch hides: for one run nothing is pinned, nothing prefetched.
+  auto opt = options(std::nullopt);
+  opt.cost.pin_bytes_per_second = 4e9;
+  const auto& cost = opt.cost;
+  const auto one = offload::plan_for_budget(stages, comps, opt);
+  for (const auto& c : comps)
+    BOOST_TEST((one.plan.policy.of(c.name).memory == offload::host_memory::pageable), one.plan.policy.str());
+  BOOST_TEST(!one.plan.policy.prefetch);
+  BOOST_TEST(one.pinned_bytes == 0);
+  BOOST_TEST(one.pin_seconds == 0.0);
+  BOOST_TEST(close(one.predicted_seconds, 22.5 + cost.transfer_seconds(11_GiB, offload::host_memory::pageable)));
+  // Spread over 10 runs it pays: every master pinned, the later copies prefetched (as with pinning
+  // free), each run charged a tenth of the pinning.
+  opt.runs = 10;
+  const auto ten = offload::plan_for_budget(stages, comps, opt);
+  BOOST_TEST(ten.plan.policy.str() == "dec=cuda:lazy:pinned,den=cuda:lazy:offload:pinned,enc=cuda:resident:pinned,prefetch");
+  BOOST_TEST(ten.pinned_bytes == 11_GiB);
+  BOOST_TEST(close(ten.pin_seconds, static_cast<double>(11_GiB) / 4e9 / 10));
+  BOOST_TEST(close(ten.predicted_seconds, 22.5 + cost.transfer_seconds(6_GiB, offload::host_memory::pinned) + ten.pin_seconds));
+  BOOST_TEST(ten.summary().find("(pinning 0.30 s)") != std::string::npos, ten.summary());
+  BOOST_TEST(ten.json().find("\"pin_seconds\":") != std::string::npos);
+  // The simulation runs the copies, not the pinning.
+  const auto sim = simulate(ten, cost);
+  BOOST_TEST(close(sim.seconds + ten.pin_seconds, ten.predicted_seconds), sim.seconds << " vs " << ten.predicted_seconds);
+  opt.runs = 0;
+  BOOST_TEST(offload::testing::error_id([&] { (void)offload::plan_for_budget(stages, comps, opt); }) ==
+             "offload.config.runs");
 }
 
 BOOST_AUTO_TEST_CASE(every_chosen_plan_fits_and_time_never_increases_with_the_budget) {
@@ -500,7 +532,15 @@ BOOST_AUTO_TEST_CASE(save_and_load_round_trip) {
   BOOST_TEST(d.h2d_pageable_bytes_per_second == c.h2d_pageable_bytes_per_second);
   BOOST_TEST(d.host == "test host");
   BOOST_TEST(d.sources.at("host_flops_per_second") == "measured: fp32 matmul 1024^3");
+  BOOST_TEST(!d.pin_bytes_per_second); // unset stays unset
+  // The pinning rate, when measured, round-trips too; a non-positive one is refused.
+  c.pin_bytes_per_second = 3.5e9;
+  c.save(file);
+  BOOST_TEST(offload::cost_model::load(file).pin_bytes_per_second.value_or(0) == 3.5e9);
   std::filesystem::remove(file);
+  BOOST_TEST(offload::testing::error_id([] {
+               (void)offload::cost_model::parse(R"({"format":"offload.cost_model/1","pin_bytes_per_second":0})");
+             }) == "offload.config.cost_model_value");
 }
 
 BOOST_AUTO_TEST_CASE(left_out_figures_keep_their_defaults_and_bad_ones_are_named) {

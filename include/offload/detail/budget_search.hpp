@@ -69,6 +69,9 @@ public:
                                      "found {}: group components or write the policy by hand",
                                      n_));
     opt_.cost.validate("budget planner cost model");
+    if (opt_.runs < 1)
+      throw config_error("offload.config.runs",
+                         fmt::format("budget planner: {} runs per process; expected at least 1", opt_.runs));
     for (const auto& [name, b] : {std::pair{"device", opt_.budgets.device}, std::pair{"pinned", opt_.budgets.pinned},
                                   std::pair{"host", opt_.budgets.host}})
       if (b && *b < 0)
@@ -272,7 +275,8 @@ private:
   // ---- pricing ----------------------------------------------------------------------------
   /// Transfer seconds with the best pinned subset for the given onload counts and bytes (a pinned
   /// component pins its whole master, `master_bytes`); streamed components (`forced`) are always
-  /// pinned and add their block copies' time. Infinite when the forced ones alone exceed the
+  /// pinned and add their block copies' time. Pinning itself costs cost_model::pin_seconds of the
+  /// pinned bytes, spread over budget_options::runs. Infinite when the forced ones alone exceed the
   /// pinned budget.
   void price_transfers(candidate& k, const std::vector<int>& onloads, const std::vector<std::int64_t>& onload_bytes,
                        const std::vector<std::int64_t>& master_bytes, unsigned forced = 0,
@@ -299,6 +303,7 @@ private:
         t += onloads[c] * opt_.cost.transfer_seconds(onload_bytes[c], pin ? host_memory::pinned : host_memory::pageable);
       }
       if (opt_.budgets.pinned && pinned > *opt_.budgets.pinned) continue;
+      t += opt_.cost.pin_seconds(pinned) / opt_.runs; // pinning the masters, spread over the runs
       if (t < best * (1 - 1e-12) || (t <= best * (1 + 1e-12) && pinned < best_pinned)) {
         best = t;
         best_pinned = pinned;
@@ -536,6 +541,7 @@ private:
     out.predicted_seconds = k.time;
     out.compute_seconds = k.compute;
     out.transfer_seconds = k.transfer;
+    out.pin_seconds = opt_.cost.pin_seconds(k.pinned_bytes) / opt_.runs;
     out.device_peak_bytes = out.plan.peak_of(opt_.accelerator);
     out.pinned_bytes = k.pinned_bytes;
     out.host_peak_bytes = k.host_peak;
