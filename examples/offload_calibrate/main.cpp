@@ -4,9 +4,10 @@
 //   offload_calibrate FILE [--device cuda:N] [--transfer_bytes SIZE] [--quick]
 //
 // With a CUDA device: host -> device bandwidth from pinned and from pageable memory, device ->
-// host, the time to pin host memory, and the device's bf16 matmul throughput. Always: the host's fp32 matmul throughput. What
-// could not be measured (no CUDA device: the bandwidths and the accelerator throughput) keeps the
-// H100 default, and its `sources` entry says so. Matmul throughput is an upper bound of the
+// host, the time to pin host memory, and the device's bf16 matmul throughput. Always: the host's
+// fp32 matmul throughput. What could not be measured (no CUDA device: the bandwidths and the
+// accelerator throughput) keeps the H100 default, and its `sources` entry says so; the pinning
+// rate then stays unset. Matmul throughput is an upper bound of the
 // effective throughput of real pipeline work (attention, convolutions): see docs/planner.md.
 #include <offload/cost_model.hpp>
 #include <offload/units.hpp>
