@@ -306,7 +306,8 @@ private:
   ///   hold device memory a stage early;
   /// - stage i streams no blocks on that device: its transfer stream carries the block copies, and
   ///   a prefetch queued ahead of them would delay the blocks by as much as it hides;
-  /// - the device has room for them on top of stage i's peak (its workspace included).
+  /// - the device has room for them on top of what stage i holds while it runs: its resident set
+  ///   and its workspace (not components its before-actions evicted).
   /// They are resident from then on; their copies overlap one repetition's compute, so only what
   /// exceeds it adds time.
   void prefetch_next(plan& p, plan_step& step, std::size_t i) {
@@ -320,9 +321,14 @@ private:
       if (d.is_host() || loc_[name] == d || streaming.count(d)) continue;
       if (policy_.of(name).memory != host_memory::pinned) continue;
       const std::int64_t b = bytes_of(name);
-      if (const auto cap = capacity_of(d); cap && running_[d] + b > *cap) continue; // no room: loaded before next
+      // On top of what the stage holds while it runs: its resident set (evictions and onloads done,
+      // earlier prefetches included) and its workspace. Not on top of the stage's transition peak
+      // (running_), which may still count components its before-actions evicted.
+      const auto w = step.workspace_bytes.find(d);
+      const std::int64_t during = used_[d] + (w == step.workspace_bytes.end() ? 0 : w->second);
+      if (const auto cap = capacity_of(d); cap && during + b > *cap) continue; // no room: loaded before next
       used_[d] += b;
-      running_[d] += b;
+      running_[d] = std::max(running_[d], during + b);
       loc_[name] = d;
       step.prefetch.push_back({action_kind::onload, name, d, b, fmt::format("prefetch: used by '{}'", next.name)});
       const std::int64_t moved = transfer_bytes_of(name);

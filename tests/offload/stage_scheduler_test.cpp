@@ -159,4 +159,22 @@ BOOST_AUTO_TEST_CASE(json_has_the_fields_tools_read) {
   BOOST_TEST(table.find("after: evict enc") != std::string::npos);
 }
 
+BOOST_AUTO_TEST_CASE(prefetch_room_counts_what_the_stage_holds_not_what_it_evicted) {
+  // c loads at init and leaves before s0, which does not use it (when_idle); it is prefetched
+  // during s0 for s1. During s0 the device holds only c: 1 GiB, which fits 1.5 GiB. (The room was
+  // once counted on top of the device's state before s0's evictions, c included: 2 GiB, so the
+  // prefetch was refused and a fitting plan reported a 2 GiB peak; found by plan_properties.)
+  const std::vector<offload::stage> stages = {{"s0", {"a"}}, {"s1", {"c"}}};
+  const std::vector<offload::component_info> comps = {{"a", 2_GiB}, {"c", 1_GiB}};
+  const auto pol = offload::parse_policy("a=cpu,c=cuda:on_demand:preload:pinned,prefetch");
+  const auto p = offload::schedule(stages, comps, pol, on_mock(1.5_GiB));
+  BOOST_REQUIRE(p.fits());
+  BOOST_TEST(names(p.steps[0].before, action_kind::onload) == strings{"c"});
+  BOOST_TEST(names(p.step("s0")->before, action_kind::evict) == strings{"c"});
+  BOOST_TEST(names(p.step("s0")->prefetch, action_kind::onload) == strings{"c"});
+  BOOST_TEST(p.step("s1")->before.empty());
+  BOOST_TEST(p.step("s0")->peak_bytes.at(gpu) == 1_GiB);
+  BOOST_TEST(p.peak_of(gpu) == 1_GiB);
+}
+
 BOOST_AUTO_TEST_SUITE_END()

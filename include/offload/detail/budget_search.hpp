@@ -166,6 +166,10 @@ private:
       for (const auto& w : stages_[s].workspace)
         if (const auto c = index_of(w.component)) ws_[*c][s + 1] += w.bytes;
     }
+    max_prefetch_hide_ = 0;
+    for (std::size_t s = 0; s + 1 < stages_.size(); ++s)
+      max_prefetch_hide_ += std::max(opt_.cost.compute_seconds(stages_[s].seconds, false),
+                                     opt_.cost.compute_seconds(stages_[s].seconds, true));
     // Holdings from the scheduler: component c with one rule, the others on the host.
     const std::pair<load_rule, evict_rule> rules[] = {
         {load_rule::init, evict_rule::never},          {load_rule::first_use, evict_rule::never},
@@ -273,17 +277,22 @@ private:
   }
 
   // ---- pricing ----------------------------------------------------------------------------
-  /// Transfer seconds with the best pinned subset for the given onload counts and bytes (a pinned
-  /// component pins its whole master, `master_bytes`); streamed components (`forced`) are always
-  /// pinned and add their block copies' time. Pinning itself costs cost_model::pin_seconds of the
-  /// pinned bytes, spread over budget_options::runs. Infinite when the forced ones alone exceed the
-  /// pinned budget.
-  void price_transfers(candidate& k, const std::vector<int>& onloads, const std::vector<std::int64_t>& onload_bytes,
-                       const std::vector<std::int64_t>& master_bytes, unsigned forced = 0,
-                       double stream_seconds = 0) const {
-    double best = std::numeric_limits<double>::infinity();
-    std::int64_t best_pinned = 0;
-    unsigned best_mask = 0;
+  /// One choice of the pinned masters: which components (bit c), their bytes, the transfer time.
+  struct pin_choice {
+    unsigned mask = 0;
+    std::int64_t bytes = 0;
+    double transfer = 0;
+  };
+
+  /// Every choice of pinned masters within the pinned budget, with its transfer seconds for the
+  /// given onload counts and bytes (a pinned component pins its whole master, `master_bytes`);
+  /// streamed components (`forced`) are always pinned and add their block copies' time. Pinning
+  /// itself costs cost_model::pin_seconds of the pinned bytes, spread over budget_options::runs.
+  /// Empty when the forced ones alone exceed the pinned budget.
+  [[nodiscard]] std::vector<pin_choice> pin_choices(const std::vector<int>& onloads,
+                                                    const std::vector<std::int64_t>& onload_bytes,
+                                                    const std::vector<std::int64_t>& master_bytes, unsigned forced = 0,
+                                                    double stream_seconds = 0) const {
     std::vector<std::size_t> moved;
     std::int64_t forced_bytes = 0;
     for (std::size_t c = 0; c < n_; ++c)
@@ -292,27 +301,56 @@ private:
     double forced_t = stream_seconds;
     for (std::size_t c = 0; c < n_; ++c)
       if ((forced >> c) & 1u) forced_t += onloads[c] * opt_.cost.transfer_seconds(onload_bytes[c], host_memory::pinned);
+    std::vector<pin_choice> out;
     for (unsigned sub = 0; sub < (1u << moved.size()); ++sub) {
-      std::int64_t pinned = forced_bytes;
-      double t = forced_t;
-      unsigned mask = forced;
+      pin_choice ch{forced, forced_bytes, forced_t};
       for (std::size_t i = 0; i < moved.size(); ++i) {
         const auto c = moved[i];
         const bool pin = (sub >> i) & 1u;
-        if (pin) pinned += master_bytes[c], mask |= 1u << c;
-        t += onloads[c] * opt_.cost.transfer_seconds(onload_bytes[c], pin ? host_memory::pinned : host_memory::pageable);
+        if (pin) ch.bytes += master_bytes[c], ch.mask |= 1u << c;
+        ch.transfer +=
+            onloads[c] * opt_.cost.transfer_seconds(onload_bytes[c], pin ? host_memory::pinned : host_memory::pageable);
       }
-      if (opt_.budgets.pinned && pinned > *opt_.budgets.pinned) continue;
-      t += opt_.cost.pin_seconds(pinned) / opt_.runs; // pinning the masters, spread over the runs
-      if (t < best * (1 - 1e-12) || (t <= best * (1 + 1e-12) && pinned < best_pinned)) {
-        best = t;
-        best_pinned = pinned;
-        best_mask = mask;
-      }
+      if (opt_.budgets.pinned && ch.bytes > *opt_.budgets.pinned) continue;
+      ch.transfer += opt_.cost.pin_seconds(ch.bytes) / opt_.runs; // pinning the masters, spread over the runs
+      out.push_back(ch);
     }
-    k.transfer = best;
-    k.pinned_mask = best_mask;
-    k.pinned_bytes = best_pinned;
+    return out;
+  }
+
+  /// The fastest of `choices` (the fewest pinned bytes among equals) set into `k`; an infinite
+  /// transfer time when there is none.
+  static void take_fastest(candidate& k, const std::vector<pin_choice>& choices) {
+    const pin_choice* best = nullptr;
+    for (const auto& ch : choices)
+      if (!best || ch.transfer < best->transfer * (1 - 1e-12) ||
+          (ch.transfer <= best->transfer * (1 + 1e-12) && ch.bytes < best->bytes))
+        best = &ch;
+    k.transfer = best ? best->transfer : std::numeric_limits<double>::infinity();
+    k.pinned_mask = best ? best->mask : 0;
+    k.pinned_bytes = best ? best->bytes : 0;
+  }
+
+  /// Cross-stage prefetch for each choice of pinned masters that could beat the best: prefetch
+  /// needs pinned masters, so the choice that is fastest without it is not always the one that is
+  /// fastest with it. `bound(mask)` is at most what prefetch can hide with those masters pinned.
+  template <class Bound>
+  void offer_prefetched_choices(const candidate& base, const std::vector<pin_choice>& choices,
+                                const std::vector<int>& onloads, const std::vector<std::int64_t>& onload_bytes,
+                                Bound bound) {
+    std::vector<std::pair<double, const pin_choice*>> order; // optimistic time, choice
+    for (const auto& ch : choices)
+      if (const double b = bound(ch.mask); b > 0) order.emplace_back(base.compute + ch.transfer - b, &ch);
+    std::stable_sort(order.begin(), order.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+    for (const auto& [optimistic, ch] : order) {
+      if (best_ && optimistic >= best_->time * (1 + 1e-9)) break; // neither this nor any later one can win
+      candidate k = base;
+      k.transfer = ch->transfer;
+      k.pinned_mask = ch->mask;
+      k.pinned_bytes = ch->bytes;
+      k.time = k.compute + k.transfer;
+      offer_prefetched(k, onloads, onload_bytes);
+    }
   }
 
   [[nodiscard]] bool better(const candidate& a, const candidate& b) const {
@@ -390,15 +428,18 @@ private:
       if (h.stream.enabled()) streamed |= 1u << c, stream_seconds += h.stream_seconds;
     }
     if (opt_.budgets.host && k.host_peak > *opt_.budgets.host) return;
-    price_transfers(k, onloads, onload_bytes, master_bytes, streamed, stream_seconds);
+    const auto choices = pin_choices(onloads, onload_bytes, master_bytes, streamed, stream_seconds);
+    take_fastest(k, choices);
     if (!std::isfinite(k.transfer)) return; // the streamed masters do not fit the pinned budget
     k.time = k.compute + k.transfer;
     k.device_peak = *std::max_element(peak.begin(), peak.end());
-    double credit = 0;
-    for (std::size_t c = 0; c < n_; ++c)
-      if (choice[c] >= 0 && ((k.pinned_mask >> c) & 1u))
-        credit += holdings_[c][static_cast<std::size_t>(choice[c])].prefetch_credit;
-    if (credit > 0 && (!best_ || k.time - credit < best_->time * (1 + 1e-9))) offer_prefetched(k, onloads, onload_bytes);
+    if (opt_.allow_prefetch)
+      offer_prefetched_choices(k, choices, onloads, onload_bytes, [&](unsigned mask) {
+        double credit = 0;
+        for (std::size_t c = 0; c < n_; ++c)
+          if (choice[c] >= 0 && ((mask >> c) & 1u)) credit += holdings_[c][static_cast<std::size_t>(choice[c])].prefetch_credit;
+        return credit;
+      });
     offer(std::move(k));
   }
 
@@ -475,12 +516,22 @@ private:
       for (std::size_t c = 0; c < n_; ++c) onload_bytes[c] = comps_[c].bytes;
       k.compute = e.compute;
       k.host_peak = host_peak;
-      price_transfers(k, onloads, onload_bytes, onload_bytes);
+      const auto choices = pin_choices(onloads, onload_bytes, onload_bytes);
+      take_fastest(k, choices);
+      if (!std::isfinite(k.transfer)) continue;
       k.time = k.compute + k.transfer;
       k.deviation = 1 + static_cast<int>(std::count(k.choice.begin(), k.choice.end(), 1)) +
                     static_cast<int>(std::count(k.choice.begin(), k.choice.end(), -1));
       k.device_peak = pl.peak_of(opt_.accelerator);
-      if (opt_.allow_prefetch && k.pinned_mask != 0) offer_prefetched(k, onloads, onload_bytes);
+      // What prefetch can hide: the pinned copies after the first stage, each at most one
+      // repetition of the stage before it (the slower of host and accelerator: an upper bound).
+      if (opt_.allow_prefetch)
+        offer_prefetched_choices(k, choices, onloads, onload_bytes, [&](unsigned mask) {
+          double copies = 0;
+          for (std::size_t c = 0; c < n_; ++c)
+            if ((mask >> c) & 1u) copies += onloads[c] * opt_.cost.transfer_seconds(onload_bytes[c], host_memory::pinned);
+          return std::min(copies, max_prefetch_hide_);
+        });
       offer(std::move(k));
     }
   }
@@ -683,6 +734,9 @@ private:
   std::vector<std::vector<std::int64_t>> ws_;    ///< per component, per step: its workspace
   std::vector<std::vector<holding>> holdings_;
   std::vector<double> min_transfer_lb_; ///< per component: the least transfer time of its holdings
+  /// At most what cross-stage prefetch hides in all: one repetition of every stage but the last,
+  /// the slower of host and accelerator.
+  double max_prefetch_hide_ = 0;
   std::vector<std::int64_t> min_master_; ///< per component: its smallest master over the storages searched
   std::vector<exec_info> execs_;
   std::optional<candidate> best_;
