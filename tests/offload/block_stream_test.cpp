@@ -1,6 +1,7 @@
 // Block streaming (block_stream.hpp) on mock devices: slot decisions, bit-identical outputs,
 // CFG-aware reuse (one copy per block per pass for two branches), no allocation per step,
-// event order, overlap on the virtual clock, plans that count the streamed bytes, and faults.
+// event order, overlap on the virtual clock, plans that count the streamed bytes, and faults; and
+// 150 random configurations checked against the scheduler's slot model and time prediction.
 #include <offload/block_stream.hpp>
 #include <offload/executor.hpp>
 #include <offload/offloadable.hpp>
@@ -12,6 +13,9 @@
 
 #include <boost/test/unit_test.hpp>
 #include <torch/torch.h>
+
+#include <cmath>
+#include <random>
 
 using namespace offload::literals;
 using offload::device_id;
@@ -29,10 +33,10 @@ struct toy_streamedImpl : torch::nn::Module {
   offload::block_stream* stream = nullptr;
   std::function<void(int)> on_block; // called inside each block use (tests)
 
-  toy_streamedImpl() {
+  explicit toy_streamedImpl(int n = kBlocks) {
     embed = register_module("embed", torch::nn::Linear(8, 16));
     blocks = register_module("blocks", torch::nn::ModuleList());
-    for (int i = 0; i < kBlocks; ++i) {
+    for (int i = 0; i < n; ++i) {
       block_list.push_back(torch::nn::Linear(16, 16));
       blocks->push_back(block_list.back());
     }
@@ -42,7 +46,7 @@ struct toy_streamedImpl : torch::nn::Module {
   std::vector<at::Tensor> forward(const std::vector<at::Tensor>& branches) {
     std::vector<at::Tensor> h;
     for (const auto& x : branches) h.push_back(embed(x));
-    for (int i = 0; i < kBlocks; ++i) {
+    for (int i = 0; i < static_cast<int>(block_list.size()); ++i) {
       offload::block_use use(stream, i);
       if (on_block) on_block(i);
       for (auto& v : h) v = torch::gelu(block_list[static_cast<std::size_t>(i)](v)) + v;
@@ -55,14 +59,14 @@ TORCH_MODULE(toy_streamed);
 
 struct fixture {
   toy_streamed model;
-  offload::offloadable<toy_streamed> comp{"dit", model};
-  fixture() {
+  offload::offloadable<toy_streamed> comp;
+  explicit fixture(int n = kBlocks) : model(n), comp("dit", model) {
     torch::manual_seed(7);
     for (auto& p : model->parameters()) {
       torch::NoGradGuard g;
       p.uniform_(-0.5, 0.5);
     }
-    comp.declare_blocks("blocks", kBlocks);
+    comp.declare_blocks("blocks", n);
     model->stream = comp.stream();
   }
   std::int64_t block_bytes() const { return (16 * 16 + 16) * 4; }
@@ -273,6 +277,78 @@ BOOST_AUTO_TEST_CASE(streamed_outputs_are_bit_identical_and_move_each_block_once
       f.comp.audit(device_id::cpu(), {"after", "test"});
     }
   }
+}
+
+BOOST_AUTO_TEST_CASE(random_configurations_stream_bit_identically_within_the_predicted_time) {
+  // 150 random configurations: 1-10 blocks, 1-4 slots, every prefetch depth, 1-3 branches, 1-4
+  // passes, pinned or pageable masters, block compute and copy times of 0.1-10 ms each. Every pass
+  // gives the resident outputs bit for bit, copies exactly the bytes the scheduler's slot model
+  // predicts, allocates nothing, and takes at most the time the scheduler predicts for it:
+  // max(compute, copies) + the first block's copy with prefetch from pinned masters (exactly
+  // compute + the first copy when compute-bound), compute + copies otherwise (exactly).
+  std::mt19937_64 rng(0x5eed0004);
+  auto uniform = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
+  auto log_uniform = [&](double lo, double hi) {
+    return std::exp(std::uniform_real_distribution<double>(std::log(lo), std::log(hi))(rng));
+  };
+  int overlapped = 0, compute_bound = 0, serial = 0, kept = 0;
+  for (int i = 0; i < 150; ++i) {
+    const int n = uniform(1, 10), k = uniform(1, 4), d = uniform(0, k - 1), branches = uniform(1, 3),
+              passes = uniform(1, 4);
+    const bool pinned = uniform(0, 3) != 0;
+    const double c = log_uniform(1e-4, 1e-2), b = log_uniform(1e-4, 1e-2); // per block: compute, copy
+    BOOST_TEST_CONTEXT("case " << i << ": " << n << " blocks, stream=" << k << ":prefetch=" << d << ", "
+                               << branches << " branches, " << passes << " passes, "
+                               << (pinned ? "pinned" : "pageable") << ", compute " << c << " s, copy " << b
+                               << " s per block") {
+      torch::manual_seed(100 + i);
+      std::vector<at::Tensor> x;
+      for (int j = 0; j < branches; ++j) x.push_back(torch::randn({3, 8}));
+      const auto expected = fixture(n).model->forward(x);
+      fixture f(n);
+      offload::device_set devices;
+      const double bw = static_cast<double>(f.block_bytes()) / b;
+      auto& gpu = offload::testing::add_mock(devices, 0, {.capacity = 1_GiB, .h2d_bytes_per_second = bw});
+      f.comp.use_pinned_memory(pinned);
+      f.comp.set_streaming({k, d});
+      f.comp.place_on(gpu);
+      f.model->on_block = [&](int) { devices.clock().advance(c); };
+      offload::detail::slot_schedule sim(n, k, d);
+      const auto allocations = gpu.allocations();
+      for (int pass = 0; pass < passes; ++pass) {
+        const double t0 = devices.clock().now();
+        const auto in0 = gpu.bytes_in();
+        BOOST_TEST(identical(f.model->forward(x), expected), "pass " << pass);
+        const auto bytes = gpu.bytes_in() - in0;
+        BOOST_TEST(bytes == sim.run_passes(1, *f.comp.blocks()), "pass " << pass);
+        kept += bytes < n * f.block_bytes();
+        const double elapsed = devices.clock().now() - t0;
+        const double compute = n * c, copies = static_cast<double>(bytes) / bw;
+        const double eps = 1e-12 + 1e-9 * (compute + copies);
+        if (pinned && d > 0) {
+          ++overlapped;
+          BOOST_TEST(elapsed <= std::max(compute, copies) + b + eps, "pass " << pass << ": " << elapsed << " s");
+          if (c >= b && bytes == n * f.block_bytes()) {
+            ++compute_bound;
+            BOOST_TEST(std::abs(elapsed - (compute + b)) <= eps, "pass " << pass << ": " << elapsed << " s");
+          }
+        } else {
+          ++serial;
+          BOOST_TEST(std::abs(elapsed - (compute + copies)) <= eps, "pass " << pass << ": " << elapsed << " s");
+        }
+      }
+      BOOST_TEST(gpu.allocations() == allocations);
+      BOOST_TEST(gpu.copies_in_flight() == 0u);
+      f.comp.place_on(devices.host());
+      BOOST_TEST(gpu.used() == 0);
+    }
+  }
+  BOOST_TEST_MESSAGE(overlapped << " overlapped passes (" << compute_bound << " compute-bound), " << serial
+                                << " serial, " << kept << " reusing blocks of the pass before");
+  BOOST_TEST(overlapped >= 100);
+  BOOST_TEST(compute_bound >= 15);
+  BOOST_TEST(serial >= 100);
+  BOOST_TEST(kept >= 50);
 }
 
 BOOST_AUTO_TEST_CASE(reading_before_waiting_is_caught) {
