@@ -30,6 +30,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <limits>
@@ -120,6 +121,35 @@ public:
         release(i);
       }
     return bytes;
+  }
+
+  /// run_passes with time: the seconds `passes` passes take when block i computes `compute[i]`
+  /// seconds and the copies run as block streaming runs them, on one transfer stream at
+  /// `bytes_per_second`. A copy is issued at the acquire of the block that needs or prefetches it
+  /// and starts when it is issued, the stream is free and its slot's previous block has computed;
+  /// a block computes once its copy is done; from pageable memory (`pinned` false) the host waits
+  /// for each copy, so nothing overlaps. Blocks held before the first pass are ready. `bytes` gets
+  /// the bytes copied.
+  double run_passes_timed(int passes, const block_layout& layout, double bytes_per_second,
+                          const std::vector<double>& compute, bool pinned, std::int64_t& bytes) {
+    double now = 0, stream_free = 0;
+    std::vector<double> slot_free(content_.size(), 0.0), ready(static_cast<std::size_t>(n_), 0.0);
+    bytes = 0;
+    for (int p = 0; p < passes; ++p)
+      for (int i = 0; i < n_; ++i) {
+        for (const auto& l : acquire(i, "")) {
+          const auto b = layout.block_bytes[static_cast<std::size_t>(l.block)];
+          bytes += b;
+          const double start = std::max({now, stream_free, slot_free[static_cast<std::size_t>(l.slot)]});
+          stream_free = start + static_cast<double>(b) / bytes_per_second;
+          ready[static_cast<std::size_t>(l.block)] = stream_free;
+          if (!pinned) now = stream_free;
+        }
+        now = std::max(now, ready[static_cast<std::size_t>(i)]) + compute[static_cast<std::size_t>(i)];
+        slot_free[static_cast<std::size_t>(slot_of(i))] = now;
+        release(i);
+      }
+    return now;
   }
 
 private:

@@ -241,6 +241,13 @@ private:
   }
 
   /// Compute plus streaming time of a stage; counts the bytes it streams into `step`.
+  ///
+  /// A streamed component's passes are timed as block streaming runs them
+  /// (slot_schedule::run_passes_timed), with the stage's compute per repetition spread over its
+  /// blocks by their bytes: exact for a stage whose compute is all in the blocks, as the mock
+  /// device runs it; prefetch from pinned masters hides the copies behind compute except where a
+  /// slot or the stream is not free. Each streamed component adds what its copies add to the
+  /// stage's compute.
   double stage_seconds(plan& p, plan_step& step, const stage& s) {
     const double compute = s.seconds * s.repeat;
     double seconds = compute;
@@ -252,19 +259,21 @@ private:
       if (it == sims_.end())
         it = sims_.emplace(name, slot_schedule(static_cast<int>(c->blocks->count()), slots_of(name),
                                                policy_.of(name).stream.prefetch)).first;
-      const std::int64_t bytes = it->second.run_passes(s.repeat, *c->blocks);
+      const auto* spec = spec_of(d);
+      std::int64_t bytes = 0;
+      if (spec && spec->h2d_bytes_per_second > 0) {
+        const auto& layout = *c->blocks;
+        const double total = static_cast<double>(std::max<std::int64_t>(layout.total(), 1));
+        std::vector<double> per_block;
+        for (const auto b : layout.block_bytes) per_block.push_back(s.seconds * static_cast<double>(b) / total);
+        const double timed = it->second.run_passes_timed(s.repeat, layout, spec->h2d_bytes_per_second, per_block,
+                                                         policy_.of(name).memory == host_memory::pinned, bytes);
+        seconds += std::max(0.0, timed - compute);
+      } else {
+        bytes = it->second.run_passes(s.repeat, *c->blocks);
+      }
       step.streamed_bytes[name] = bytes;
       p.bytes_to_devices += bytes;
-      const auto* spec = spec_of(d);
-      if (!spec || spec->h2d_bytes_per_second <= 0) continue;
-      const double transfer = static_cast<double>(bytes) / spec->h2d_bytes_per_second;
-      // Prefetching hides the copies behind compute except each pass's first block; without it,
-      // or from pageable masters (a copy the host thread waits for), every copy waits.
-      if (policy_.of(name).stream.prefetch > 0 && policy_.of(name).memory == host_memory::pinned)
-        seconds = std::max(seconds, transfer) +
-                  s.repeat * static_cast<double>(c->blocks->block_bytes.front()) / spec->h2d_bytes_per_second;
-      else
-        seconds += transfer;
     }
     step.stream_seconds = seconds - compute;
     return seconds;
