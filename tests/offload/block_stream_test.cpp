@@ -16,9 +16,9 @@
 
 #include <array>
 #include <cmath>
-#include <cstdlib>
 #include <optional>
-#include <random>
+
+#include "random_cases.hpp"
 
 using namespace offload::literals;
 using offload::device_id;
@@ -78,17 +78,6 @@ struct fixture {
 std::vector<at::Tensor> inputs() {
   torch::manual_seed(3);
   return {torch::randn({5, 8}), torch::randn({5, 8})};
-}
-
-/// Random tests: `base` cases times OFFLOAD_PROPERTY_CASES (default 1), seed varied by
-/// OFFLOAD_PROPERTY_SEED, as in plan_properties_test.cpp.
-int cases(int base) {
-  const char* s = std::getenv("OFFLOAD_PROPERTY_CASES");
-  return base * (s ? std::max(1, std::atoi(s)) : 1);
-}
-std::uint64_t seed(std::uint64_t base) {
-  const char* s = std::getenv("OFFLOAD_PROPERTY_SEED");
-  return s ? base ^ std::strtoull(s, nullptr, 10) : base;
 }
 
 bool identical(const std::vector<at::Tensor>& a, const std::vector<at::Tensor>& b) {
@@ -303,18 +292,14 @@ BOOST_AUTO_TEST_CASE(random_configurations_stream_bit_identically_in_the_predict
   // compute + the first copy. (The scheduler once predicted max(compute, copies) + the first copy
   // for every prefetched pass; blocks kept from the pass before break the pipeline, and such
   // passes took up to a block's compute longer.)
-  std::mt19937_64 rng(seed(0x5eed0004));
-  auto uniform = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
-  auto log_uniform = [&](double lo, double hi) {
-    return std::exp(std::uniform_real_distribution<double>(std::log(lo), std::log(hi))(rng));
-  };
+  offload_test::random_source r(offload_test::seed(0x5eed0004));
   int overlapped = 0, compute_bound = 0, serial = 0, kept = 0;
-  const int total = cases(150);
+  const int total = offload_test::cases(150);
   for (int i = 0; i < total; ++i) {
-    const int n = uniform(1, 10), k = uniform(1, 4), d = uniform(0, k - 1), branches = uniform(1, 3),
-              passes = uniform(1, 4);
-    const bool pinned = uniform(0, 3) != 0;
-    const double c = log_uniform(1e-4, 1e-2), b = log_uniform(1e-4, 1e-2); // per block: compute, copy
+    const int n = r.uniform(1, 10), k = r.uniform(1, 4), d = r.uniform(0, k - 1), branches = r.uniform(1, 3),
+              passes = r.uniform(1, 4);
+    const bool pinned = r.uniform(0, 3) != 0;
+    const double c = r.log_uniform(1e-4, 1e-2), b = r.log_uniform(1e-4, 1e-2); // per block: compute, copy
     BOOST_TEST_CONTEXT("case " << i << ": " << n << " blocks, stream=" << k << ":prefetch=" << d << ", "
                                << branches << " branches, " << passes << " passes, "
                                << (pinned ? "pinned" : "pageable") << ", compute " << c << " s, copy " << b
@@ -383,13 +368,12 @@ BOOST_AUTO_TEST_CASE(random_policies_run_real_tensors_bit_identically_as_planned
   // outputs bit for bit, the planned bytes and peak, no copy read before it completes (the mock
   // checks every read) and none left in flight; one that does not fit runs out of memory in
   // simulation. Either way, reset() brings every tensor home and frees the device.
-  std::mt19937_64 rng(seed(0x5eed0005));
-  auto uniform = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
+  offload_test::random_source r(offload_test::seed(0x5eed0005));
   int ran = 0, out_of_memory = 0, streamed = 0, prefetched = 0;
-  const int total = cases(120);
+  const int total = offload_test::cases(120);
   for (int i = 0; i < total; ++i) {
-    const int n = uniform(2, 8), steps = uniform(1, 4);
-    const bool refine = uniform(0, 1) == 1;
+    const int n = r.uniform(2, 8), steps = r.uniform(1, 4);
+    const bool refine = r.uniform(0, 1) == 1;
     torch::manual_seed(200 + i);
     const std::vector<at::Tensor> x = {torch::randn({3, 8}), torch::randn({3, 8})};
     torch::nn::Linear enc(8, 8), dec(4, 4);
@@ -425,7 +409,7 @@ BOOST_AUTO_TEST_CASE(random_policies_run_real_tensors_bit_identically_as_planned
     offload::offloadable<torch::nn::Linear> c_enc("enc", enc), c_dec("dec", dec);
     c_dec.register_aux("scale", scale);
     std::vector<offload::stage> stages = {{"encode", {"enc"}, {{"enc", 4096}}},
-                                          {"denoise", {"dit"}, {{"dit", uniform(0, 4) * 1024}}, steps},
+                                          {"denoise", {"dit"}, {{"dit", r.uniform(0, 4) * 1024}}, steps},
                                           {"decode", {"dec"}, {{"dec", 2048}}}};
     if (refine) stages.push_back({"refine", {"enc", "dec"}, {{"dec", 1024}}});
     const std::vector<offload::component_info> infos = {offload::info_of(c_enc), offload::info_of(f.comp),
@@ -433,23 +417,23 @@ BOOST_AUTO_TEST_CASE(random_policies_run_real_tensors_bit_identically_as_planned
     offload::placement_policy pol;
     for (const auto& c : infos) {
       offload::component_policy cp;
-      if (uniform(0, 4) == 0) cp.execute_on = offload::target::host();
-      cp.load = uniform(0, 1) ? offload::load_rule::init : offload::load_rule::first_use;
+      if (r.uniform(0, 4) == 0) cp.execute_on = offload::target::host();
+      cp.load = r.uniform(0, 1) ? offload::load_rule::init : offload::load_rule::first_use;
       cp.evict = std::array{offload::evict_rule::never, offload::evict_rule::after_use,
-                            offload::evict_rule::when_idle}[static_cast<std::size_t>(uniform(0, 2))];
-      cp.memory = uniform(0, 1) ? offload::host_memory::pinned : offload::host_memory::pageable;
-      if (c.blocks && uniform(0, 1)) {
-        cp.stream.slots = uniform(1, 3);
-        cp.stream.prefetch = uniform(0, cp.stream.slots - 1);
+                            offload::evict_rule::when_idle}[static_cast<std::size_t>(r.uniform(0, 2))];
+      cp.memory = r.uniform(0, 1) ? offload::host_memory::pinned : offload::host_memory::pageable;
+      if (c.blocks && r.uniform(0, 1)) {
+        cp.stream.slots = r.uniform(1, 3);
+        cp.stream.prefetch = r.uniform(0, cp.stream.slots - 1);
       }
       pol.components[c.name] = cp;
     }
-    pol.evict_on_demand = uniform(0, 2) == 0;
-    pol.prefetch = uniform(0, 1) == 1;
+    pol.evict_on_demand = r.uniform(0, 2) == 0;
+    pol.prefetch = r.uniform(0, 1) == 1;
     pol.set_label(pol.str());
     const device_id mock0 = device_id::mock(0);
     const auto unlimited = offload::schedule(stages, infos, pol, {.accelerator = mock0, .suggest = false});
-    const std::int64_t capacity = std::max<std::int64_t>(1, unlimited.peak_of(mock0) * uniform(60, 120) / 100);
+    const std::int64_t capacity = std::max<std::int64_t>(1, unlimited.peak_of(mock0) * r.uniform(60, 120) / 100);
     const auto plan = offload::schedule(stages, infos, pol,
                                         {.accelerator = mock0, .devices = {{mock0, capacity}}, .suggest = false});
     BOOST_TEST_CONTEXT("case " << i << ": " << n << " blocks, " << steps << " steps" << (refine ? ", refine" : "")

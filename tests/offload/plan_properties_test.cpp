@@ -21,12 +21,12 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
-#include <cstdlib>
 #include <limits>
 #include <optional>
-#include <random>
 #include <string>
 #include <vector>
+
+#include "random_cases.hpp"
 
 using namespace offload::literals;
 using offload::device_id;
@@ -40,33 +40,9 @@ struct pipeline {
   std::vector<offload::stage> stages;
 };
 
-/// Number of cases: `base` times OFFLOAD_PROPERTY_CASES (default 1).
-int cases(int base) {
-  const char* s = std::getenv("OFFLOAD_PROPERTY_CASES");
-  const int k = s ? std::max(1, std::atoi(s)) : 1;
-  return base * k;
-}
-
-std::uint64_t seed(std::uint64_t base) {
-  const char* s = std::getenv("OFFLOAD_PROPERTY_SEED");
-  return s ? base ^ std::strtoull(s, nullptr, 10) : base;
-}
-
-class random_source {
-public:
-  explicit random_source(std::uint64_t s) : rng_(s) {}
-  int uniform(int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng_); }
-  bool chance(double p) { return std::bernoulli_distribution(p)(rng_); }
-  /// Log-uniform in [lo, hi].
-  double log_uniform(double lo, double hi) {
-    return std::exp(std::uniform_real_distribution<double>(std::log(lo), std::log(hi))(rng_));
-  }
-  /// A multiple of 64 MiB in [lo, hi] MiB.
-  std::int64_t mib(int lo, int hi) { return std::int64_t{64} * uniform(lo / 64, hi / 64) * 1_MiB; }
-
-private:
-  std::mt19937_64 rng_;
-};
+using offload_test::cases;
+using offload_test::random_source;
+using offload_test::seed;
 
 struct pipeline_options {
   int min_components = 2, max_components = 4;
@@ -192,6 +168,16 @@ offload::memory_budgets random_budgets(random_source& r) {
   if (r.chance(0.5)) b.pinned = r.chance(0.2) ? 0 : r.mib(64, 16384);
   if (r.chance(0.4)) b.host = r.mib(4096, 40960);
   return b;
+}
+
+/// Planner options on the mock GPU: random budgets, cost model and runs per process.
+offload::budget_options random_options(random_source& r) {
+  offload::budget_options opt;
+  opt.accelerator = gpu;
+  opt.budgets = random_budgets(r);
+  opt.cost = random_cost(r);
+  opt.runs = r.chance(0.5) ? 1 : r.uniform(2, 10);
+  return opt;
 }
 
 std::string describe(const offload::memory_budgets& b, const offload::cost_model& cost, int runs) {
@@ -328,11 +314,7 @@ BOOST_AUTO_TEST_CASE(the_planner_s_choice_fits_its_budgets_and_simulates_as_pred
   const int n = cases(250);
   for (int i = 0; i < n; ++i) {
     const pipeline p = random_pipeline(r, {});
-    offload::budget_options opt;
-    opt.accelerator = gpu;
-    opt.budgets = random_budgets(r);
-    opt.cost = random_cost(r);
-    opt.runs = r.chance(0.5) ? 1 : r.uniform(2, 10);
+    offload::budget_options opt = random_options(r);
     opt.allow_prefetch = !r.chance(0.2);
     opt.allow_evict_on_demand = !r.chance(0.2);
     opt.allow_host_execution = !r.chance(0.3); // tight budgets then need streaming
@@ -471,12 +453,8 @@ BOOST_AUTO_TEST_CASE(no_policy_of_the_planner_s_space_is_faster_than_its_choice)
     const bool three = i % 4 == 3;
     const pipeline p = random_pipeline(r, {.min_components = three ? 3 : 2, .max_components = three ? 3 : 2,
                                            .max_storage = 1});
-    offload::budget_options opt;
-    opt.accelerator = gpu;
-    opt.budgets = random_budgets(r);
+    offload::budget_options opt = random_options(r);
     if (r.chance(0.2)) opt.budgets.host = r.mib(1024, 16384); // tight: sometimes not even the masters fit
-    opt.cost = random_cost(r);
-    opt.runs = r.chance(0.5) ? 1 : r.uniform(2, 10);
     const std::string where = fmt::format("case {}: {}; {}", i, describe(p), describe(opt.budgets, opt.cost, opt.runs));
     double best = std::numeric_limits<double>::infinity();
     std::string best_policy;
