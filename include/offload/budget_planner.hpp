@@ -65,8 +65,9 @@ struct budget_options {
   bool allow_host_execution = true;
   /// Consider evict_on_demand policies.
   bool allow_evict_on_demand = true;
-  /// Consider streaming the block list of components that declare one (`stream=2:pinned`: two
-  /// device slots, one block prefetched, pinned masters).
+  /// Consider streaming the block list of components that declare one: K = 2, 3, 4, 6, 8, 12, ...
+  /// device slots up to the block count, one block prefetched (more slots keep more blocks from one
+  /// pass to the next, so copy less), from pinned or pageable masters.
   bool allow_streaming = true;
   /// Consider cross-stage prefetch (`prefetch`): a pinned component the next stage brings in moves
   /// during the current stage's last repetition where the device budget leaves room, hiding its

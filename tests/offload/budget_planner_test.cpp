@@ -1,6 +1,7 @@
 // The budget planner on mock devices: the fastest policy within device, pinned and host budgets,
 // checked against the scheduler's own plan and a simulation of it; the errors when nothing fits;
 // the cost model file.
+#include <offload/block_stream.hpp>
 #include <offload/budget_planner.hpp>
 #include <offload/cost_model.hpp>
 
@@ -12,6 +13,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 
 using namespace offload::literals;
 using offload::device_id;
@@ -357,31 +359,39 @@ BOOST_AUTO_TEST_CASE(the_json_report_carries_the_policy_and_prediction) {
   BOOST_TEST(again.peak_of(gpu) == r.device_peak_bytes);
 }
 
+/// An 11 GiB denoiser: 10 blocks of 1 GiB (slot 1 GiB) and 1 GiB of the rest, after a 2 GiB
+/// encoder; its 20 denoising steps each pass through every block.
+const offload::component_info streamed_den{"den", 11_GiB,
+                                           offload::block_layout{std::vector<std::int64_t>(10, 1_GiB), 1_GiB}};
+const std::vector<offload::component_info> enc_den = {{"enc", 2_GiB}, streamed_den};
+const std::vector<offload::stage> encode_denoise = {{"encode", {"enc"}, {{"enc", 1_GiB}}, 1, 0.5},
+                                                    {"denoise", {"den"}, {{"den", 2_GiB}}, 20, 1.0}};
+
 BOOST_AUTO_TEST_CASE(streaming_is_chosen_when_the_whole_denoiser_does_not_fit) {
-  // A denoiser of 11 GiB: 10 blocks of 1 GiB (slot 1 GiB) and 1 GiB of the rest. On a 6 GiB
-  // device it fits only streamed: the rest + 2 slots + its 2 GiB workspace = 5 GiB.
-  offload::component_info den{"den", 11_GiB, offload::block_layout{std::vector<std::int64_t>(10, 1_GiB), 1_GiB}};
-  const std::vector<offload::component_info> c = {{"enc", 2_GiB}, den};
-  const std::vector<offload::stage> st = {{"encode", {"enc"}, {{"enc", 1_GiB}}, 1, 0.5},
-                                          {"denoise", {"den"}, {{"den", 2_GiB}}, 20, 1.0}};
+  // On a 6 GiB device the denoiser fits only streamed: the rest + its 2 GiB workspace leave room
+  // for 3 slots. With one block prefetched, 3 slots keep one block from each step to the next.
+  const auto& c = enc_den;
+  const auto& st = encode_denoise;
   const auto cost = offload::cost_model::defaults();
   const auto r = offload::plan_for_budget(st, c, options(6_GiB));
   const auto& cp = r.plan.policy.of("den");
   BOOST_TEST(!cp.execute_on.is_host());
-  BOOST_TEST((cp.stream == offload::stream_options{2, 1}));
+  BOOST_TEST((cp.stream == offload::stream_options{3, 1}));
   BOOST_TEST((cp.memory == offload::host_memory::pinned));
   BOOST_TEST(r.plan.fits());
-  BOOST_TEST(r.device_peak_bytes <= 6_GiB);
-  BOOST_TEST(r.plan.device_bytes.at("den") == 3_GiB);
-  // Each step streams the 10 blocks; the planner prices those copies without crediting their
-  // overlap with compute (an upper bound), plus one pinned copy of the encoder. The rest (1 GiB)
-  // moves during the encode (prefetch), which hides its copy.
-  BOOST_TEST(r.plan.policy.prefetch);
-  BOOST_TEST(r.plan.step("encode")->prefetch.size() == 1u);
+  BOOST_TEST(r.device_peak_bytes == 6_GiB);
+  BOOST_TEST(r.plan.device_bytes.at("den") == 4_GiB);
+  // The first step copies the 10 blocks, the later ones 8 or 9 (the slot that is free keeps a
+  // block for the next step: 10, 8, 9, 9, 9, 8, 9, 9, 9, 8, ...; 176 in 20 steps against 200 with
+  // two slots). The planner prices those copies without crediting their overlap with compute (an
+  // upper bound), plus one pinned copy of the encoder and one of the rest. (With 2 slots the rest
+  // could move during the encode, hiding 1 GiB of copies; the third slot saves 24.)
+  BOOST_TEST(!r.plan.policy.prefetch);
+  const std::int64_t blocks = 176_GiB;
+  BOOST_TEST(r.plan.step("denoise")->streamed_bytes.at("den") == blocks);
   const double pinned = cost.h2d_pinned_bytes_per_second;
-  const double expected = 0.5 + 20 * 1.0 + static_cast<double>(2_GiB) / pinned + static_cast<double>(20 * 10_GiB) / pinned;
+  const double expected = 0.5 + 20 * 1.0 + static_cast<double>(3_GiB) / pinned + static_cast<double>(blocks) / pinned;
   BOOST_TEST(close(r.predicted_seconds, expected), r.predicted_seconds << " vs " << expected);
-  BOOST_TEST(r.plan.step("denoise")->streamed_bytes.at("den") == 20 * 10_GiB);
   // The simulation reproduces the prediction and the peak (streamed footprint, plan_step::stream_seconds).
   const auto sim = simulate(r, cost, c);
   BOOST_TEST(sim_peak(sim) == r.device_peak_bytes);
@@ -396,12 +406,78 @@ BOOST_AUTO_TEST_CASE(streaming_is_chosen_when_the_whole_denoiser_does_not_fit) {
   const auto h = offload::plan_for_budget(st, c, no_stream);
   BOOST_TEST(h.plan.policy.of("den").execute_on.is_host());
   BOOST_TEST(h.predicted_seconds > r.predicted_seconds);
-  // Streamed masters must be pinned: a pinned budget below the denoiser's 11 GiB rules it out.
-  const auto small_pin = offload::plan_for_budget(st, c, options(6_GiB, 10_GiB));
-  BOOST_TEST(!small_pin.plan.policy.of("den").stream.enabled());
   // With room for the whole denoiser, nothing is streamed (the copies would only cost time).
   const auto roomy = offload::plan_for_budget(st, c, options(20_GiB));
   BOOST_TEST(!roomy.plan.policy.of("den").stream.enabled());
+}
+
+BOOST_AUTO_TEST_CASE(the_slot_count_grows_with_the_budget) {
+  // The rest (1 GiB) and the workspace (2 GiB) leave budget - 3 GiB for slots of 1 GiB. The planner
+  // tries 2, 3, 4, 6, 8 and 10 slots with one block prefetched and takes the most that fit, as each
+  // copies less; from 13 GiB on the whole denoiser fits and stays.
+  const auto cost = offload::cost_model::defaults();
+  double previous = std::numeric_limits<double>::infinity();
+  int previous_slots = 0;
+  for (std::int64_t b = 5_GiB; b <= 14_GiB; b += 1_GiB) {
+    const auto where = offload::format_bytes(b);
+    const auto r = offload::plan_for_budget(encode_denoise, enc_den, options(b));
+    const auto& cp = r.plan.policy.of("den");
+    BOOST_TEST_REQUIRE(!cp.execute_on.is_host(), where);
+    const int room = static_cast<int>((b - 3_GiB) / 1_GiB);
+    if (room >= 10) {
+      BOOST_TEST(!cp.stream.enabled(), where << ": " << r.plan.policy.str());
+      continue;
+    }
+    int slots = 0; // the most of the planner's slot counts that fit
+    for (const int k : {2, 3, 4, 6, 8})
+      if (k <= room) slots = k;
+    BOOST_TEST((cp.stream == offload::stream_options{slots, 1}), where << ": " << r.plan.policy.str());
+    // The bytes of the runtime's slot decisions over the 20 steps.
+    offload::detail::slot_schedule model(10, slots, 1);
+    const std::int64_t blocks = model.run_passes(20, *streamed_den.blocks);
+    BOOST_TEST(r.plan.step("denoise")->streamed_bytes.at("den") == blocks, where);
+    BOOST_TEST(close(r.predicted_seconds, 20.5 + cost.transfer_seconds(2_GiB, offload::host_memory::pinned) +
+                                              (r.plan.policy.prefetch ? 0.0 : cost.transfer_seconds(1_GiB, offload::host_memory::pinned)) +
+                                              cost.transfer_seconds(blocks, offload::host_memory::pinned)),
+               where << ": " << r.predicted_seconds);
+    BOOST_TEST(r.device_peak_bytes <= b, where);
+    const auto sim = simulate(r, cost, enc_den);
+    BOOST_TEST(sim_peak(sim) == r.device_peak_bytes, where);
+    BOOST_TEST(close(sim.seconds, r.predicted_seconds), where << ": " << sim.seconds << " vs " << r.predicted_seconds);
+    // Each slot more copies less.
+    if (slots > previous_slots && previous_slots > 0) BOOST_TEST(r.predicted_seconds < previous, where);
+    previous = r.predicted_seconds;
+    previous_slots = slots;
+  }
+  // Below 5 GiB two slots do not fit: the denoiser runs on the host.
+  BOOST_TEST(offload::plan_for_budget(encode_denoise, enc_den, options(5_GiB - 1)).plan.policy.of("den").execute_on.is_host());
+}
+
+BOOST_AUTO_TEST_CASE(a_master_too_large_to_pin_streams_from_pageable_memory) {
+  // A pinned budget below the denoiser's 11 GiB: its blocks stream from pageable memory, each
+  // copy holding the host (nothing overlaps), instead of the denoiser running on the host.
+  const auto cost = offload::cost_model::defaults();
+  const auto pinned = offload::plan_for_budget(encode_denoise, enc_den, options(6_GiB));
+  const auto r = offload::plan_for_budget(encode_denoise, enc_den, options(6_GiB, 10_GiB));
+  const auto& cp = r.plan.policy.of("den");
+  BOOST_TEST(!cp.execute_on.is_host());
+  BOOST_TEST((cp.stream == offload::stream_options{3, 1}));
+  BOOST_TEST((cp.memory == offload::host_memory::pageable));
+  BOOST_TEST((r.plan.policy.of("enc").memory == offload::host_memory::pinned)); // 2 GiB fits the budget
+  BOOST_TEST(r.pinned_bytes == 2_GiB);
+  const std::int64_t blocks = 176_GiB; // as pinned
+  const double expected = 0.5 + 20 * 1.0 + cost.transfer_seconds(2_GiB, offload::host_memory::pinned) +
+                          cost.transfer_seconds(1_GiB + blocks, offload::host_memory::pageable);
+  BOOST_TEST(close(r.predicted_seconds, expected), r.predicted_seconds << " vs " << expected);
+  BOOST_TEST(r.predicted_seconds > pinned.predicted_seconds);
+  const auto sim = simulate(r, cost, enc_den);
+  BOOST_TEST(sim_peak(sim) == r.device_peak_bytes);
+  BOOST_TEST(close(sim.seconds, r.predicted_seconds), sim.seconds << " vs " << r.predicted_seconds);
+  // Nothing to pin at all: the same stream, the encoder's copy pageable too.
+  const auto none = offload::plan_for_budget(encode_denoise, enc_den, options(6_GiB, 0));
+  BOOST_TEST(none.plan.policy.of("den").stream.enabled());
+  BOOST_TEST(none.pinned_bytes == 0);
+  BOOST_TEST(none.predicted_seconds > r.predicted_seconds);
 }
 
 /// A 12 GiB denoiser (10 blocks of 1 GiB + 2 GiB of the rest) whose storage rule offers bf16 (6 GiB:
@@ -445,17 +521,18 @@ BOOST_AUTO_TEST_CASE(exact_storage_is_chosen_where_it_saves_memory_or_copies) {
   const auto again = offload::schedule(st, c, offload::parse_policy(r.plan.policy.str()), {.accelerator = gpu});
   BOOST_TEST(again.peak_of(gpu) == r.device_peak_bytes);
 
-  // 5 GiB: even stored it streams (1 GiB of the rest + 2 slots of 512 MiB + 2 GiB workspace = 4 GiB
-  // in denoise; 2 GiB of footprint + the encoder's 2 + 1 GiB in encode), moving half the bytes of a
-  // native stream (which would need 2 + 2 + 2 = 6 GiB in denoise anyway).
+  // 5 GiB: even stored it streams, in 4 slots of 512 MiB (1 GiB of the rest + 2 GiB + 2 GiB
+  // workspace = 5 GiB in denoise; it arrives after the encode), moving half the bytes of a native
+  // stream per block (which would need 2 + 2 + 2 = 6 GiB in denoise with 2 slots anyway) and
+  // fewer blocks than 2 slots would: 152 in 20 steps, not 200 (the slot model).
   const auto s = offload::plan_for_budget(st, c, options(5_GiB));
   const auto& sp = s.plan.policy.of("den");
   BOOST_TEST((sp.store == offload::storage_dtype::bf16), s.plan.policy.str());
-  BOOST_TEST((sp.stream == offload::stream_options{2, 1}), s.plan.policy.str());
-  BOOST_TEST(s.plan.device_bytes.at("den") == 2_GiB);
-  BOOST_TEST(s.plan.step("denoise")->streamed_bytes.at("den") == 20 * 5_GiB);
+  BOOST_TEST((sp.stream == offload::stream_options{4, 1}), s.plan.policy.str());
+  BOOST_TEST(s.plan.device_bytes.at("den") == 3_GiB);
+  BOOST_TEST(s.plan.step("denoise")->streamed_bytes.at("den") == 152 * 512_MiB);
   BOOST_TEST(s.device_peak_bytes == 5_GiB);
-  BOOST_TEST(s.plan.step("denoise")->peak_bytes.at(gpu) == 4_GiB);
+  BOOST_TEST(s.plan.step("denoise")->peak_bytes.at(gpu) == 5_GiB);
 
   // Unlimited, without prefetch: resident either way; the one copy at init is halved, so bf16 wins
   // on time. With prefetch the copy hides behind the encode either way (0.24 s native), so the tie

@@ -49,6 +49,8 @@ struct pipeline_options {
   bool blocks = true;  ///< components may declare block lists
   bool storage = true; ///< components may offer an exact bf16 storage
   int max_storage = 4; ///< at most this many components offer it
+  int min_blocks = 2, max_blocks = 12; ///< block lists of this many blocks
+  bool first_has_blocks = false;       ///< the first component always declares a block list
 };
 
 /// 2-4 stages over 2-4 components of 64 MiB to 8 GiB, each stage using one or two of them with a
@@ -59,9 +61,9 @@ pipeline random_pipeline(random_source& r, const pipeline_options& o) {
   int stored = 0;
   for (int c = 0; c < n; ++c) {
     offload::component_info info{std::string(1, static_cast<char>('a' + c)), r.mib(64, 8192)};
-    if (o.blocks && r.chance(0.5)) {
+    if (o.blocks && ((c == 0 && o.first_has_blocks) || r.chance(0.5))) {
       // Blocks of equal size taking 50-90% of it, and maybe a host table of up to 10%.
-      const int count = r.uniform(2, 12);
+      const int count = r.uniform(o.min_blocks, o.max_blocks);
       const std::int64_t block = info.bytes * r.uniform(50, 90) / 100 / count / 256 * 256;
       offload::block_layout layout{std::vector<std::int64_t>(static_cast<std::size_t>(count), block), block,
                                    r.chance(0.3) ? info.bytes * r.uniform(1, 10) / 100 / 256 * 256 : 0};
@@ -220,10 +222,11 @@ double simulated_seconds(offload::plan plan, const pipeline& p, const offload::c
     bool host = false;
     for (const auto& u : p.stages[s - 1].uses) host = host || plan.execute_on.at(u).is_host();
     plan.steps[s].seconds = cost.compute_seconds(p.stages[s - 1].seconds, host);
-    // Block copies as the planner prices them: pinned, none of them hidden (an upper bound).
+    // Block copies as the planner prices them: none of them hidden (an upper bound), from the
+    // master's memory.
     plan.steps[s].stream_seconds = 0;
     for (const auto& [name, bytes] : plan.steps[s].streamed_bytes)
-      plan.steps[s].stream_seconds += cost.transfer_seconds(bytes, offload::host_memory::pinned);
+      plan.steps[s].stream_seconds += cost.transfer_seconds(bytes, plan.policy.of(name).memory);
   }
   const auto sim = offload::testing::simulate(plan, p.comps,
                                               {.h2d_bytes_per_second = cost.h2d_pinned_bytes_per_second,
@@ -378,10 +381,10 @@ BOOST_AUTO_TEST_CASE(the_planner_s_choice_fits_its_budgets_and_simulates_as_pred
 namespace {
 
 /// Every policy of the planner's space for `p`: per component the host, or the accelerator with
-/// each load and evict rule, pinned or pageable, stored natively or in each exact storage, or
-/// streamed (2 slots, 1 block prefetched, pinned) when it has two blocks or more; evict-on-demand
-/// with resident or lazy components (native, whole, never evicted by rule); each with and without
-/// cross-stage prefetch.
+/// each load and evict rule, pinned or pageable, stored natively or in each exact storage, whole or
+/// (with two blocks or more) streamed with 2, 3, 4, 6, 8 or 12 slots below its block count or as
+/// many as it has blocks, 1 block prefetched; evict-on-demand with resident or lazy
+/// components (native, whole, never evicted by rule); each with and without cross-stage prefetch.
 std::vector<offload::placement_policy> planner_space(const pipeline& p) {
   std::vector<std::vector<offload::component_policy>> per(p.comps.size()), lazy(p.comps.size());
   const std::pair<offload::load_rule, offload::evict_rule> rules[] = {
@@ -403,9 +406,17 @@ std::vector<offload::placement_policy> planner_space(const pipeline& p) {
         const auto* stored = p.comps[c].stored_as(store);
         const auto& blocks = stored ? stored->blocks : p.comps[c].blocks;
         if (!blocks || blocks->count() < 2) continue;
-        offload::component_policy cp{offload::target::accelerator(), load, evict, offload::host_memory::pinned, {2, 1}};
-        cp.store = store;
-        per[c].push_back(cp);
+        const int n = static_cast<int>(blocks->count());
+        std::vector<int> slots;
+        for (const int k : {2, 3, 4, 6, 8, 12})
+          if (k < n) slots.push_back(k);
+        slots.push_back(n);
+        for (const int k : slots)
+          for (const auto memory : {offload::host_memory::pageable, offload::host_memory::pinned}) {
+            offload::component_policy cp{offload::target::accelerator(), load, evict, memory, {k, 1}};
+            cp.store = store;
+            per[c].push_back(cp);
+          }
       }
     for (const auto memory : {offload::host_memory::pageable, offload::host_memory::pinned}) {
       for (const auto& [load, evict] : rules)
@@ -438,68 +449,122 @@ std::vector<offload::placement_policy> planner_space(const pipeline& p) {
   return out;
 }
 
+/// What the brute-force comparisons met.
+struct brute_force_tally {
+  int cases = 0, compared = 0, none = 0, prefetched = 0, pinned_some = 0, streamed = 0, pageable_streams = 0,
+      more_slots = 0;
+  std::size_t policies = 0;
+  [[nodiscard]] std::string str() const {
+    return fmt::format("{} cases, {} policies scheduled: {} compared ({} with prefetch, {} pinning, {} streaming: {} "
+                       "from pageable masters, {} with more than 2 slots), {} where nothing fits",
+                       cases, policies, compared, prefetched, pinned_some, streamed, pageable_streams, more_slots, none);
+  }
+};
+
+/// Brute force: every policy of the planner's space for `p`, scheduled under the device budget,
+/// kept when it fits every budget, timed by simulation. The planner's choice must take the least
+/// time, and the planner must find a placement exactly when one exists. Block copies are timed as
+/// the planner prices them (without their overlap with compute, an upper bound: docs/planner.md).
+void compare_with_brute_force(const pipeline& p, const offload::budget_options& opt, const std::string& where,
+                              brute_force_tally& tally) {
+  ++tally.cases;
+  double best = std::numeric_limits<double>::infinity();
+  std::string best_policy;
+  for (const auto& pol : planner_space(p)) {
+    if (!opt.allow_host_execution &&
+        std::any_of(p.comps.begin(), p.comps.end(), [&](const auto& c) { return pol.of(c.name).execute_on.is_host(); }))
+      continue;
+    ++tally.policies;
+    const offload::plan plan = offload::schedule(p.stages, p.comps, pol,
+                                                 {.accelerator = gpu,
+                                                  .devices = {{gpu, opt.budgets.device}},
+                                                  .suggest = false});
+    if (!plan.fits()) continue;
+    if (opt.budgets.pinned && pinned_bytes(p, pol) > *opt.budgets.pinned) continue;
+    if (opt.budgets.host && host_peak(p, pol) > *opt.budgets.host) continue;
+    const double t = simulated_seconds(plan, p, opt.cost, opt.runs);
+    if (t < best) best = t, best_policy = pol.str();
+  }
+  try {
+    const auto b = offload::plan_for_budget(p.stages, p.comps, opt);
+    BOOST_TEST(std::isfinite(best), where << ": the planner chose " << b.plan.policy.str()
+                                          << ", which no policy of the brute force matches");
+    const double t = simulated_seconds(b.plan, p, opt.cost, opt.runs);
+    BOOST_TEST(close(t, b.predicted_seconds), where << ": chosen " << b.plan.policy.str() << " simulates in " << t
+                                                    << " s, predicted " << b.predicted_seconds << " s");
+    BOOST_TEST(t <= best * (1 + 1e-9), where << ": chosen " << b.plan.policy.str() << " takes " << t << " s; "
+                                              << best_policy << " takes " << best << " s");
+    ++tally.compared;
+    tally.prefetched += b.plan.policy.prefetch;
+    tally.pinned_some += b.pinned_bytes > 0;
+    bool s = false, pageable = false, more = false;
+    for (const auto& c : p.comps)
+      if (const auto& cp = b.plan.policy.of(c.name); cp.stream.enabled()) {
+        s = true;
+        pageable = pageable || cp.memory == offload::host_memory::pageable;
+        more = more || cp.stream.slots > 2;
+      }
+    tally.streamed += s, tally.pageable_streams += pageable, tally.more_slots += more;
+  } catch (const offload::capacity_error& e) {
+    BOOST_TEST(!std::isfinite(best), where << ": the planner found nothing (" << e.what() << "), but " << best_policy
+                                           << " fits in " << best << " s");
+    ++tally.none;
+  }
+}
+
 } // namespace
 
 BOOST_AUTO_TEST_CASE(no_policy_of_the_planner_s_space_is_faster_than_its_choice) {
-  // Brute force: every policy of the space, scheduled under the device budget, kept when it fits
-  // every budget, timed by simulation. The planner's choice must take the least time, and the
-  // planner must find a placement exactly when one exists. Block copies are timed as the planner
-  // prices them (without their overlap with compute, an upper bound: docs/planner.md).
   random_source r(seed(0x5eed0003));
-  int compared = 0, none = 0, prefetched = 0, pinned_some = 0, streamed = 0;
-  std::size_t policies = 0;
+  brute_force_tally tally;
   const int n = cases(40);
   for (int i = 0; i < n; ++i) {
     const bool three = i % 4 == 3;
+    // Few blocks: the slot counts multiply the streamed policies (the next test streams more).
     const pipeline p = random_pipeline(r, {.min_components = three ? 3 : 2, .max_components = three ? 3 : 2,
-                                           .max_storage = 1});
+                                           .max_storage = 1, .max_blocks = 3});
     offload::budget_options opt = random_options(r);
     if (r.chance(0.2)) opt.budgets.host = r.mib(1024, 16384); // tight: sometimes not even the masters fit
-    const std::string where = fmt::format("case {}: {}; {}", i, describe(p), describe(opt.budgets, opt.cost, opt.runs));
-    double best = std::numeric_limits<double>::infinity();
-    std::string best_policy;
-    for (const auto& pol : planner_space(p)) {
-      ++policies;
-      const offload::plan plan = offload::schedule(p.stages, p.comps, pol,
-                                                   {.accelerator = gpu,
-                                                    .devices = {{gpu, opt.budgets.device}},
-                                                    .suggest = false});
-      if (!plan.fits()) continue;
-      if (opt.budgets.pinned && pinned_bytes(p, pol) > *opt.budgets.pinned) continue;
-      if (opt.budgets.host && host_peak(p, pol) > *opt.budgets.host) continue;
-      const double t = simulated_seconds(plan, p, opt.cost, opt.runs);
-      if (t < best) best = t, best_policy = pol.str();
-    }
-    try {
-      const auto b = offload::plan_for_budget(p.stages, p.comps, opt);
-      BOOST_TEST(std::isfinite(best), where << ": the planner chose " << b.plan.policy.str()
-                                            << ", which no policy of the brute force matches");
-      const double t = simulated_seconds(b.plan, p, opt.cost, opt.runs);
-      BOOST_TEST(close(t, b.predicted_seconds), where << ": chosen " << b.plan.policy.str() << " simulates in " << t
-                                                      << " s, predicted " << b.predicted_seconds << " s");
-      BOOST_TEST(t <= best * (1 + 1e-9), where << ": chosen " << b.plan.policy.str() << " takes " << t << " s; "
-                                                << best_policy << " takes " << best << " s");
-      ++compared;
-      prefetched += b.plan.policy.prefetch;
-      pinned_some += b.pinned_bytes > 0;
-      for (const auto& c : p.comps)
-        if (b.plan.policy.of(c.name).stream.enabled()) {
-          ++streamed;
-          break;
-        }
-    } catch (const offload::capacity_error& e) {
-      BOOST_TEST(!std::isfinite(best), where << ": the planner found nothing (" << e.what() << "), but " << best_policy
-                                             << " fits in " << best << " s");
-      ++none;
-    }
+    compare_with_brute_force(p, opt, fmt::format("case {}: {}; {}", i, describe(p), describe(opt.budgets, opt.cost, opt.runs)),
+                             tally);
   }
-  BOOST_TEST_MESSAGE(fmt::format("{} cases, {} policies scheduled: {} compared ({} with prefetch, {} pinning, {} "
-                                 "streaming), {} where nothing fits",
-                                 n, policies, compared, prefetched, pinned_some, streamed, none));
-  BOOST_TEST(compared >= n / 2);
-  BOOST_TEST(none >= 1);
-  BOOST_TEST(prefetched >= n / 10);
-  BOOST_TEST(pinned_some >= n / 4);
+  BOOST_TEST_MESSAGE(tally.str());
+  BOOST_TEST(tally.compared >= n / 2);
+  BOOST_TEST(tally.none >= 1);
+  BOOST_TEST(tally.prefetched >= n / 10);
+  BOOST_TEST(tally.pinned_some >= n / 4);
+}
+
+BOOST_AUTO_TEST_CASE(no_streamed_policy_of_the_planner_s_space_is_faster_than_its_choice) {
+  // The same brute force where streaming matters: the first of two components always has 4-8
+  // blocks, the device budget leaves the largest workspace and 20-120% of its size (and half the
+  // time the other component's), the pinned budget is often below it, and host execution is often
+  // not allowed.
+  random_source r(seed(0x5eed0004));
+  brute_force_tally tally;
+  const int n = cases(30);
+  for (int i = 0; i < n; ++i) {
+    const pipeline p = random_pipeline(r, {.min_components = 2, .max_components = 2, .max_storage = 1,
+                                           .min_blocks = 4, .max_blocks = 8, .first_has_blocks = true});
+    offload::budget_options opt = random_options(r);
+    const std::int64_t a = p.comps.front().bytes;
+    std::int64_t workspace = 0;
+    for (const auto& st : p.stages) {
+      std::int64_t w = 0;
+      for (const auto& ws : st.workspace) w += ws.bytes;
+      workspace = std::max(workspace, w);
+    }
+    opt.budgets.device = workspace + a * r.uniform(20, 120) / 100 + (r.chance(0.5) ? p.comps.back().bytes : 0);
+    if (r.chance(0.5)) opt.budgets.pinned = a * r.uniform(0, 120) / 100;
+    opt.allow_host_execution = r.chance(0.5);
+    compare_with_brute_force(p, opt, fmt::format("case {}: {}; {}", i, describe(p), describe(opt.budgets, opt.cost, opt.runs)),
+                             tally);
+  }
+  BOOST_TEST_MESSAGE(tally.str());
+  BOOST_TEST(tally.compared >= n / 2);
+  BOOST_TEST(tally.streamed >= n / 4);
+  BOOST_TEST(tally.pageable_streams >= n / 15);
+  BOOST_TEST(tally.more_slots >= n / 10);
 }
 
 BOOST_AUTO_TEST_SUITE_END()

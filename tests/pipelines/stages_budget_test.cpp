@@ -156,7 +156,11 @@ BOOST_AUTO_TEST_CASE(the_seed_card_keeps_every_stage_on_the_gpu) {
     BOOST_TEST(onloads == 1, c.name);
   }
   BOOST_TEST(r.device_peak_bytes <= 11.49_GiB);
-  BOOST_TEST(!r.plan.policy.of("t5").stream.enabled()); // everything fits whole: nothing streamed
+  // Everything fits whole, yet T5 streams (through two slots, from pageable memory: nothing is
+  // pinned): its token embedding stays on the host, so it copies less than whole.
+  BOOST_TEST((r.plan.policy.of("t5").stream == offload::stream_options{2, 1}), r.plan.policy.str());
+  BOOST_TEST((r.plan.policy.of("t5").memory == offload::host_memory::pageable), r.plan.policy.str());
+  BOOST_TEST(!r.plan.policy.of("dit").stream.enabled(), r.plan.policy.str());
   // 8 GiB: T5 (10.58 GiB) cannot fit whole: it streams its blocks through two slots instead of
   // running on the host; the decode (8.75 GiB) cannot fit: the VAE runs on the host.
   const auto small = wan::plan_generation(t2v_1_3B, budget(8_GiB));
@@ -291,6 +295,27 @@ BOOST_AUTO_TEST_CASE(t2v_14B_720p_on_12_GiB_streams_the_bf16_dit_and_tiles_when_
   BOOST_TEST_MESSAGE("t2v-14B 1280x720x81 on 12 GiB: '" << r.plan.policy.str() << "' " << r.predicted_seconds << " s, peak "
                      << offload::format_bytes(r.device_peak_bytes) << "; tiled '" << t.plan.policy.str() << "' "
                      << t.predicted_seconds << " s, peak " << offload::format_bytes(t.device_peak_bytes));
+  // With 16 GiB of pinned memory (the 27 GiB bf16 DiT's master does not fit it) the DiT still
+  // streams, from pageable memory: slower than pinned, days faster than on the host.
+  const auto pageable = wan::plan_generation(t2v_14B, budget(12_GiB, 16_GiB));
+  const auto& pd = pageable.plan.policy.of("dit");
+  BOOST_TEST(!pd.execute_on.is_host(), pageable.plan.policy.str());
+  BOOST_TEST(pd.stream.enabled(), pageable.plan.policy.str());
+  BOOST_TEST((pd.memory == offload::host_memory::pageable), pageable.plan.policy.str());
+  BOOST_TEST(pageable.pinned_bytes <= 16_GiB);
+  BOOST_TEST(pageable.device_peak_bytes <= 12_GiB);
+  BOOST_TEST(pageable.predicted_seconds > r.predicted_seconds);
+  auto no_stream = budget(12_GiB, 16_GiB);
+  no_stream.allow_streaming = false;
+  const auto on_host = wan::plan_generation(t2v_14B, no_stream);
+  BOOST_TEST(on_host.plan.policy.of("dit").execute_on.is_host(), on_host.plan.policy.str());
+  BOOST_TEST(on_host.predicted_seconds > 10 * pageable.predicted_seconds);
+  const auto psim = simulate(pageable, t2v_14B, cost);
+  BOOST_TEST(sim_peak(psim) == pageable.device_peak_bytes);
+  BOOST_TEST(std::abs(psim.seconds - pageable.predicted_seconds) <= 1e-9 * pageable.predicted_seconds);
+  BOOST_TEST_MESSAGE("t2v-14B 1280x720x81 on 12 GiB, 16 GiB pinned: '" << pageable.plan.policy.str() << "' "
+                     << pageable.predicted_seconds << " s, peak " << offload::format_bytes(pageable.device_peak_bytes)
+                     << "; without streaming " << on_host.predicted_seconds << " s");
   // A non-square tiling cannot be a policy option.
   auto odd = t2v_14B;
   odd.vae_tiling = wan::VaeTiling{32, 16, 4};

@@ -29,6 +29,10 @@
 ///    components' bounds beats the best is scheduled once more with `prefetch` under the device
 ///    budget, and offered with the time its prefetches hide (each stage's prefetched copies, at
 ///    most that stage's compute: the scheduler's own rule).
+/// 7. Streaming: a component with a block list gets streamed holdings at each slot count of
+///    slot_counts() (its device bytes grow with the slots, its block copies shrink), less those
+///    another streamed holding dominates. Block copies are priced in full (an upper bound on what
+///    they add) at the rate of the master the leaf chooses: pinned or pageable, like the onloads.
 
 #include <offload/cost_model.hpp>
 #include <offload/errors.hpp>
@@ -126,12 +130,18 @@ private:
     std::int64_t onload_bytes = 0; ///< copied per onload (streamed: all but the blocks)
     std::int64_t master_bytes = 0; ///< its host master (pinned when pinned), as stored
     storage_dtype store = storage_dtype::native;
-    stream_options stream{};       ///< streamed: its masters must be pinned
-    double stream_seconds = 0;     ///< time the block copies add to the stages beyond their compute
-    std::vector<double> stream_step; ///< the same per step
+    stream_options stream{};       ///< streamed: K slots, one block prefetched
+    std::int64_t stream_bytes = 0; ///< block copies of all its stages (streamed)
+    std::vector<std::int64_t> stream_step; ///< the same per step
     double prefetch_credit = 0;    ///< at most what cross-stage prefetch hides of its onloads (pinned)
+    std::vector<double> credit_step; ///< the same per step: of its onload before step s
+    /// Its copies from a master in `memory`: the onloads and the block copies, none of the latter
+    /// hidden (an upper bound).
+    [[nodiscard]] double transfer(const cost_model& cost, host_memory memory) const {
+      return onloads * cost.transfer_seconds(onload_bytes, memory) + cost.transfer_seconds(stream_bytes, memory);
+    }
     [[nodiscard]] double transfer_lb(const cost_model& cost) const {
-      return onloads * cost.transfer_seconds(onload_bytes, host_memory::pinned) + stream_seconds - prefetch_credit;
+      return transfer(cost, host_memory::pinned) - prefetch_credit;
     }
   };
   struct exec_info {
@@ -191,13 +201,14 @@ private:
         const auto& blocks = stored ? stored->blocks : info.blocks;
         min_master_[c] = std::min(min_master_[c], master);
         const bool streamable = opt_.allow_streaming && blocks && blocks->count() > 1;
-        for (const stream_options stream : {stream_options{}, stream_options{2, 1}}) {
-          if (stream.enabled() && !streamable) continue;
-          for (const auto& [load, evict] : rules) {
+        std::vector<stream_options> streams{stream_options{}};
+        if (streamable)
+          for (const int k : slot_counts(static_cast<int>(blocks->count()))) streams.push_back({k, 1});
+        for (const auto& [load, evict] : rules) {
+          for (const stream_options stream : streams) {
             placement_policy p;
             p.fallback = component_policy{target::host()};
-            component_policy cp{target::accelerator(), load, evict,
-                                stream.enabled() ? host_memory::pinned : host_memory::pageable, stream};
+            component_policy cp{target::accelerator(), load, evict, host_memory::pageable, stream};
             cp.store = stored ? stored->dtype : storage_dtype::native;
             p.components[info.name] = cp;
             const plan pl = schedule(stages_, comps_, p, {.accelerator = opt_.accelerator, .suggest = false});
@@ -210,7 +221,8 @@ private:
             h.master_bytes = master;
             h.store = cp.store;
             h.stream = stream;
-            h.stream_step.assign(steps_, 0.0);
+            h.stream_step.assign(steps_, 0);
+            h.credit_step.assign(steps_, 0.0);
             for (std::size_t s = 0; s < steps_; ++s) {
               const auto it = pl.steps[s].resident.find(opt_.accelerator);
               if (it != pl.steps[s].resident.end())
@@ -219,32 +231,96 @@ private:
                 if (a.kind == action_kind::onload && a.component == info.name) {
                   ++h.onloads;
                   // Prefetched into the previous stage, its copy hides behind that stage's compute.
-                  if (opt_.allow_prefetch && s >= 2)
-                    h.prefetch_credit += std::min(opt_.cost.transfer_seconds(h.onload_bytes, host_memory::pinned),
-                                                  std::max(opt_.cost.compute_seconds(stages_[s - 2].seconds, false),
-                                                           opt_.cost.compute_seconds(stages_[s - 2].seconds, true)));
+                  if (opt_.allow_prefetch && s >= 2) {
+                    h.credit_step[s] = std::min(opt_.cost.transfer_seconds(h.onload_bytes, host_memory::pinned),
+                                                std::max(opt_.cost.compute_seconds(stages_[s - 2].seconds, false),
+                                                         opt_.cost.compute_seconds(stages_[s - 2].seconds, true)));
+                    h.prefetch_credit += h.credit_step[s];
+                  }
                 }
               // The block copies, priced without credit for their overlap with compute (an upper
-              // bound: with prefetch they mostly hide). So streaming never looks cheaper than one
-              // whole copy, and is chosen only where the component cannot stay whole; unless it
+              // bound: from pinned masters they mostly hide). So streaming never looks cheaper than
+              // one whole copy, and is chosen only where the component cannot stay whole; unless it
               // keeps tables on the host (block_layout::host_bytes), which it then copies less.
               if (s > 0 && stream.enabled())
                 if (const auto b = pl.steps[s].streamed_bytes.find(info.name); b != pl.steps[s].streamed_bytes.end()) {
-                  h.stream_step[s] = opt_.cost.transfer_seconds(b->second, host_memory::pinned);
-                  h.stream_seconds += h.stream_step[s];
+                  h.stream_step[s] = b->second;
+                  h.stream_bytes += b->second;
                 }
             }
             const bool seen = std::any_of(holdings_[c].begin(), holdings_[c].end(), [&](const holding& o) {
               return o.resident == h.resident && o.onloads == h.onloads && o.stream == h.stream && o.store == h.store;
             });
+            // A rule that holds the component as an earlier one does, does so at every slot count.
+            if (seen && stream.enabled()) break;
             if (!seen) holdings_[c].push_back(std::move(h));
           }
         }
       }
+    }
+    // Memory is free when the device budget holds every component at its largest and every
+    // workspace at once: then only time and deviation tell holdings apart.
+    bool memory_is_free = !opt_.budgets.device;
+    if (!memory_is_free) {
+      std::int64_t all = 0, ws = 0;
+      for (std::size_t c = 0; c < n_; ++c) {
+        std::int64_t largest = comps_[c].bytes;
+        for (const auto& h : holdings_[c]) largest = std::max(largest, h.bytes);
+        all += largest;
+      }
+      for (std::size_t s = 0; s < steps_; ++s) {
+        std::int64_t here = 0;
+        for (std::size_t c = 0; c < n_; ++c) here += ws_[c][s];
+        ws = std::max(ws, here);
+      }
+      memory_is_free = all + ws <= *opt_.budgets.device;
+    }
+    for (std::size_t c = 0; c < n_; ++c) {
+      drop_dominated(holdings_[c], memory_is_free);
+      // Cheapest first: the search meets good placements early and prunes the rest sooner.
+      std::stable_sort(holdings_[c].begin(), holdings_[c].end(), [&](const holding& a, const holding& b) {
+        return a.transfer_lb(opt_.cost) < b.transfer_lb(opt_.cost);
+      });
       double lb = std::numeric_limits<double>::infinity();
       for (const auto& h : holdings_[c]) lb = std::min(lb, h.transfer_lb(opt_.cost));
       min_transfer_lb_[c] = lb;
     }
+  }
+
+  /// Slot counts tried for a block list of n >= 2 blocks, each with one block prefetched: 2, 3, 4,
+  /// 6, 8, 12, 16, ... (powers of two and one and a half times them) below n, and n. Each slot
+  /// beyond two keeps about one more block from one pass to the next, so copies less. One slot
+  /// (`stream=1:prefetch=0`) would save one block of memory but lose every overlap of copies with
+  /// compute, which block copies priced in full cannot show: it is left to the user.
+  static std::vector<int> slot_counts(int n) {
+    std::vector<int> out;
+    for (int p = 2; p < n; p *= 2) {
+      out.push_back(p);
+      if (p + p / 2 < n) out.push_back(p + p / 2);
+    }
+    out.push_back(n);
+    return out;
+  }
+
+  /// Drops the streamed holdings another one with the same residency and storage beats or equals
+  /// in everything the search weighs: device bytes (unless `memory_is_free`), block copies and
+  /// deviation (e.g. more slots for a component that runs one pass per onload, which copies every
+  /// block once whatever the slots; or fewer slots than the most where memory is free).
+  static void drop_dominated(std::vector<holding>& hs, bool memory_is_free) {
+    auto dominates = [&](const holding& a, const holding& b) {
+      return a.stream.enabled() && b.stream.enabled() && a.resident == b.resident && a.onloads == b.onloads &&
+             a.store == b.store && (memory_is_free || a.bytes <= b.bytes) && a.stream_bytes <= b.stream_bytes &&
+             a.deviation <= b.deviation;
+    };
+    std::vector<unsigned char> dominated(hs.size(), 0);
+    for (std::size_t i = 0; i < hs.size(); ++i)
+      for (std::size_t j = 0; j < hs.size() && !dominated[i]; ++j)
+        // Of two equal ones the first stays.
+        dominated[i] = j != i && dominates(hs[j], hs[i]) && (j < i || !dominates(hs[i], hs[j]));
+    std::vector<holding> kept;
+    for (std::size_t i = 0; i < hs.size(); ++i)
+      if (!dominated[i]) kept.push_back(std::move(hs[i]));
+    hs = std::move(kept);
   }
 
   [[nodiscard]] std::optional<std::size_t> index_of(const std::string& name) const {
@@ -284,32 +360,27 @@ private:
     double transfer = 0;
   };
 
-  /// Every choice of pinned masters within the pinned budget, with its transfer seconds for the
-  /// given onload counts and bytes (a pinned component pins its whole master, `master_bytes`);
-  /// streamed components (`forced`) are always pinned and add their block copies' time. Pinning
+  /// Every choice of pinned masters within the pinned budget, with its transfer seconds: each moved
+  /// component's `onloads` copies of `onload_bytes` and its block copies `stream_bytes`, from its
+  /// pinned or pageable master (a pinned component pins its whole master, `master_bytes`). Pinning
   /// itself costs cost_model::pin_seconds of the pinned bytes, spread over budget_options::runs.
-  /// Empty when the forced ones alone exceed the pinned budget.
   [[nodiscard]] std::vector<pin_choice> pin_choices(const std::vector<int>& onloads,
                                                     const std::vector<std::int64_t>& onload_bytes,
-                                                    const std::vector<std::int64_t>& master_bytes, unsigned forced = 0,
-                                                    double stream_seconds = 0) const {
+                                                    const std::vector<std::int64_t>& master_bytes,
+                                                    const std::vector<std::int64_t>& stream_bytes) const {
     std::vector<std::size_t> moved;
-    std::int64_t forced_bytes = 0;
     for (std::size_t c = 0; c < n_; ++c)
-      if ((forced >> c) & 1u) forced_bytes += master_bytes[c];
-      else if (onloads[c] > 0) moved.push_back(c);
-    double forced_t = stream_seconds;
-    for (std::size_t c = 0; c < n_; ++c)
-      if ((forced >> c) & 1u) forced_t += onloads[c] * opt_.cost.transfer_seconds(onload_bytes[c], host_memory::pinned);
+      if (onloads[c] > 0 || stream_bytes[c] > 0) moved.push_back(c);
     std::vector<pin_choice> out;
     for (unsigned sub = 0; sub < (1u << moved.size()); ++sub) {
-      pin_choice ch{forced, forced_bytes, forced_t};
+      pin_choice ch;
       for (std::size_t i = 0; i < moved.size(); ++i) {
         const auto c = moved[i];
         const bool pin = (sub >> i) & 1u;
         if (pin) ch.bytes += master_bytes[c], ch.mask |= 1u << c;
-        ch.transfer +=
-            onloads[c] * opt_.cost.transfer_seconds(onload_bytes[c], pin ? host_memory::pinned : host_memory::pageable);
+        const auto from = pin ? host_memory::pinned : host_memory::pageable;
+        ch.transfer += onloads[c] * opt_.cost.transfer_seconds(onload_bytes[c], from) +
+                       opt_.cost.transfer_seconds(stream_bytes[c], from);
       }
       if (opt_.budgets.pinned && ch.bytes > *opt_.budgets.pinned) continue;
       ch.transfer += opt_.cost.pin_seconds(ch.bytes) / opt_.runs; // pinning the masters, spread over the runs
@@ -318,8 +389,8 @@ private:
     return out;
   }
 
-  /// The fastest of `choices` (the fewest pinned bytes among equals) set into `k`; an infinite
-  /// transfer time when there is none.
+  /// The fastest of `choices` (the fewest pinned bytes among equals) set into `k` (pinning nothing
+  /// is always a choice).
   static void take_fastest(candidate& k, const std::vector<pin_choice>& choices) {
     const pin_choice* best = nullptr;
     for (const auto& ch : choices)
@@ -410,9 +481,7 @@ private:
     k.compute = e.compute;
     k.host_peak = e.host_peak;
     std::vector<int> onloads(n_, 0);
-    std::vector<std::int64_t> onload_bytes(n_, 0), master_bytes(n_, 0);
-    unsigned streamed = 0;
-    double stream_seconds = 0;
+    std::vector<std::int64_t> onload_bytes(n_, 0), master_bytes(n_, 0), stream_bytes(n_, 0);
     for (std::size_t c = 0; c < n_; ++c) {
       if (choice[c] < 0) {
         ++k.deviation;
@@ -425,21 +494,31 @@ private:
       master_bytes[c] = h.master_bytes;
       k.host_peak += h.master_bytes - min_master_[c]; // exec_of counted its smallest storage
       k.deviation += h.deviation;
-      if (h.stream.enabled()) streamed |= 1u << c, stream_seconds += h.stream_seconds;
+      stream_bytes[c] = h.stream_bytes;
     }
     if (opt_.budgets.host && k.host_peak > *opt_.budgets.host) return;
-    const auto choices = pin_choices(onloads, onload_bytes, master_bytes, streamed, stream_seconds);
+    const auto choices = pin_choices(onloads, onload_bytes, master_bytes, stream_bytes);
     take_fastest(k, choices);
-    if (!std::isfinite(k.transfer)) return; // the streamed masters do not fit the pinned budget
     k.time = k.compute + k.transfer;
     k.device_peak = *std::max_element(peak.begin(), peak.end());
-    if (opt_.allow_prefetch)
+    if (opt_.allow_prefetch) {
+      // Nothing moves ahead into a stage that streams blocks (the scheduler's rule: its transfer
+      // stream is taken), so onloads after such a stage hide nothing.
+      std::vector<unsigned char> streams(stages_.size(), 0);
+      for (std::size_t c = 0; c < n_; ++c)
+        if (choice[c] >= 0 && holdings_[c][static_cast<std::size_t>(choice[c])].stream.enabled())
+          for (std::size_t t = 0; t < stages_.size(); ++t) streams[t] = streams[t] || uses_[t][c];
       offer_prefetched_choices(k, choices, onloads, onload_bytes, [&](unsigned mask) {
         double credit = 0;
         for (std::size_t c = 0; c < n_; ++c)
-          if (choice[c] >= 0 && ((mask >> c) & 1u)) credit += holdings_[c][static_cast<std::size_t>(choice[c])].prefetch_credit;
+          if (choice[c] >= 0 && ((mask >> c) & 1u)) {
+            const auto& h = holdings_[c][static_cast<std::size_t>(choice[c])];
+            for (std::size_t s = 2; s < steps_; ++s)
+              if (!streams[s - 2]) credit += h.credit_step[s];
+          }
         return credit;
       });
+    }
     offer(std::move(k));
   }
 
@@ -516,9 +595,8 @@ private:
       for (std::size_t c = 0; c < n_; ++c) onload_bytes[c] = comps_[c].bytes;
       k.compute = e.compute;
       k.host_peak = host_peak;
-      const auto choices = pin_choices(onloads, onload_bytes, onload_bytes);
+      const auto choices = pin_choices(onloads, onload_bytes, onload_bytes, std::vector<std::int64_t>(n_, 0));
       take_fastest(k, choices);
-      if (!std::isfinite(k.transfer)) continue;
       k.time = k.compute + k.transfer;
       k.deviation = 1 + static_cast<int>(std::count(k.choice.begin(), k.choice.end(), 1)) +
                     static_cast<int>(std::count(k.choice.begin(), k.choice.end(), -1));
@@ -585,7 +663,9 @@ private:
       if (k.choice[c] >= 0 && !k.on_demand) {
         const auto& h = holdings_[c][static_cast<std::size_t>(k.choice[c])];
         if (!h.stream.enabled()) continue;
-        for (std::size_t s = 1; s < out.plan.steps.size(); ++s) out.plan.steps[s].stream_seconds += h.stream_step[s];
+        const auto from = (k.pinned_mask >> c) & 1u ? host_memory::pinned : host_memory::pageable;
+        for (std::size_t s = 1; s < out.plan.steps.size(); ++s)
+          out.plan.steps[s].stream_seconds += opt_.cost.transfer_seconds(h.stream_step[s], from);
       }
     out.plan.predicted_seconds = k.time;
     out.budgets = opt_.budgets;
