@@ -27,8 +27,11 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <fstream>
 #include <iostream>
+
+#include <unistd.h>
 
 namespace wan_cli {
 
@@ -137,6 +140,33 @@ offload::budget_options budget_options_of(const options& o, offload::device_id a
 /// The message of an offload error without its id.
 std::string message_of(const offload::error& e) { return std::string(e.what()).substr(e.id().size() + 2); }
 
+/// This machine's physical memory, or 0 where unknown. OFFLOAD_HOST_MEMORY (a size such as
+/// `16GiB`) stands in for it, so that the warning below can be tested on any machine.
+std::int64_t host_memory_bytes() {
+  if (const char* v = std::getenv("OFFLOAD_HOST_MEMORY"); v && *v) return offload::parse_bytes(v);
+  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+  return pages > 0 && page > 0 ? static_cast<std::int64_t>(pages) * page : 0;
+}
+
+/// Warns where the planner's choice needs more host memory than this machine has, or pins more
+/// than half of it, and the user gave no budget for it (the planner then takes it as unlimited).
+void warn_about_host_memory(const options& o, const offload::budget_plan& chosen) {
+  const std::int64_t have = host_memory_bytes();
+  if (have <= 0) return;
+  if (!o.host_budget && chosen.host_peak_bytes > have)
+    std::cerr << fmt::format("wan_generate: warning: the plan needs {} of host memory (the masters of every "
+                             "model, and the workspace of stages on the host), and this machine has {}; give "
+                             "--host_budget {} to plan within it\n",
+                             offload::format_bytes(chosen.host_peak_bytes), offload::format_bytes(have),
+                             offload::format_bytes(have));
+  if (!o.pinned_budget && chosen.pinned_bytes > have / 2)
+    std::cerr << fmt::format("wan_generate: warning: the plan pins {} of host memory, more than half of this "
+                             "machine's {} (pinned pages cannot be swapped); give --pinned_budget {} or less to "
+                             "plan within it\n",
+                             offload::format_bytes(chosen.pinned_bytes), offload::format_bytes(have),
+                             offload::format_bytes(have / 2));
+}
+
 /// --dry_run --vram_budget: the planner's choice, its predicted peaks and time.
 int budget_dry_run(const options& o) {
   const auto shape = generation_shape_of(o);
@@ -146,6 +176,7 @@ int budget_dry_run(const options& o) {
                                   wan::dit_tokens(shape), accelerator.str(), offload::format_bytes(*o.vram_budget));
   try {
     const auto chosen = wan::plan_generation(shape, budget_options_of(o, accelerator));
+    warn_about_host_memory(o, chosen);
     if (o.report == "json") std::cout << chosen.json() << '\n';
     else std::cout << header << chosen.summary() << chosen.plan.table();
     std::cout << std::flush;
@@ -171,6 +202,7 @@ options with_budget_placement(const options& given) {
   if (!given.vram_budget) return given;
   options o = given;
   const auto chosen = wan::plan_generation(generation_shape_of(o), budget_options_of(o, o.device));
+  warn_about_host_memory(o, chosen);
   o.policy = chosen.plan.policy;
   o.gpu_memory = o.vram_budget;
   say(fmt::format("budget planner: policy '{}', predicted {:.1f} s, peak {} of {}", o.policy.str(),

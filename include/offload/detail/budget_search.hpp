@@ -688,10 +688,20 @@ private:
     std::vector<int> choice;
   };
 
-  /// The least device peak of an execution assignment over all holdings.
+  /// The least device peak of an execution assignment over all holdings; among equal peaks, the
+  /// placement met first with each component's holdings taken by increasing device bytes, then
+  /// deviation (the fewest slots and simplest rules: the placement the error names).
   least least_device_peak(const exec_info& e) const {
     least best;
     std::vector<int> choice(n_, -1);
+    std::vector<std::vector<std::size_t>> by_bytes(n_);
+    for (std::size_t c = 0; c < n_; ++c) {
+      for (std::size_t h = 0; h < holdings_[c].size(); ++h) by_bytes[c].push_back(h);
+      std::stable_sort(by_bytes[c].begin(), by_bytes[c].end(), [&](auto a, auto b) {
+        const auto &x = holdings_[c][a], &y = holdings_[c][b];
+        return x.bytes != y.bytes ? x.bytes < y.bytes : x.deviation < y.deviation;
+      });
+    }
     auto rec = [&](auto&& self, std::size_t c, const std::vector<std::int64_t>& peak) -> void {
       const auto mx = *std::max_element(peak.begin(), peak.end());
       if (mx >= best.peak) return;
@@ -703,7 +713,7 @@ private:
       }
       if (on_host(e.host_mask, c)) return self(self, c + 1, peak);
       std::vector<std::int64_t> next(steps_);
-      for (std::size_t h = 0; h < holdings_[c].size(); ++h) {
+      for (const auto h : by_bytes[c]) {
         for (std::size_t s = 0; s < steps_; ++s)
           next[s] = peak[s] + (holdings_[c][h].resident[s] ? holdings_[c][h].bytes : 0);
         choice[c] = static_cast<int>(h);
