@@ -46,6 +46,7 @@
 #include <ATen/ops/from_blob.h>
 #include <c10/core/ScalarType.h>
 #include <fmt/format.h>
+#include <fmt/ranges.h> // fmt::join (in fmt/format.h before fmt 11)
 
 #include <offload/detail/mmap_file.hpp>
 #include <offload/detail/safetensors_json.hpp>

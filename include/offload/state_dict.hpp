@@ -32,6 +32,7 @@
 #include <c10/core/GradMode.h>
 #include <c10/core/ScalarType.h>
 #include <fmt/format.h>
+#include <fmt/ranges.h> // fmt::join (in fmt/format.h before fmt 11)
 #include <torch/nn/module.h>
 
 #include <offload/errors.hpp>

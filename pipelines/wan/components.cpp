@@ -10,6 +10,7 @@
 #include <offload/stage_scheduler.hpp>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h> // fmt::join (in fmt/format.h before fmt 11)
 
 #include <limits>
 #include <random>

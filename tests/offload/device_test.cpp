@@ -95,7 +95,7 @@ BOOST_AUTO_TEST_CASE(device_set_finds_devices_and_names_unknown_ones) {
   BOOST_TEST(devices.get(device_id::cpu()).id().is_host());
   BOOST_CHECK_THROW(offload::testing::add_mock(devices, 0), offload::config_error);
   try {
-    devices.get(device_id::cuda(0));
+    (void)devices.get(device_id::cuda(0));
     BOOST_FAIL("expected config_error");
   } catch (const offload::config_error& e) {
     BOOST_TEST(std::string(e.what()).find("known: cpu, mock:0") != std::string::npos);

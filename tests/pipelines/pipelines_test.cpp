@@ -18,6 +18,7 @@
 #include <offload/testing/mock_device.hpp>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h> // fmt::join (in fmt/format.h before fmt 11)
 
 #include <cstdlib>
 #include <fstream>

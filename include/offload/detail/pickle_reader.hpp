@@ -28,6 +28,7 @@
 #include <c10/core/ScalarType.h>
 #include <c10/core/Storage.h>
 #include <fmt/format.h>
+#include <fmt/ranges.h> // fmt::join (in fmt/format.h before fmt 11)
 
 #include <offload/errors.hpp>
 
