@@ -31,8 +31,13 @@
 ///    most that stage's compute: the scheduler's own rule).
 /// 7. Streaming: a component with a block list gets streamed holdings at each slot count of
 ///    slot_counts() (its device bytes grow with the slots, its block copies shrink), less those
-///    another streamed holding dominates. Block copies are priced in full (an upper bound on what
-///    they add) at the rate of the master the leaf chooses: pinned or pageable, like the onloads.
+///    another streamed holding dominates. Block copies are priced at the master the leaf chooses,
+///    like the onloads. From pageable memory nothing overlaps: every copy counts in full. From
+///    pinned memory a stage's copies cost what the scheduler's timed slot model says they add to
+///    its compute, but never less than one full copy of each block brought in for the first time
+///    since the component's onload (priced as a whole onload is). So streaming never looks
+///    cheaper than a whole copy, and more slots win only where they hide copies fewer slots
+///    expose.
 
 #include <offload/cost_model.hpp>
 #include <offload/errors.hpp>
@@ -129,19 +134,36 @@ private:
     std::int64_t bytes = 0;        ///< on the device while resident (streamed: all but the blocks + slots)
     std::int64_t onload_bytes = 0; ///< copied per onload (streamed: all but the blocks)
     std::int64_t master_bytes = 0; ///< its host master (pinned when pinned), as stored
+    bool pinnable = true;          ///< its master fits the pinned budget
     storage_dtype store = storage_dtype::native;
     stream_options stream{};       ///< streamed: K slots, one block prefetched
     std::int64_t stream_bytes = 0; ///< block copies of all its stages (streamed)
     std::vector<std::int64_t> stream_step; ///< the same per step
+    /// Seconds its block copies add from a pinned master (streamed): per step, what the timed
+    /// slot model adds to the stage's compute, at least a full copy of the blocks new since the
+    /// onload.
+    double stream_pinned = 0;
+    std::vector<double> stream_pinned_step;
     double prefetch_credit = 0;    ///< at most what cross-stage prefetch hides of its onloads (pinned)
     std::vector<double> credit_step; ///< the same per step: of its onload before step s
-    /// Its copies from a master in `memory`: the onloads and the block copies, none of the latter
-    /// hidden (an upper bound).
-    [[nodiscard]] double transfer(const cost_model& cost, host_memory memory) const {
-      return onloads * cost.transfer_seconds(onload_bytes, memory) + cost.transfer_seconds(stream_bytes, memory);
+    /// Seconds its block copies add from a master in `memory`: from pageable memory each copy
+    /// holds the host, so all of them.
+    [[nodiscard]] double streaming(const cost_model& cost, host_memory memory) const {
+      return memory == host_memory::pinned ? stream_pinned : cost.transfer_seconds(stream_bytes, memory);
     }
+    [[nodiscard]] double streaming_step(const cost_model& cost, host_memory memory, std::size_t s) const {
+      return memory == host_memory::pinned ? stream_pinned_step[s] : cost.transfer_seconds(stream_step[s], memory);
+    }
+    /// Its copies from a master in `memory`: the onloads and what the block copies add.
+    [[nodiscard]] double transfer(const cost_model& cost, host_memory memory) const {
+      return onloads * cost.transfer_seconds(onload_bytes, memory) + streaming(cost, memory);
+    }
+    /// A lower bound of what its copies cost in any placement: from pinned memory less what
+    /// prefetch could hide, where its master fits the pinned budget; from pageable memory, where
+    /// nothing hides.
     [[nodiscard]] double transfer_lb(const cost_model& cost) const {
-      return transfer(cost, host_memory::pinned) - prefetch_credit;
+      const double pageable = transfer(cost, host_memory::pageable);
+      return pinnable ? std::min(transfer(cost, host_memory::pinned) - prefetch_credit, pageable) : pageable;
     }
   };
   struct exec_info {
@@ -208,10 +230,16 @@ private:
           for (const stream_options stream : streams) {
             placement_policy p;
             p.fallback = component_policy{target::host()};
-            component_policy cp{target::accelerator(), load, evict, host_memory::pageable, stream};
+            // A streamed holding is timed from a pinned master (the scheduler's slot model at the
+            // pinned bandwidth); residency, onloads and bytes are those of any master.
+            component_policy cp{target::accelerator(), load, evict,
+                                stream.enabled() ? host_memory::pinned : host_memory::pageable, stream};
             cp.store = stored ? stored->dtype : storage_dtype::native;
             p.components[info.name] = cp;
-            const plan pl = schedule(stages_, comps_, p, {.accelerator = opt_.accelerator, .suggest = false});
+            schedule_options so{.accelerator = opt_.accelerator, .suggest = false};
+            if (stream.enabled())
+              so.devices.push_back({opt_.accelerator, std::nullopt, opt_.cost.h2d_pinned_bytes_per_second, 0});
+            const plan pl = schedule(stages_, comps_, p, so);
             ++schedules_;
             holding h{load, evict, std::vector<unsigned char>(steps_, 0), 0,
                       (load == load_rule::init && evict == evict_rule::never ? 0 : 1) + (stream.enabled() ? 1 : 0) +
@@ -219,10 +247,13 @@ private:
             h.bytes = stream.enabled() ? pl.device_bytes.at(info.name) : master;
             h.onload_bytes = stream.enabled() ? blocks->streamed_rest(master) : master;
             h.master_bytes = master;
+            h.pinnable = !opt_.budgets.pinned || master <= *opt_.budgets.pinned;
             h.store = cp.store;
             h.stream = stream;
             h.stream_step.assign(steps_, 0);
+            h.stream_pinned_step.assign(steps_, 0.0);
             h.credit_step.assign(steps_, 0.0);
+            bool fresh = false; // onloaded, its blocks not yet brought in
             for (std::size_t s = 0; s < steps_; ++s) {
               const auto it = pl.steps[s].resident.find(opt_.accelerator);
               if (it != pl.steps[s].resident.end())
@@ -230,6 +261,7 @@ private:
               for (const auto& a : pl.steps[s].before)
                 if (a.kind == action_kind::onload && a.component == info.name) {
                   ++h.onloads;
+                  fresh = true;
                   // Prefetched into the previous stage, its copy hides behind that stage's compute.
                   if (opt_.allow_prefetch && s >= 2) {
                     h.credit_step[s] = std::min(opt_.cost.transfer_seconds(h.onload_bytes, host_memory::pinned),
@@ -238,14 +270,20 @@ private:
                     h.prefetch_credit += h.credit_step[s];
                   }
                 }
-              // The block copies, priced without credit for their overlap with compute (an upper
-              // bound: from pinned masters they mostly hide). So streaming never looks cheaper than
-              // one whole copy, and is chosen only where the component cannot stay whole; unless it
+              // The block copies: from a pinned master, what they add to the stage's compute, but
+              // at least a full copy of each block new since the onload (the first pass brings in
+              // every block, as a whole onload would). So streaming never looks cheaper than one
+              // whole copy, and is chosen only where the component cannot stay whole; unless it
               // keeps tables on the host (block_layout::host_bytes), which it then copies less.
               if (s > 0 && stream.enabled())
                 if (const auto b = pl.steps[s].streamed_bytes.find(info.name); b != pl.steps[s].streamed_bytes.end()) {
                   h.stream_step[s] = b->second;
                   h.stream_bytes += b->second;
+                  const double first =
+                      fresh ? opt_.cost.transfer_seconds(blocks->total(), host_memory::pinned) : 0.0;
+                  fresh = false;
+                  h.stream_pinned_step[s] = std::max(pl.steps[s].stream_seconds, first);
+                  h.stream_pinned += h.stream_pinned_step[s];
                 }
             }
             const bool seen = std::any_of(holdings_[c].begin(), holdings_[c].end(), [&](const holding& o) {
@@ -290,8 +328,8 @@ private:
   /// Slot counts tried for a block list of n >= 2 blocks, each with one block prefetched: 2, 3, 4,
   /// 6, 8, 12, 16, ... (powers of two and one and a half times them) below n, and n. Each slot
   /// beyond two keeps about one more block from one pass to the next, so copies less. One slot
-  /// (`stream=1:prefetch=0`) would save one block of memory but lose every overlap of copies with
-  /// compute, which block copies priced in full cannot show: it is left to the user.
+  /// (`stream=1:prefetch=0`) saves one block of memory but overlaps no copy with compute: it is
+  /// left to the user.
   static std::vector<int> slot_counts(int n) {
     std::vector<int> out;
     for (int p = 2; p < n; p *= 2) {
@@ -303,14 +341,22 @@ private:
   }
 
   /// Drops the streamed holdings another one with the same residency and storage beats or equals
-  /// in everything the search weighs: device bytes (unless `memory_is_free`), block copies and
-  /// deviation (e.g. more slots for a component that runs one pass per onload, which copies every
-  /// block once whatever the slots; or fewer slots than the most where memory is free).
+  /// in everything the search weighs: device bytes, block copies (bytes, and seconds from a
+  /// pinned master) and deviation (e.g. more slots for a component that runs one pass per onload,
+  /// which copies every block once whatever the slots; or more slots where fewer already hide
+  /// their copies). Where `memory_is_free`, a holding that is faster from pinned and from pageable
+  /// masters alike beats one that holds less; between equally fast ones the lower peak decides.
   static void drop_dominated(std::vector<holding>& hs, bool memory_is_free) {
+    // Seconds compare with the search's tolerance: sums of the same copies in another order differ
+    // in the last bits.
+    auto faster = [](double x, double y) { return x < y - 1e-9 * std::max(1.0, y); };
     auto dominates = [&](const holding& a, const holding& b) {
-      return a.stream.enabled() && b.stream.enabled() && a.resident == b.resident && a.onloads == b.onloads &&
-             a.store == b.store && (memory_is_free || a.bytes <= b.bytes) && a.stream_bytes <= b.stream_bytes &&
-             a.deviation <= b.deviation;
+      if (!(a.stream.enabled() && b.stream.enabled() && a.resident == b.resident && a.onloads == b.onloads &&
+            a.store == b.store && a.stream_bytes <= b.stream_bytes && !faster(b.stream_pinned, a.stream_pinned) &&
+            a.deviation <= b.deviation))
+        return false;
+      return a.bytes <= b.bytes ||
+             (memory_is_free && a.stream_bytes < b.stream_bytes && faster(a.stream_pinned, b.stream_pinned));
     };
     std::vector<unsigned char> dominated(hs.size(), 0);
     for (std::size_t i = 0; i < hs.size(); ++i)
@@ -360,17 +406,24 @@ private:
     double transfer = 0;
   };
 
+  /// What a component's block copies add, from a pinned and from a pageable master (zero where
+  /// it does not stream).
+  struct streaming_seconds {
+    double pinned = 0, pageable = 0;
+  };
+
   /// Every choice of pinned masters within the pinned budget, with its transfer seconds: each moved
-  /// component's `onloads` copies of `onload_bytes` and its block copies `stream_bytes`, from its
-  /// pinned or pageable master (a pinned component pins its whole master, `master_bytes`). Pinning
-  /// itself costs cost_model::pin_seconds of the pinned bytes, spread over budget_options::runs.
+  /// component's `onloads` copies of `onload_bytes` and what its block copies add (`streams`), from
+  /// its pinned or pageable master (a pinned component pins its whole master, `master_bytes`).
+  /// Pinning itself costs cost_model::pin_seconds of the pinned bytes, spread over
+  /// budget_options::runs.
   [[nodiscard]] std::vector<pin_choice> pin_choices(const std::vector<int>& onloads,
                                                     const std::vector<std::int64_t>& onload_bytes,
                                                     const std::vector<std::int64_t>& master_bytes,
-                                                    const std::vector<std::int64_t>& stream_bytes) const {
+                                                    const std::vector<streaming_seconds>& streams) const {
     std::vector<std::size_t> moved;
     for (std::size_t c = 0; c < n_; ++c)
-      if (onloads[c] > 0 || stream_bytes[c] > 0) moved.push_back(c);
+      if (onloads[c] > 0 || streams[c].pageable > 0) moved.push_back(c);
     std::vector<pin_choice> out;
     for (unsigned sub = 0; sub < (1u << moved.size()); ++sub) {
       pin_choice ch;
@@ -380,7 +433,7 @@ private:
         if (pin) ch.bytes += master_bytes[c], ch.mask |= 1u << c;
         const auto from = pin ? host_memory::pinned : host_memory::pageable;
         ch.transfer += onloads[c] * opt_.cost.transfer_seconds(onload_bytes[c], from) +
-                       opt_.cost.transfer_seconds(stream_bytes[c], from);
+                       (pin ? streams[c].pinned : streams[c].pageable);
       }
       if (opt_.budgets.pinned && ch.bytes > *opt_.budgets.pinned) continue;
       ch.transfer += opt_.cost.pin_seconds(ch.bytes) / opt_.runs; // pinning the masters, spread over the runs
@@ -481,7 +534,8 @@ private:
     k.compute = e.compute;
     k.host_peak = e.host_peak;
     std::vector<int> onloads(n_, 0);
-    std::vector<std::int64_t> onload_bytes(n_, 0), master_bytes(n_, 0), stream_bytes(n_, 0);
+    std::vector<std::int64_t> onload_bytes(n_, 0), master_bytes(n_, 0);
+    std::vector<streaming_seconds> streams(n_);
     for (std::size_t c = 0; c < n_; ++c) {
       if (choice[c] < 0) {
         ++k.deviation;
@@ -494,27 +548,27 @@ private:
       master_bytes[c] = h.master_bytes;
       k.host_peak += h.master_bytes - min_master_[c]; // exec_of counted its smallest storage
       k.deviation += h.deviation;
-      stream_bytes[c] = h.stream_bytes;
+      streams[c] = {h.streaming(opt_.cost, host_memory::pinned), h.streaming(opt_.cost, host_memory::pageable)};
     }
     if (opt_.budgets.host && k.host_peak > *opt_.budgets.host) return;
-    const auto choices = pin_choices(onloads, onload_bytes, master_bytes, stream_bytes);
+    const auto choices = pin_choices(onloads, onload_bytes, master_bytes, streams);
     take_fastest(k, choices);
     k.time = k.compute + k.transfer;
     k.device_peak = *std::max_element(peak.begin(), peak.end());
     if (opt_.allow_prefetch) {
       // Nothing moves ahead into a stage that streams blocks (the scheduler's rule: its transfer
       // stream is taken), so onloads after such a stage hide nothing.
-      std::vector<unsigned char> streams(stages_.size(), 0);
+      std::vector<unsigned char> streaming(stages_.size(), 0);
       for (std::size_t c = 0; c < n_; ++c)
         if (choice[c] >= 0 && holdings_[c][static_cast<std::size_t>(choice[c])].stream.enabled())
-          for (std::size_t t = 0; t < stages_.size(); ++t) streams[t] = streams[t] || uses_[t][c];
+          for (std::size_t t = 0; t < stages_.size(); ++t) streaming[t] = streaming[t] || uses_[t][c];
       offer_prefetched_choices(k, choices, onloads, onload_bytes, [&](unsigned mask) {
         double credit = 0;
         for (std::size_t c = 0; c < n_; ++c)
           if (choice[c] >= 0 && ((mask >> c) & 1u)) {
             const auto& h = holdings_[c][static_cast<std::size_t>(choice[c])];
             for (std::size_t s = 2; s < steps_; ++s)
-              if (!streams[s - 2]) credit += h.credit_step[s];
+              if (!streaming[s - 2]) credit += h.credit_step[s];
           }
         return credit;
       });
@@ -595,7 +649,7 @@ private:
       for (std::size_t c = 0; c < n_; ++c) onload_bytes[c] = comps_[c].bytes;
       k.compute = e.compute;
       k.host_peak = host_peak;
-      const auto choices = pin_choices(onloads, onload_bytes, onload_bytes, std::vector<std::int64_t>(n_, 0));
+      const auto choices = pin_choices(onloads, onload_bytes, onload_bytes, std::vector<streaming_seconds>(n_));
       take_fastest(k, choices);
       k.time = k.compute + k.transfer;
       k.deviation = 1 + static_cast<int>(std::count(k.choice.begin(), k.choice.end(), 1)) +
@@ -665,7 +719,7 @@ private:
         if (!h.stream.enabled()) continue;
         const auto from = (k.pinned_mask >> c) & 1u ? host_memory::pinned : host_memory::pageable;
         for (std::size_t s = 1; s < out.plan.steps.size(); ++s)
-          out.plan.steps[s].stream_seconds += opt_.cost.transfer_seconds(h.stream_step[s], from);
+          out.plan.steps[s].stream_seconds += h.streaming_step(opt_.cost, from, s);
       }
     out.plan.predicted_seconds = k.time;
     out.budgets = opt_.budgets;
