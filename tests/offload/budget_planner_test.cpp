@@ -440,7 +440,8 @@ BOOST_AUTO_TEST_CASE(streaming_is_chosen_when_the_whole_denoiser_does_not_fit) {
 /// Plans `encode_denoise` at `step` seconds per denoising step for device budgets of 5 to 12 GiB,
 /// where the whole denoiser does not fit (its 11 GiB + 2 GiB of workspace), and checks each choice
 /// against the slot model. The rest (1 GiB) and the workspace (2 GiB) leave budget - 3 GiB for
-/// slots of 1 GiB; of the planner's slot counts (2, 3, 4, 6, 8, 10) that fit, it takes the fewest
+/// slots of 1 GiB; of the planner's slot counts (2, 3, 4, 6, 8, 10, each with one block
+/// prefetched; one slot without is slower wherever two fit) that fit, it takes the fewest
 /// whose block copies cost the least (pinned_block_seconds): more slots only where they hide or
 /// save copies. Returns the slots per budget.
 std::vector<int> check_slots_against_the_slot_model(double step) {
@@ -478,8 +479,16 @@ std::vector<int> check_slots_against_the_slot_model(double step) {
     BOOST_TEST(close(sim.seconds, r.predicted_seconds), where << ": " << sim.seconds << " vs " << r.predicted_seconds);
     chosen.push_back(slots);
   }
-  // Below 5 GiB two slots do not fit: the denoiser runs on the host.
-  BOOST_TEST(offload::plan_for_budget(st, enc_den, options(5_GiB - 1)).plan.policy.of("den").execute_on.is_host());
+  // Below 5 GiB two slots do not fit, one does: the denoiser streams through it without prefetch,
+  // each copy waiting for the block before it to compute, so all 200 copies count in full.
+  const auto one = offload::plan_for_budget(st, enc_den, options(5_GiB - 1));
+  BOOST_TEST((one.plan.policy.of("den").stream == offload::stream_options{1, 0}), one.plan.policy.str());
+  BOOST_TEST(one.plan.step("denoise")->streamed_bytes.at("den") == 200_GiB);
+  BOOST_TEST(close(one.predicted_seconds, 0.5 + 20 * step + cost.transfer_seconds(203_GiB, offload::host_memory::pinned)),
+             one.predicted_seconds);
+  BOOST_TEST(one.device_peak_bytes == 4_GiB);
+  // Below 4 GiB not even one slot fits beside the rest and the workspace: it runs on the host.
+  BOOST_TEST(offload::plan_for_budget(st, enc_den, options(4_GiB - 1)).plan.policy.of("den").execute_on.is_host());
   // From 14 GiB on the whole denoiser fits and moves during the encode.
   const auto whole = offload::plan_for_budget(st, enc_den, options(14_GiB));
   BOOST_TEST(!whole.plan.policy.of("den").stream.enabled(), whole.plan.policy.str());

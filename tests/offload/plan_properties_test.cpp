@@ -430,8 +430,9 @@ namespace {
 
 /// Every policy of the planner's space for `p`: per component the host, or the accelerator with
 /// each load and evict rule, pinned or pageable, stored natively or in each exact storage, whole or
-/// (with two blocks or more) streamed with 2, 3, 4, 6, 8 or 12 slots below its block count or as
-/// many as it has blocks, 1 block prefetched; evict-on-demand with resident or lazy
+/// (with two blocks or more) streamed through one slot without prefetch, or 2, 3, 4, 6, 8 or 12
+/// slots below its block count or as many as it has blocks with 1 block prefetched; evict-on-demand
+/// with resident or lazy
 /// components (native, whole, never evicted by rule); each with and without cross-stage prefetch.
 std::vector<offload::placement_policy> planner_space(const pipeline& p) {
   std::vector<std::vector<offload::component_policy>> per(p.comps.size()), lazy(p.comps.size());
@@ -455,13 +456,13 @@ std::vector<offload::placement_policy> planner_space(const pipeline& p) {
         const auto& blocks = stored ? stored->blocks : p.comps[c].blocks;
         if (!blocks || blocks->count() < 2) continue;
         const int n = static_cast<int>(blocks->count());
-        std::vector<int> slots;
+        std::vector<offload::stream_options> streams{{1, 0}};
         for (const int k : {2, 3, 4, 6, 8, 12})
-          if (k < n) slots.push_back(k);
-        slots.push_back(n);
-        for (const int k : slots)
+          if (k < n) streams.push_back({k, 1});
+        streams.push_back({n, 1});
+        for (const auto stream : streams)
           for (const auto memory : {offload::host_memory::pageable, offload::host_memory::pinned}) {
-            offload::component_policy cp{offload::target::accelerator(), load, evict, memory, {k, 1}};
+            offload::component_policy cp{offload::target::accelerator(), load, evict, memory, stream};
             cp.store = store;
             per[c].push_back(cp);
           }
@@ -500,12 +501,13 @@ std::vector<offload::placement_policy> planner_space(const pipeline& p) {
 /// What the brute-force comparisons met.
 struct brute_force_tally {
   int cases = 0, compared = 0, none = 0, prefetched = 0, pinned_some = 0, streamed = 0, pageable_streams = 0,
-      more_slots = 0;
+      more_slots = 0, one_slot = 0;
   std::size_t policies = 0;
   [[nodiscard]] std::string str() const {
     return fmt::format("{} cases, {} policies scheduled: {} compared ({} with prefetch, {} pinning, {} streaming: {} "
-                       "from pageable masters, {} with more than 2 slots), {} where nothing fits",
-                       cases, policies, compared, prefetched, pinned_some, streamed, pageable_streams, more_slots, none);
+                       "from pageable masters, {} with more than 2 slots, {} with one), {} where nothing fits",
+                       cases, policies, compared, prefetched, pinned_some, streamed, pageable_streams, more_slots, one_slot,
+                       none);
   }
 };
 
@@ -545,14 +547,15 @@ void compare_with_brute_force(const pipeline& p, const offload::budget_options& 
     ++tally.compared;
     tally.prefetched += b.plan.policy.prefetch;
     tally.pinned_some += b.pinned_bytes > 0;
-    bool s = false, pageable = false, more = false;
+    bool s = false, pageable = false, more = false, one = false;
     for (const auto& c : p.comps)
       if (const auto& cp = b.plan.policy.of(c.name); cp.stream.enabled()) {
         s = true;
         pageable = pageable || cp.memory == offload::host_memory::pageable;
         more = more || cp.stream.slots > 2;
+        one = one || cp.stream.slots == 1;
       }
-    tally.streamed += s, tally.pageable_streams += pageable, tally.more_slots += more;
+    tally.streamed += s, tally.pageable_streams += pageable, tally.more_slots += more, tally.one_slot += one;
   } catch (const offload::capacity_error& e) {
     BOOST_TEST(!std::isfinite(best), where << ": the planner found nothing (" << e.what() << "), but " << best_policy
                                            << " fits in " << best << " s");

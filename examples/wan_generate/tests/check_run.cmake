@@ -2,7 +2,7 @@
 # stdout. Called by the CTest tests of examples/wan_generate/CMakeLists.txt:
 #   cmake -DEXE=<wan_generate> -DARGS=<args separated by |> -DEXPECT_RC=<n>
 #         [-DEXPECT_STDERR=<regex>] [-DJSON=ON -DEXPECT_FITS=true|false -DEXPECT_DEVICE=mock:0
-#          -DEXPECT_PEAK_GIB=16.64 -DEXPECT_FAIL_STAGE=text_encode] [-DEXPECT_OUTPUT=<file>
+#          -DEXPECT_PEAK_GIB=16.64 -DEXPECT_POLICY=<regex> -DEXPECT_FAIL_STAGE=text_encode] [-DEXPECT_OUTPUT=<file>
 #          [-DEXPECT_OUTPUT_MATCHES=<regex@@regex...>]] [-DEXPECT_NO_OUTPUT=<file>]
 #         -P check_run.cmake
 # Peaks must be within 3% of EXPECT_PEAK_GIB (GiB with two decimals).
@@ -93,6 +93,12 @@ if(JSON)
         else()
           message(STATUS "peak on ${EXPECT_DEVICE}: ${_peak} bytes vs ${EXPECT_PEAK_GIB} GiB: off by ${_pct}/100 %")
         endif()
+      endif()
+    endif()
+    if(DEFINED EXPECT_POLICY)
+      string(JSON _policy ERROR_VARIABLE _e GET "${out}" policy)
+      if(_e OR NOT "${_policy}" MATCHES "${EXPECT_POLICY}")
+        fail("policy '${_policy}' does not match '${EXPECT_POLICY}'")
       endif()
     endif()
     string(JSON _n ERROR_VARIABLE _e LENGTH "${out}" stages)

@@ -30,7 +30,8 @@
 ///    budget, and offered with the time its prefetches hide (each stage's prefetched copies, at
 ///    most that stage's compute: the scheduler's own rule).
 /// 7. Streaming: a component with a block list gets streamed holdings at each slot count of
-///    slot_counts() (its device bytes grow with the slots, its block copies shrink), less those
+///    slot_counts() (one slot without prefetch, then 2, 3, 4, 6, ... with one block prefetched: its
+///    device bytes grow with the slots, its block copies shrink), less those
 ///    another streamed holding dominates. Block copies are priced at the master the leaf chooses,
 ///    like the onloads. From pageable memory nothing overlaps: every copy counts in full. From
 ///    pinned memory a stage's copies cost what the scheduler's timed slot model says they add to
@@ -130,13 +131,14 @@ private:
     evict_rule evict = evict_rule::never;
     std::vector<unsigned char> resident; ///< per step: on the accelerator
     int onloads = 0;
-    int deviation = 0;             ///< 0 for resident (init, never), +1 streamed, +1 stored
+    /// 0 for resident (init, never); +1 streamed, +1 more without prefetch (one slot), +1 stored
+    int deviation = 0;
     std::int64_t bytes = 0;        ///< on the device while resident (streamed: all but the blocks + slots)
     std::int64_t onload_bytes = 0; ///< copied per onload (streamed: all but the blocks)
     std::int64_t master_bytes = 0; ///< its host master (pinned when pinned), as stored
     bool pinnable = true;          ///< its master fits the pinned budget
     storage_dtype store = storage_dtype::native;
-    stream_options stream{};       ///< streamed: K slots, one block prefetched
+    stream_options stream{};       ///< streamed: K slots, one block prefetched (one slot: none)
     std::int64_t stream_bytes = 0; ///< block copies of all its stages (streamed)
     std::vector<std::int64_t> stream_step; ///< the same per step
     /// Seconds its block copies add from a pinned master (streamed): per step, what the timed
@@ -225,7 +227,7 @@ private:
         const bool streamable = opt_.allow_streaming && blocks && blocks->count() > 1;
         std::vector<stream_options> streams{stream_options{}};
         if (streamable)
-          for (const int k : slot_counts(static_cast<int>(blocks->count()))) streams.push_back({k, 1});
+          for (const stream_options o : slot_counts(static_cast<int>(blocks->count()))) streams.push_back(o);
         for (const auto& [load, evict] : rules) {
           for (const stream_options stream : streams) {
             placement_policy p;
@@ -243,7 +245,7 @@ private:
             ++schedules_;
             holding h{load, evict, std::vector<unsigned char>(steps_, 0), 0,
                       (load == load_rule::init && evict == evict_rule::never ? 0 : 1) + (stream.enabled() ? 1 : 0) +
-                          (stored ? 1 : 0)};
+                          (stream.enabled() && stream.prefetch == 0 ? 1 : 0) + (stored ? 1 : 0)};
             h.bytes = stream.enabled() ? pl.device_bytes.at(info.name) : master;
             h.onload_bytes = stream.enabled() ? blocks->streamed_rest(master) : master;
             h.master_bytes = master;
@@ -325,18 +327,18 @@ private:
     }
   }
 
-  /// Slot counts tried for a block list of n >= 2 blocks, each with one block prefetched: 2, 3, 4,
-  /// 6, 8, 12, 16, ... (powers of two and one and a half times them) below n, and n. Each slot
-  /// beyond two keeps about one more block from one pass to the next, so copies less. One slot
-  /// (`stream=1:prefetch=0`) saves one block of memory but overlaps no copy with compute: it is
-  /// left to the user.
-  static std::vector<int> slot_counts(int n) {
-    std::vector<int> out;
+  /// Stream options tried for a block list of n >= 2 blocks: one slot without prefetch (the least
+  /// memory: every copy waits for the compute before it and the compute for the copy), then 2, 3,
+  /// 4, 6, 8, 12, 16, ... slots (powers of two and one and a half times them) below n, and n, each
+  /// with one block prefetched. Each slot beyond two keeps about one more block from one pass to
+  /// the next, so copies less.
+  static std::vector<stream_options> slot_counts(int n) {
+    std::vector<stream_options> out{{1, 0}};
     for (int p = 2; p < n; p *= 2) {
-      out.push_back(p);
-      if (p + p / 2 < n) out.push_back(p + p / 2);
+      out.push_back({p, 1});
+      if (p + p / 2 < n) out.push_back({p + p / 2, 1});
     }
-    out.push_back(n);
+    out.push_back({n, 1});
     return out;
   }
 
@@ -738,13 +740,16 @@ private:
   // ---- when nothing fits -------------------------------------------------------------------
   struct least {
     std::int64_t peak = std::numeric_limits<std::int64_t>::max();
+    int deviation = std::numeric_limits<int>::max();
     std::size_t step = 0;
     std::vector<int> choice;
   };
 
   /// The least device peak of an execution assignment over all holdings; among equal peaks, the
-  /// placement met first with each component's holdings taken by increasing device bytes, then
-  /// deviation (the fewest slots and simplest rules: the placement the error names).
+  /// one closest to all-resident (the least deviation: rather two slots than one where the one
+  /// saves nothing at the binding step), then the placement met first with each component's
+  /// holdings taken by increasing device bytes, then deviation. That is the placement the error
+  /// names.
   least least_device_peak(const exec_info& e) const {
     least best;
     std::vector<int> choice(n_, -1);
@@ -756,26 +761,28 @@ private:
         return x.bytes != y.bytes ? x.bytes < y.bytes : x.deviation < y.deviation;
       });
     }
-    auto rec = [&](auto&& self, std::size_t c, const std::vector<std::int64_t>& peak) -> void {
+    // Peaks and deviations only grow along a branch: prune where both already lose.
+    auto rec = [&](auto&& self, std::size_t c, const std::vector<std::int64_t>& peak, int deviation) -> void {
       const auto mx = *std::max_element(peak.begin(), peak.end());
-      if (mx >= best.peak) return;
+      if (mx > best.peak || (mx == best.peak && deviation >= best.deviation)) return;
       if (c == n_) {
         best.peak = mx;
+        best.deviation = deviation;
         best.step = static_cast<std::size_t>(std::max_element(peak.begin(), peak.end()) - peak.begin());
         best.choice = choice;
         return;
       }
-      if (on_host(e.host_mask, c)) return self(self, c + 1, peak);
+      if (on_host(e.host_mask, c)) return self(self, c + 1, peak, deviation);
       std::vector<std::int64_t> next(steps_);
       for (const auto h : by_bytes[c]) {
         for (std::size_t s = 0; s < steps_; ++s)
           next[s] = peak[s] + (holdings_[c][h].resident[s] ? holdings_[c][h].bytes : 0);
         choice[c] = static_cast<int>(h);
-        self(self, c + 1, next);
+        self(self, c + 1, next, deviation + holdings_[c][h].deviation);
       }
       choice[c] = -1;
     };
-    rec(rec, 0, e.device_ws);
+    rec(rec, 0, e.device_ws, 0);
     return best;
   }
 
