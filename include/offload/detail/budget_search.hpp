@@ -347,7 +347,8 @@ private:
   /// pinned master) and deviation (e.g. more slots for a component that runs one pass per onload,
   /// which copies every block once whatever the slots; or more slots where fewer already hide
   /// their copies). Where `memory_is_free`, a holding that is faster from pinned and from pageable
-  /// masters alike beats one that holds less; between equally fast ones the lower peak decides.
+  /// masters alike, or as fast and closer to all-resident, beats one that holds less; between
+  /// equally fast and equally deviating ones the lower peak decides.
   static void drop_dominated(std::vector<holding>& hs, bool memory_is_free) {
     // Seconds compare with the search's tolerance: sums of the same copies in another order differ
     // in the last bits.
@@ -357,8 +358,11 @@ private:
             a.store == b.store && a.stream_bytes <= b.stream_bytes && !faster(b.stream_pinned, a.stream_pinned) &&
             a.deviation <= b.deviation))
         return false;
+      // Where memory is free, a holding at least as fast from either master that is closer to
+      // all-resident wins every tie before the peak counts (one slot against two).
       return a.bytes <= b.bytes ||
-             (memory_is_free && a.stream_bytes < b.stream_bytes && faster(a.stream_pinned, b.stream_pinned));
+             (memory_is_free && ((a.stream_bytes < b.stream_bytes && faster(a.stream_pinned, b.stream_pinned)) ||
+                                 a.deviation < b.deviation));
     };
     std::vector<unsigned char> dominated(hs.size(), 0);
     for (std::size_t i = 0; i < hs.size(); ++i)
