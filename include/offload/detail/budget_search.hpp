@@ -31,14 +31,13 @@
 ///    most that stage's compute: the scheduler's own rule).
 /// 7. Streaming: a component with a block list gets streamed holdings at each slot count of
 ///    slot_counts() (one slot without prefetch, then 2, 3, 4, 6, ... with one block prefetched: its
-///    device bytes grow with the slots, its block copies shrink), less those
-///    another streamed holding dominates. Block copies are priced at the master the leaf chooses,
-///    like the onloads. From pageable memory nothing overlaps: every copy counts in full. From
-///    pinned memory a stage's copies cost what the scheduler's timed slot model says they add to
-///    its compute, but never less than one full copy of each block brought in for the first time
-///    since the component's onload (priced as a whole onload is). So streaming never looks
-///    cheaper than a whole copy, and more slots win only where they hide copies fewer slots
-///    expose.
+///    device bytes grow with the slots, its block copies shrink), less those another streamed
+///    holding dominates. Block copies are priced at the master the leaf chooses, like the onloads.
+///    From pageable memory nothing overlaps: every copy counts in full. From pinned memory a
+///    stage's copies cost what the scheduler's timed slot model says they add to its compute, but
+///    never less than one full copy of each block brought in for the first time since the
+///    component's onload (priced as a whole onload is). So streaming never looks cheaper than a
+///    whole copy, and more slots win only where they hide copies fewer slots expose.
 
 #include <offload/cost_model.hpp>
 #include <offload/errors.hpp>
