@@ -375,16 +375,24 @@ std::vector<offload::stage> encode_denoise_at(double step) {
   return {{"encode", {"enc"}, {{"enc", 1_GiB}}, 1, 0.5}, {"denoise", {"den"}, {{"den", 2_GiB}}, 20, step}};
 }
 
+/// What the runtime's slot model adds to the compute of 20 denoising steps of `step` seconds (a
+/// tenth per block) when the 10 blocks of `blocks` stream through `slots` slots, one block
+/// prefetched, from a pinned master.
+double slot_model_added(int slots, double step, const offload::block_layout& blocks, const offload::cost_model& cost) {
+  offload::detail::slot_schedule model(10, slots, 1);
+  std::int64_t bytes = 0;
+  const double timed = model.run_passes_timed(20, blocks, cost.h2d_pinned_bytes_per_second,
+                                              std::vector<double>(10, step / 10), true, bytes);
+  return timed - 20 * step;
+}
+
 /// What the planner prices the block copies of `streamed_den` with `slots` slots (one block
 /// prefetched) at over 20 denoising steps of `step` seconds, from a pinned master: what the
 /// runtime's slot model adds to the compute, but at least one full copy of its 10 blocks (each
 /// is brought in once after the onload, as a whole onload would copy it).
 double pinned_block_seconds(int slots, double step, const offload::cost_model& cost) {
-  offload::detail::slot_schedule model(10, slots, 1);
-  std::int64_t bytes = 0;
-  const double timed = model.run_passes_timed(20, *streamed_den.blocks, cost.h2d_pinned_bytes_per_second,
-                                              std::vector<double>(10, step / 10), true, bytes);
-  return std::max(timed - 20 * step, cost.transfer_seconds(10_GiB, offload::host_memory::pinned));
+  return std::max(slot_model_added(slots, step, *streamed_den.blocks, cost),
+                  cost.transfer_seconds(10_GiB, offload::host_memory::pinned));
 }
 
 BOOST_AUTO_TEST_CASE(streaming_is_chosen_when_the_whole_denoiser_does_not_fit) {
@@ -617,14 +625,10 @@ BOOST_AUTO_TEST_CASE(exact_storage_is_chosen_where_it_saves_memory_or_copies) {
   BOOST_TEST(s.device_peak_bytes == 4_GiB + 512_MiB);
   BOOST_TEST(s.plan.step("denoise")->peak_bytes.at(gpu) == 4_GiB + 512_MiB);
   const offload::block_layout half{std::vector<std::int64_t>(10, 512_MiB), 512_MiB};
-  auto added = [&](int slots) {
-    offload::detail::slot_schedule model(10, slots, 1);
-    std::int64_t bytes = 0;
-    return model.run_passes_timed(20, half, pinned, std::vector<double>(10, 0.1), true, bytes) - 20.0;
-  };
   const double copy = static_cast<double>(512_MiB) / pinned;
-  BOOST_TEST(close(added(3), 15 * copy), added(3));
-  BOOST_TEST(close(added(4), 15 * copy), added(4));
+  const double added3 = slot_model_added(3, 1.0, half, cost), added4 = slot_model_added(4, 1.0, half, cost);
+  BOOST_TEST(close(added3, 15 * copy), added3);
+  BOOST_TEST(close(added4, 15 * copy), added4);
   BOOST_TEST(close(s.plan.step("denoise")->stream_seconds, 15 * copy));
   BOOST_TEST(close(s.predicted_seconds, 0.5 + 20 * 1.0 + (2_GiB + 1_GiB) / pinned + 15 * copy), s.predicted_seconds);
 
