@@ -48,6 +48,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h> // fmt::join (in fmt/format.h before fmt 11)
 
+#include <offload/detail/json.hpp>
 #include <offload/detail/mmap_file.hpp>
 #include <offload/detail/safetensors_json.hpp>
 #include <offload/errors.hpp>

@@ -11,6 +11,7 @@
 #include <string>
 #include <unistd.h>
 
+#include <offload/detail/json.hpp>
 #include <offload/detail/safetensors_json.hpp>
 #include <offload/state_dict.hpp>
 
@@ -335,6 +336,11 @@ BOOST_AUTO_TEST_CASE(json_parser_is_strict) {
   offload::detail::append_json_string(out, "a\"\\\n\x01");
   BOOST_TEST(out == "\"a\\\"\\\\\\n\\u0001\"");
   BOOST_TEST(parse_json(out).text == "a\"\\\n\x01");
+  // Every control character round-trips, through a short escape or \u00XX.
+  std::string controls;
+  for (char c = 1; c < 0x20; ++c) controls += c;
+  BOOST_TEST(parse_json(offload::detail::json_string(controls)).text == controls);
+  BOOST_TEST(offload::detail::json_string("\b\f\x1f") == "\"\\b\\f\\u001f\"");
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -1,6 +1,7 @@
 #pragma once
 /// \file
-/// Minimal JSON text helpers for plan and trace output (the library depends on fmt only).
+/// Minimal JSON text helpers for plan, trace, cost model and safetensors header output (the library
+/// depends on fmt only).
 
 #include <fmt/format.h>
 
@@ -9,10 +10,8 @@
 
 namespace offload::detail {
 
-/// A JSON string literal with quotes and escapes.
-inline std::string json_string(std::string_view s) {
-  std::string out;
-  out.reserve(s.size() + 2);
+/// Appends `s` as a JSON string literal (quotes included) to `out`.
+inline void append_json_string(std::string& out, std::string_view s) {
   out += '"';
   for (const char c : s) {
     switch (c) {
@@ -21,12 +20,21 @@ inline std::string json_string(std::string_view s) {
       case '\n': out += "\\n"; break;
       case '\r': out += "\\r"; break;
       case '\t': out += "\\t"; break;
+      case '\b': out += "\\b"; break;
+      case '\f': out += "\\f"; break;
       default:
         if (static_cast<unsigned char>(c) < 0x20) out += fmt::format("\\u{:04x}", static_cast<int>(c));
         else out += c;
     }
   }
   out += '"';
+}
+
+/// A JSON string literal with quotes and escapes.
+inline std::string json_string(std::string_view s) {
+  std::string out;
+  out.reserve(s.size() + 2);
+  append_json_string(out, s);
   return out;
 }
 

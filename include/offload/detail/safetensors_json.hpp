@@ -366,25 +366,4 @@ private:
 /// Parses a complete JSON document; throws json_parse_error.
 inline json_value parse_json(std::string_view text) { return json_parser(text).parse_document(); }
 
-/// Appends `s` as a JSON string literal (quotes included) to `out`.
-inline void append_json_string(std::string& out, std::string_view s) {
-  out += '"';
-  for (char c : s) {
-    auto u = static_cast<unsigned char>(c);
-    switch (c) {
-    case '"': out += "\\\""; break;
-    case '\\': out += "\\\\"; break;
-    case '\n': out += "\\n"; break;
-    case '\r': out += "\\r"; break;
-    case '\t': out += "\\t"; break;
-    case '\b': out += "\\b"; break;
-    case '\f': out += "\\f"; break;
-    default:
-      if (u < 0x20) out += fmt::format("\\u{:04x}", u);
-      else out += c;
-    }
-  }
-  out += '"';
-}
-
 } // namespace offload::detail
