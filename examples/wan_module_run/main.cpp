@@ -21,21 +21,6 @@
 
 namespace {
 
-/// The golden files' dtype spelling.
-std::string dtype_name(c10::ScalarType t) {
-  switch (t) {
-    case c10::ScalarType::Float: return "float32";
-    case c10::ScalarType::Double: return "float64";
-    case c10::ScalarType::Half: return "float16";
-    case c10::ScalarType::BFloat16: return "bfloat16";
-    case c10::ScalarType::Long: return "int64";
-    case c10::ScalarType::Int: return "int32";
-    case c10::ScalarType::Byte: return "uint8";
-    case c10::ScalarType::Bool: return "bool";
-    default: return c10::toString(t);
-  }
-}
-
 /// One line: newlines of multi-line messages (key lists) become "; ".
 std::string one_line(std::string text) {
   while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
@@ -99,7 +84,7 @@ int main(int argc, char** argv) {
     std::vector<std::string> listed;
     for (const auto& [name, t] : result)
       listed.push_back(fmt::format("{} [{}] {}", name, fmt::join(t.sizes(), ", "),
-                                   dtype_name(t.scalar_type())));
+                                   wan::dtype_name(t.scalar_type())));
     fmt::print("wan_module_run: {} wrote {} tensor{} to {}: {}\n", module, result.size(),
                result.size() == 1 ? "" : "s", outputs, fmt::join(listed, "; "));
     return 0;

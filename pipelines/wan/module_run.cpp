@@ -418,6 +418,24 @@ c10::ScalarType parse_module_dtype(std::string_view text) {
       fmt::format("unknown dtype '{}', expected 'float32' or 'bfloat16'", text));
 }
 
+std::string dtype_name(c10::ScalarType t) {
+  switch (t) {
+    case c10::ScalarType::Float: return "float32";
+    case c10::ScalarType::Double: return "float64";
+    case c10::ScalarType::Half: return "float16";
+    case c10::ScalarType::BFloat16: return "bfloat16";
+    case c10::ScalarType::Long: return "int64";
+    case c10::ScalarType::Int: return "int32";
+    case c10::ScalarType::Short: return "int16";
+    case c10::ScalarType::Char: return "int8";
+    case c10::ScalarType::Byte: return "uint8";
+    case c10::ScalarType::Bool: return "bool";
+    case c10::ScalarType::ComplexFloat: return "complex64";
+    case c10::ScalarType::ComplexDouble: return "complex128";
+    default: return c10::toString(t);
+  }
+}
+
 int parse_case(std::string_view text) {
   std::string_view digits = text;
   if (!digits.empty() && digits.front() == 'c') digits.remove_prefix(1);

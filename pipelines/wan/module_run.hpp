@@ -50,6 +50,9 @@ enum class module_kind : std::uint8_t { t5, vae_encode, vae_decode, dit, vace, c
 [[nodiscard]] module_kind parse_module_kind(std::string_view text);
 /// "float32" / "bfloat16" (also "fp32", "bf16"); throws offload::config_error otherwise.
 [[nodiscard]] c10::ScalarType parse_module_dtype(std::string_view text);
+/// PyTorch's name of a dtype, as the golden manifests spell it: "float32", "bfloat16", "int64",
+/// "uint8", "complex64", ...; c10's name for the others.
+[[nodiscard]] std::string dtype_name(c10::ScalarType t);
 /// "cN" or "N" -> N; throws offload::config_error otherwise.
 [[nodiscard]] int parse_case(std::string_view text);
 

@@ -70,24 +70,6 @@ std::filesystem::path checkpoint_path(std::string_view rel) {
   return golden_dir() / "checkpoints" / std::string(rel);
 }
 
-std::string dtype_name(c10::ScalarType t) {
-  switch (t) {
-  case c10::ScalarType::Float: return "float32";
-  case c10::ScalarType::Double: return "float64";
-  case c10::ScalarType::Half: return "float16";
-  case c10::ScalarType::BFloat16: return "bfloat16";
-  case c10::ScalarType::Long: return "int64";
-  case c10::ScalarType::Int: return "int32";
-  case c10::ScalarType::Short: return "int16";
-  case c10::ScalarType::Char: return "int8";
-  case c10::ScalarType::Byte: return "uint8";
-  case c10::ScalarType::Bool: return "bool";
-  case c10::ScalarType::ComplexFloat: return "complex64";
-  case c10::ScalarType::ComplexDouble: return "complex128";
-  default: return c10::toString(t);
-  }
-}
-
 golden_case::golden_case(std::string case_name)
     : name_(std::move(case_name)),
       file_(golden_dir() / "cases" / (name_ + ".safetensors")),

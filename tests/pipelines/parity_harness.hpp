@@ -32,6 +32,8 @@
 
 #include <offload/safetensors.hpp>
 
+#include "wan/module_run.hpp"
+
 namespace wan::testing {
 
 /// `$WAN_GOLDEN_DIR` when set and non-empty, else the vendored tests/data/golden.
@@ -49,7 +51,7 @@ const nlohmann::json& manifest_entry(std::string_view file);
 std::filesystem::path checkpoint_path(std::string_view rel);
 
 /// The manifest's spelling of a dtype: "float32", "bfloat16", "int64", "uint8", ...
-std::string dtype_name(c10::ScalarType t);
+using wan::dtype_name;
 
 /// Result of comparing one tensor against its golden.
 struct comparison {
