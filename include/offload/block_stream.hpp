@@ -244,6 +244,11 @@ public:
       for (std::size_t s = 0; s < slots.size(); ++s) d.release(l.slot_bytes);
       throw;
     }
+    // The slots belong to the compute stream, which may still read their memory's previous
+    // contents (a caching allocator reuses freed memory at once): their first fills wait for the
+    // compute issued so far, as refills wait for the compute that read the block before.
+    const transfer_event allocated = d.record_compute();
+    for (auto& s : slots) s.free_after = allocated;
     slots_ = std::move(slots);
     slot_bytes_ = l.slot_bytes;
     schedule_ = detail::slot_schedule(size(), k, options_.prefetch);

@@ -114,6 +114,9 @@ struct transfer_event {
   double ready_at = 0;      ///< virtual seconds when the copy completes (mock devices)
   std::uint64_t id = 0;     ///< 0: complete (synchronous copy or compute point); else in flight
   std::shared_ptr<c10::Event> native; ///< the LibTorch event on real devices
+  /// Mock devices, compute points: clock::compute_issued() when it was recorded (0: before any
+  /// compute, or no compute point at all).
+  std::uint64_t compute_seq = 0;
   [[nodiscard]] bool pending() const noexcept { return id != 0 || native != nullptr; }
 };
 
@@ -177,6 +180,10 @@ public:
 
   /// A device buffer of `bytes` raw bytes, accounted like allocate() under `what`; give it back
   /// with release(bytes). Block streaming copies weights into such buffers, reused every step.
+  /// The buffer belongs to the compute stream: a CUDA caching allocator may hand out memory that
+  /// kernels queued there before still use, so a copy_into_async into it must wait for a compute
+  /// point (record_compute()) recorded after the last compute issued before the allocation; mock
+  /// devices check it (`offload.placement.copy_races_compute`).
   [[nodiscard]] at::Tensor allocate_buffer(std::int64_t bytes, std::string_view what) {
     allocate(bytes, what);
     try {
@@ -189,8 +196,9 @@ public:
 
   /// Copies host tensor `host` into `dst` (a view of a buffer on this device, same shape and
   /// dtype) on the device's transfer stream, after `not_before` (a compute point: the previous
-  /// reader of `dst` is done). Returns the copy's completion; nothing may read `dst` before
-  /// wait() on it. Counted in transfers() and bytes_in().
+  /// reader of `dst` is done, and for a fresh buffer the compute issued before its allocation).
+  /// Returns the copy's completion; nothing may read `dst` before wait() on it. Counted in
+  /// transfers() and bytes_in().
   [[nodiscard]] transfer_event copy_into_async(const at::Tensor& host, at::Tensor& dst, std::string_view what,
                                                bool pinned, const transfer_event& not_before = {}) {
     ++transfers_;
@@ -337,14 +345,34 @@ public:
     if (virtual_) return virtual_now_;
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
   }
-  /// Switches to virtual time (mock simulation); time then moves only through advance().
+  /// Switches to virtual time (mock simulation); time then moves only through advance() and
+  /// advance_waiting().
   void make_virtual() { virtual_ = true; }
   [[nodiscard]] bool is_virtual() const noexcept { return virtual_; }
-  void advance(double seconds) { if (virtual_) virtual_now_ += seconds; }
+  /// Compute runs on the compute stream for `seconds` (virtual time): counted in compute_issued().
+  void advance(double seconds) {
+    if (!virtual_) return;
+    virtual_now_ += seconds;
+    ++compute_issued_;
+  }
+  /// Compute was issued whose time is not simulated (a stage that ran real kernels): counted in
+  /// compute_issued(), no time passes.
+  void note_compute() noexcept {
+    if (virtual_) ++compute_issued_;
+  }
+  /// Time passes while the host waits for a device (a synchronous copy, an event) and issues no
+  /// compute (virtual time; what mock devices charge for their own copies and waits).
+  void advance_waiting(double seconds) {
+    if (virtual_) virtual_now_ += seconds;
+  }
+  /// How many times compute was issued (advance()) so far, in virtual time. Mock devices use it to
+  /// check that a copy into fresh memory is ordered after the compute that used the memory before.
+  [[nodiscard]] std::uint64_t compute_issued() const noexcept { return compute_issued_; }
 
 private:
   bool virtual_ = false;
   double virtual_now_ = 0;
+  std::uint64_t compute_issued_ = 0;
   std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
 };
 

@@ -191,6 +191,9 @@ private:
   friend class stage_scope;
 
   void leave() noexcept {
+    // Whatever the stage ran was issued on the compute streams (mock devices: it orders copies
+    // into fresh buffers, see device::allocate_buffer).
+    devices_->clock().note_compute();
     const double now = devices_->clock().now();
     trace_.span({plan_.steps[step_].stage, "stage", "stages", stage_start_, now, 0});
     for (auto& [dev, b] : workspace_) {

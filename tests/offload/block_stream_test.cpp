@@ -487,6 +487,77 @@ BOOST_AUTO_TEST_CASE(reading_before_waiting_is_caught) {
   gpu.release(4096);
 }
 
+BOOST_AUTO_TEST_CASE(copies_into_fresh_buffers_wait_for_the_compute_before_them) {
+  // On a GPU a buffer comes from the caching allocator on the compute stream, possibly memory that
+  // kernels queued there still read; the transfer stream may write it only after those kernels.
+  offload::device_set devices;
+  auto& gpu = offload::testing::add_mock(devices, 0, {.capacity = 1_GiB, .h2d_bytes_per_second = 1e6});
+  auto& clk = devices.clock();
+  const at::Tensor src = torch::ones({1024});
+  auto copy = [&](const offload::transfer_event& not_before) {
+    at::Tensor buf = gpu.allocate_buffer(4096, "slot");
+    at::Tensor view = buf.view(at::kFloat);
+    offload::transfer_event e;
+    try {
+      e = gpu.copy_into_async(src, view, "dit.blocks.0.w", true, not_before);
+    } catch (...) {
+      gpu.release(4096);
+      throw;
+    }
+    gpu.wait(e);
+    gpu.release(4096);
+    return torch::equal(view, src);
+  };
+  const auto races = [&](const offload::transfer_event& not_before) {
+    return offload::testing::error_id([&] { (void)copy(not_before); }) == "offload.placement.copy_races_compute";
+  };
+  // Before any compute there is nothing to wait for.
+  BOOST_TEST(clk.compute_issued() == 0u);
+  BOOST_TEST(copy({}));
+  const auto before = gpu.record_compute();
+  clk.advance(1e-3); // compute
+  BOOST_TEST(clk.compute_issued() == 1u);
+  BOOST_TEST(races({}));
+  BOOST_TEST(races(before)); // a point before the compute
+  const auto after = gpu.record_compute();
+  BOOST_TEST(after.compute_seq == 1u);
+  BOOST_TEST(copy(after)); // recorded after the compute, before the allocation
+  // Time spent waiting on copies is not compute: the point stays valid.
+  const auto e = gpu.account_transfer_async(1000, "other", /*pinned=*/false);
+  gpu.wait(e);
+  BOOST_TEST(clk.compute_issued() == 1u);
+  BOOST_TEST(copy(after));
+  clk.note_compute(); // a stage ran real kernels
+  BOOST_TEST(races(after));
+  BOOST_TEST(copy(gpu.record_compute()));
+  BOOST_TEST(gpu.used() == 0);
+}
+
+BOOST_AUTO_TEST_CASE(block_slots_are_filled_after_the_compute_before_them) {
+  // A streamed component placed after compute ran (a stage before it, or its own earlier onload):
+  // its slots may reuse memory that compute still reads, so their first fills wait for it.
+  const auto x = inputs();
+  fixture ref;
+  const auto expected = ref.model->forward(x);
+  for (auto [k, d] : {std::pair{1, 0}, std::pair{2, 1}, std::pair{3, 2}}) {
+    BOOST_TEST_CONTEXT("stream=" << k << ":prefetch=" << d) {
+      fixture f;
+      offload::device_set devices;
+      auto& gpu = offload::testing::add_mock(devices, 0, {.capacity = 1_GiB});
+      f.comp.set_streaming({k, d});
+      f.model->on_block = [&](int) { devices.clock().advance(1e-3); };
+      devices.clock().advance(1e-3); // an earlier stage's compute
+      for (int onload = 0; onload < 2; ++onload) {
+        f.comp.place_on(gpu);
+        BOOST_TEST(identical(f.model->forward(x), expected));
+        f.comp.place_on(devices.host());
+      }
+      BOOST_TEST(gpu.copies_in_flight() == 0u);
+      BOOST_TEST(gpu.used() == 0);
+    }
+  }
+}
+
 BOOST_AUTO_TEST_CASE(prefetch_overlaps_compute_on_the_virtual_clock) {
   // Each block computes for 2 ms; its copy takes 1 ms: prefetching from pinned masters hides all
   // but the first copy. From pageable masters the host waits for each copy: nothing hides.

@@ -14,7 +14,11 @@
 /// source is pinned (from pageable memory the host thread waits for it, as on a GPU). `wait(e)`
 /// moves the compute clock to the copy's end. Reading data before waiting on its copy
 /// (`note_read`) throws `offload.placement.read_before_transfer`, so a schedule that forgets an
-/// event fails in a test instead of computing on half-copied weights on a GPU.
+/// event fails in a test instead of computing on half-copied weights on a GPU. A copy into a
+/// buffer from allocate_buffer() that is not ordered after the compute issued before the allocation
+/// (its `not_before` is not a compute point recorded since then) throws
+/// `offload.placement.copy_races_compute`: on a GPU the caching allocator may have handed out memory
+/// that kernels still queued on the compute stream read, and the transfer stream would overwrite it.
 ///
 /// **Example**
 /// \code
@@ -25,7 +29,10 @@
 
 #include <offload/device.hpp>
 
+#include <c10/core/StorageImpl.h>
+
 #include <algorithm>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -86,7 +93,7 @@ protected:
       bw = (!pinned && options_.h2d_pageable_bytes_per_second > 0) ? options_.h2d_pageable_bytes_per_second
                                                                    : options_.h2d_bytes_per_second;
     const double start = clock_->now();
-    clock_->advance(bw > 0 ? static_cast<double>(bytes) / bw : 0.0);
+    clock_->advance_waiting(bw > 0 ? static_cast<double>(bytes) / bw : 0.0);
     log_.push_back({std::string(what), to_device ? device_id::cpu() : id(),
                     to_device ? id() : device_id::cpu(), bytes, start, clock_->now()});
   }
@@ -94,10 +101,29 @@ protected:
     return host.clone(); // a distinct allocation in host memory standing for device memory
   }
   at::Tensor do_allocate_buffer(std::int64_t bytes) override {
-    return at::empty({bytes}, at::TensorOptions().dtype(at::kByte)); // host memory standing for device
+    at::Tensor buffer = at::empty({bytes}, at::TensorOptions().dtype(at::kByte)); // host memory standing for device
+    if (buffers_.size() >= 2 * live_after_prune_ + 64) {
+      std::erase_if(buffers_, [](const auto& b) { return b.second.storage.expired(); });
+      live_after_prune_ = buffers_.size();
+    }
+    buffers_.insert_or_assign(buffer.storage().unsafeGetStorageImpl(),
+                              buffer_record{buffer.storage().getWeakStorageImpl(), clock_->compute_issued()});
+    return buffer;
   }
   transfer_event do_copy_into_async(const at::Tensor& host, at::Tensor& dst, std::string_view what, bool pinned,
                                     const transfer_event& not_before) override {
+    if (const auto it = buffers_.find(dst.storage().unsafeGetStorageImpl());
+        it != buffers_.end() && !it->second.storage.expired() && not_before.compute_seq < it->second.compute_seq)
+      throw placement_error(
+          "offload.placement.copy_races_compute",
+          fmt::format("'{}' is copied on {}'s transfer stream into a buffer allocated after {} compute steps, "
+                      "ordered after {}: on a GPU the caching allocator may hand out memory that kernels "
+                      "queued on the compute stream still use; pass a compute point recorded after the "
+                      "allocation (device::record_compute()) as not_before",
+                      what, id().str(), it->second.compute_seq,
+                      not_before.compute_seq == 0 ? std::string("no compute point")
+                                                  : fmt::format("a compute point after {} steps",
+                                                                not_before.compute_seq)));
     dst.copy_(host);
     return do_account_transfer_async(static_cast<std::int64_t>(host.nbytes()), what, pinned, not_before);
   }
@@ -110,17 +136,17 @@ protected:
     log_.push_back({std::string(what), device_id::cpu(), id(), bytes, start, stream_free_at_, true});
     // From pageable memory the copy is synchronous for the host thread that queues the compute
     // (cuda_device copies it with non_blocking=false): nothing new computes until it is done.
-    if (!pinned && stream_free_at_ > clock_->now()) clock_->advance(stream_free_at_ - clock_->now());
+    if (!pinned && stream_free_at_ > clock_->now()) clock_->advance_waiting(stream_free_at_ - clock_->now());
     const std::uint64_t event = next_event_++;
     in_flight_.push_back(event);
     return {stream_free_at_, event, nullptr};
   }
   void do_wait(const transfer_event& e) override {
-    if (e.ready_at > clock_->now()) clock_->advance(e.ready_at - clock_->now());
+    if (e.ready_at > clock_->now()) clock_->advance_waiting(e.ready_at - clock_->now());
     // One transfer stream: a copy completes after every copy issued before it.
     std::erase_if(in_flight_, [&](std::uint64_t id) { return id <= e.id; });
   }
-  transfer_event do_record_compute() override { return {clock_->now(), 0, nullptr}; }
+  transfer_event do_record_compute() override { return {clock_->now(), 0, nullptr, clock_->compute_issued()}; }
   void do_note_read(const transfer_event& e, std::string_view what) override {
     if (e.id != 0 && std::find(in_flight_.begin(), in_flight_.end(), e.id) != in_flight_.end())
       throw placement_error("offload.placement.read_before_transfer",
@@ -148,6 +174,15 @@ private:
   double stream_free_at_ = 0;
   std::uint64_t next_event_ = 1;
   std::vector<std::uint64_t> in_flight_;
+  /// Buffers from allocate_buffer() and the compute steps issued before each was allocated. The
+  /// weak reference keeps a freed storage's address from being reused while its entry exists;
+  /// expired entries are dropped when the map has doubled since the last pruning.
+  struct buffer_record {
+    c10::weak_intrusive_ptr<c10::StorageImpl> storage;
+    std::uint64_t compute_seq = 0;
+  };
+  std::map<const c10::StorageImpl*, buffer_record> buffers_;
+  std::size_t live_after_prune_ = 0;
 };
 
 /// Adds `mock:<index>` to `devices`, switching the run's clock to virtual time.
