@@ -533,6 +533,33 @@ BOOST_AUTO_TEST_CASE(copies_into_fresh_buffers_wait_for_the_compute_before_them)
   BOOST_TEST(gpu.used() == 0);
 }
 
+BOOST_AUTO_TEST_CASE(freeing_a_buffer_under_a_copy_is_caught) {
+  offload::device_set devices;
+  auto& gpu = offload::testing::add_mock(devices, 0, {.capacity = 1_GiB, .h2d_bytes_per_second = 1e6});
+  const at::Tensor src = torch::ones({1024});
+  offload::transfer_event e;
+  {
+    at::Tensor buf = gpu.allocate_buffer(4096, "slot");
+    at::Tensor view = buf.view(at::kFloat);
+    e = gpu.copy_into_async(src, view, "dit.blocks.0.w", true, gpu.record_compute());
+    gpu.release(4096);
+  } // the buffer is gone, its copy never waited on
+  BOOST_TEST(offload::testing::error_id([&] { (void)gpu.allocate_buffer(4096, "slot"); }) ==
+             "offload.placement.freed_under_copy");
+  BOOST_TEST(gpu.used() == 0);
+  // Reported once; waiting before dropping the buffer is the correct order.
+  {
+    at::Tensor buf = gpu.allocate_buffer(4096, "slot");
+    at::Tensor view = buf.view(at::kFloat);
+    e = gpu.copy_into_async(src, view, "dit.blocks.0.w", true, gpu.record_compute());
+    gpu.wait(e);
+    gpu.release(4096);
+  }
+  at::Tensor next = gpu.allocate_buffer(4096, "slot");
+  gpu.release(4096);
+  BOOST_TEST(gpu.used() == 0);
+}
+
 BOOST_AUTO_TEST_CASE(block_slots_are_filled_after_the_compute_before_them) {
   // A streamed component placed after compute ran (a stage before it, or its own earlier onload):
   // its slots may reuse memory that compute still reads, so their first fills wait for it.

@@ -19,6 +19,9 @@
 /// (its `not_before` is not a compute point recorded since then) throws
 /// `offload.placement.copy_races_compute`: on a GPU the caching allocator may have handed out memory
 /// that kernels still queued on the compute stream read, and the transfer stream would overwrite it.
+/// A buffer freed while a copy into it is in flight (not waited on) throws
+/// `offload.placement.freed_under_copy` at the mock's next buffer allocation or copy: on a
+/// GPU the memory would go back to the compute stream while the transfer stream still writes it.
 ///
 /// **Example**
 /// \code
@@ -101,6 +104,7 @@ protected:
     return host.clone(); // a distinct allocation in host memory standing for device memory
   }
   at::Tensor do_allocate_buffer(std::int64_t bytes) override {
+    check_no_buffer_freed_under_a_copy();
     at::Tensor buffer = at::empty({bytes}, at::TensorOptions().dtype(at::kByte)); // host memory standing for device
     if (buffers_.size() >= 2 * live_after_prune_ + 64) {
       std::erase_if(buffers_, [](const auto& b) { return b.second.storage.expired(); });
@@ -112,6 +116,7 @@ protected:
   }
   transfer_event do_copy_into_async(const at::Tensor& host, at::Tensor& dst, std::string_view what, bool pinned,
                                     const transfer_event& not_before) override {
+    check_no_buffer_freed_under_a_copy();
     if (const auto it = buffers_.find(dst.storage().unsafeGetStorageImpl());
         it != buffers_.end() && !it->second.storage.expired() && not_before.compute_seq < it->second.compute_seq)
       throw placement_error(
@@ -125,7 +130,9 @@ protected:
                                                   : fmt::format("a compute point after {} steps",
                                                                 not_before.compute_seq)));
     dst.copy_(host);
-    return do_account_transfer_async(static_cast<std::int64_t>(host.nbytes()), what, pinned, not_before);
+    transfer_event e = do_account_transfer_async(static_cast<std::int64_t>(host.nbytes()), what, pinned, not_before);
+    writes_.push_back({dst.storage().getWeakStorageImpl(), e.id, std::string(what)});
+    return e;
   }
   transfer_event do_account_transfer_async(std::int64_t bytes, std::string_view what, bool pinned,
                                            const transfer_event& not_before) override {
@@ -145,6 +152,7 @@ protected:
     if (e.ready_at > clock_->now()) clock_->advance_waiting(e.ready_at - clock_->now());
     // One transfer stream: a copy completes after every copy issued before it.
     std::erase_if(in_flight_, [&](std::uint64_t id) { return id <= e.id; });
+    std::erase_if(writes_, [&](const auto& w) { return w.event <= e.id; });
   }
   transfer_event do_record_compute() override { return {clock_->now(), 0, nullptr, clock_->compute_issued()}; }
   void do_note_read(const transfer_event& e, std::string_view what) override {
@@ -183,6 +191,27 @@ private:
   };
   std::map<const c10::StorageImpl*, buffer_record> buffers_;
   std::size_t live_after_prune_ = 0;
+  /// Copies into buffers not yet waited on: the buffer, the copy's event, what it copies.
+  struct write_record {
+    c10::weak_intrusive_ptr<c10::StorageImpl> storage;
+    std::uint64_t event = 0;
+    std::string what;
+  };
+  std::vector<write_record> writes_;
+
+  void check_no_buffer_freed_under_a_copy() {
+    for (auto it = writes_.begin(); it != writes_.end(); ++it) {
+      if (!it->storage.expired()) continue;
+      const write_record w = *it;
+      writes_.erase(it); // reported once
+      throw placement_error("offload.placement.freed_under_copy",
+                            fmt::format("a buffer on {} was freed while the copy of '{}' into it (event {}) "
+                                        "was never waited on: on a GPU its memory would go back to the "
+                                        "compute stream while the transfer stream may still write it; "
+                                        "device::wait(event) before dropping the buffer",
+                                        id().str(), w.what, w.event));
+    }
+  }
 };
 
 /// Adds `mock:<index>` to `devices`, switching the run's clock to virtual time.
