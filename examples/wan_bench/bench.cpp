@@ -100,8 +100,8 @@ inputs make_inputs(const options& o, const built_models& m) {
   return in;
 }
 
-/// One generation through the task's pipeline with the bench's fixed inputs.
-void generate(const options& o, const built_models& m, const inputs& in, const wan::execution& exec,
+/// One generation through the task's pipeline with the bench's fixed inputs; returns the video.
+torch::Tensor generate(const options& o, const built_models& m, const inputs& in, const wan::execution& exec,
               const wan::stage_observer& observer) {
   if (m.components->kind == "i2v") {
     wan::WanI2V pipe(o.task, m.components, exec);
@@ -111,7 +111,7 @@ void generate(const options& o, const built_models& m, const inputs& in, const w
     p.frame_num = o.frame_num;
     p.sampling_steps = o.steps;
     p.seed = o.seed;
-    (void)pipe.generate(in.prompt_ids, in.neg_prompt_ids, in.image, p);
+    return pipe.generate(in.prompt_ids, in.neg_prompt_ids, in.image, p);
   } else {
     wan::WanT2V pipe(o.task, m.components, exec);
     pipe.observer = observer;
@@ -120,7 +120,7 @@ void generate(const options& o, const built_models& m, const inputs& in, const w
     p.frame_num = o.frame_num;
     p.sampling_steps = o.steps;
     p.seed = o.seed;
-    (void)pipe.generate(in.prompt_ids, in.neg_prompt_ids, p);
+    return pipe.generate(in.prompt_ids, in.neg_prompt_ids, p);
   }
 }
 
@@ -246,9 +246,11 @@ policy_result run_policy(const options& o, const built_models& m, const std::str
       if (!plan) plan = ex.get_plan();
       marks.push_back({std::string(stage), seconds_since(t0), bytes_in(), streamed(), ex.trace().spans().size()});
     };
-    generate(o, m, in, exec, observer);
+    torch::Tensor video = generate(o, m, in, exec, observer);
     sync(o);
     r.total_seconds = seconds_since(t0);
+    r.output = video.to(torch::kCPU); // untimed; compared with the resident run's
+    video = torch::Tensor();
 
     r.bytes_to_device = bytes_in() - in0;
     r.bytes_to_host = bytes_out() - out0;
@@ -311,6 +313,11 @@ void compare_with_resident(std::vector<policy_result>& results, bool timed_trans
     if (base.mean_step_seconds() > 0) r.step_ratio = r.mean_step_seconds() / base.mean_step_seconds();
     if (const auto p = r.measured_peak(), b = base.measured_peak(); p && b && *b > 0)
       r.peak_ratio = static_cast<double>(*p) / static_cast<double>(*b);
+    if (r.output.defined() && base.output.defined() && r.output.sizes() == base.output.sizes()) {
+      r.identical_to_resident = torch::equal(r.output, base.output);
+      r.max_abs_diff_vs_resident =
+          (r.output.to(torch::kFloat) - base.output.to(torch::kFloat)).abs().max().item<double>();
+    }
     if (r.policy == "resident" || !timed_transfers) continue;
     if (r.transfer_seconds > 0)
       r.hidden_fraction = 1.0 - (r.total_seconds - base.total_seconds) / r.transfer_seconds;

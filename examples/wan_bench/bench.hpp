@@ -8,6 +8,8 @@
 
 #include <offload/device.hpp>
 
+#include <ATen/core/Tensor.h>
+
 #include <cstdint>
 #include <map>
 #include <optional>
@@ -97,6 +99,12 @@ struct policy_result {
 
   std::optional<double> time_ratio, peak_ratio, step_ratio; ///< against the resident run
 
+  /// The generated video, on the host (not reported: compared with the resident run's).
+  at::Tensor output;
+  /// Against the resident run's video: bit for bit (torch.equal), and the largest |difference|.
+  std::optional<bool> identical_to_resident;
+  std::optional<double> max_abs_diff_vs_resident;
+
   /// The measured peak the ratios use: the allocator's on CUDA, the mock's on mock.
   [[nodiscard]] std::optional<std::int64_t> measured_peak() const {
     return peak_allocated ? peak_allocated : accounted_peak;
@@ -124,8 +132,8 @@ policy_result run_policy(const options& o, const built_models& models, const std
                          offload::device_set& devices, const bandwidths& bw);
 
 /// Fills the ratios of every result against the resident run (policy `resident`), if there is one,
-/// and, when `timed_transfers` (a real accelerator: copies take bytes / bandwidth of wall time), the
-/// hidden fractions.
+/// the comparison of its video with the resident run's, and, when `timed_transfers` (a real
+/// accelerator: copies take bytes / bandwidth of wall time), the hidden fractions.
 void compare_with_resident(std::vector<policy_result>& results, bool timed_transfers);
 
 /// The table printed on stdout.

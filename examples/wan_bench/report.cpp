@@ -41,6 +41,13 @@ nlohmann::json opt(const std::optional<T>& v) {
 
 std::string scale_name(model_scale s) { return s == model_scale::tiny ? "tiny" : "real"; }
 
+/// The video against the resident run's: "same" (bit for bit), the largest |difference|, or "-".
+std::string vs_resident(const policy_result& p) {
+  if (!p.identical_to_resident) return "-";
+  if (*p.identical_to_resident) return "same";
+  return fmt::format("{:.1e}", p.max_abs_diff_vs_resident.value_or(0.0));
+}
+
 } // namespace
 
 std::string table(const bench_report& r) {
@@ -57,9 +64,10 @@ std::string table(const bench_report& r) {
   out += fmt::format("host -> device bandwidth: pinned {}, pageable {} ({})\n", rate(r.bandwidth.pinned),
                      rate(r.bandwidth.pageable), r.bandwidth.source);
   out += fmt::format("{:>8} {:>6} {:>6} {:>7} {:>7} {:>7} {:>8} {:>7} {:>6} {:>7} {:>11} {:>6} {:>11} {:>11} {:>11} "
-                     "{:>11} {:>6} {:>6}  {}\n",
+                     "{:>11} {:>6} {:>6} {:>7}  {}\n",
                      "total s", "x res", "setup", "text", "clip", "vae_enc", "denoise", "s/step", "x res", "decode",
-                     "peak", "x res", "reserved", "plan peak", "to device", "streamed", "hidden", "h.den", "policy");
+                     "peak", "x res", "reserved", "plan peak", "to device", "streamed", "hidden", "h.den", "video",
+                     "policy");
   for (const auto& p : r.results) {
     if (!p.ok) {
       out += fmt::format("{:>8}  {}: {}\n", "FAILED", p.policy, p.error);
@@ -68,13 +76,13 @@ std::string table(const bench_report& r) {
     const auto& s = p.stage_seconds;
     out += fmt::format(
         "{:>8.2f} {:>6} {:>6.2f} {:>7} {:>7} {:>7} {:>8} {:>7.3f} {:>6} {:>7} {:>11} {:>6} {:>11} {:>11} {:>11} {:>11} "
-        "{:>6} {:>6}  {}\n",
+        "{:>6} {:>6} {:>7}  {}\n",
         p.total_seconds, opt_ratio(p.time_ratio), p.setup_seconds, opt_seconds(s, "text_encode"),
         opt_seconds(s, "clip_encode"), opt_seconds(s, "vae_encode"), opt_seconds(s, "denoise"),
         p.mean_step_seconds(), opt_ratio(p.step_ratio), opt_seconds(s, "decode"), opt_bytes(p.measured_peak()),
         opt_ratio(p.peak_ratio), opt_bytes(p.peak_reserved), opt_bytes(p.predicted_peak),
         offload::format_bytes(p.bytes_to_device), offload::format_bytes(p.bytes_streamed),
-        opt_ratio(p.hidden_fraction), opt_ratio(p.denoise_hidden_fraction), p.policy);
+        opt_ratio(p.hidden_fraction), opt_ratio(p.denoise_hidden_fraction), vs_resident(p), p.policy);
   }
   if (o.device.is_mock())
     out += "on a mock device: 'peak' is its accounting (what the plan predicts), 'reserved' does not exist, and "
@@ -84,6 +92,8 @@ std::string table(const bench_report& r) {
            "plan peak: offload's prediction\n";
   if (std::none_of(r.results.begin(), r.results.end(), [](const policy_result& p) { return p.policy == "resident" && p.ok; }))
     out += "no 'resident' run in this invocation: ratios and hidden fractions need one (--policy resident)\n";
+  out += "video: the generated video against the resident run's, 'same' bit for bit, else the largest "
+         "|difference|\n";
   out += fmt::format("{}\n", hidden_definition);
   return out;
 }
@@ -147,6 +157,8 @@ std::string json(const bench_report& r) {
       e["time_ratio"] = opt(p.time_ratio);
       e["step_ratio"] = opt(p.step_ratio);
       e["peak_ratio"] = opt(p.peak_ratio);
+      e["identical_to_resident"] = opt(p.identical_to_resident);
+      e["max_abs_diff_vs_resident"] = opt(p.max_abs_diff_vs_resident);
     }
     j["policies"].push_back(std::move(e));
   }

@@ -4,7 +4,9 @@
 #         [-DSTREAMED_POLICY=<index of the policy that streams the DiT>] -P check_bench.cmake
 # Checks: exit code 0 (the program's --check passed: the mock's peaks and bytes equal the plans'),
 # the JSON's fields, the same equalities read back from the JSON, one time per denoising step, the
-# streamed policy streams bytes, and the resident run's ratios are 1.
+# streamed policy streams bytes, the resident run's ratios are 1, and every policy's video is bit for
+# bit the resident run's (on a mock device every kernel runs on the host in the same dtypes: only the
+# placement differs, so the policies given here must not change a bit).
 cmake_minimum_required(VERSION 3.19)
 string(REPLACE "@@" ";" _policies "${POLICIES}")
 file(REMOVE "${JSON_FILE}")
@@ -96,6 +98,13 @@ else()
         fail("policy '${_given}': ${_measured_key} ${_measured} differs from ${_planned_key} ${_planned}")
       endif()
     endforeach()
+    get(_same policies ${i} identical_to_resident)
+    get(_diff policies ${i} max_abs_diff_vs_resident)
+    if(NOT _same STREQUAL "ON" AND NOT _same STREQUAL "true")
+      fail("policy '${_given}': its video differs from the resident run's (identical_to_resident ${_same}, max |diff| ${_diff})")
+    elseif(NOT _diff EQUAL 0)
+      fail("policy '${_given}': identical to the resident run but max_abs_diff_vs_resident is ${_diff}")
+    endif()
     get(_streamed policies ${i} bytes_streamed)
     if(DEFINED STREAMED_POLICY AND i EQUAL STREAMED_POLICY AND NOT _streamed GREATER 0)
       fail("policy '${_given}' streams the DiT but streamed ${_streamed} bytes")
