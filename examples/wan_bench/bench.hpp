@@ -132,8 +132,9 @@ policy_result run_policy(const options& o, const built_models& models, const std
                          offload::device_set& devices, const bandwidths& bw);
 
 /// Fills the ratios of every result against the resident run (policy `resident`), if there is one,
-/// the comparison of its video with the resident run's, and, when `timed_transfers` (a real
-/// accelerator: copies take bytes / bandwidth of wall time), the hidden fractions.
+/// the comparison of its video with the resident run's (once: the video is then released), and,
+/// when `timed_transfers` (a real accelerator: copies take bytes / bandwidth of wall time), the
+/// hidden fractions.
 void compare_with_resident(std::vector<policy_result>& results, bool timed_transfers);
 
 /// The table printed on stdout.

@@ -36,10 +36,8 @@ std::string first_line(const std::string& s) { return s.substr(0, s.find('\n'));
 /// the policies it finished).
 void write_json(const bench_report& r) {
   if (r.opts.json_file.empty()) return;
-  bench_report compared = r;
-  compare_with_resident(compared.results, r.opts.device.kind == offload::device_kind::cuda);
   std::ofstream f(r.opts.json_file);
-  f << json(compared) << '\n';
+  f << json(r) << '\n';
   if (!f)
     throw offload::config_error("offload.wan_bench.json",
                                 fmt::format("--json '{}': cannot write the file; check that its folder exists and "
@@ -110,13 +108,13 @@ int run(const options& o) {
   for (const auto& p : o.policies) {
     say(fmt::format("policy '{}'...", p));
     r.results.push_back(run_policy(o, models, p, devices, r.bandwidth));
+    compare_with_resident(r.results, o.device.kind == offload::device_kind::cuda);
     write_json(r);
     const auto& res = r.results.back();
     say(res.ok ? fmt::format("  {:.2f} s, peak {}", res.total_seconds,
                              res.measured_peak() ? offload::format_bytes(*res.measured_peak()) : std::string("n/a"))
                : "  failed: " + res.error);
   }
-  compare_with_resident(r.results, o.device.kind == offload::device_kind::cuda);
 
   std::cout << table(r) << std::flush;
   if (!o.json_file.empty()) say(fmt::format("wrote {}", o.json_file));
