@@ -102,7 +102,7 @@ inputs make_inputs(const options& o, const built_models& m) {
 
 /// One generation through the task's pipeline with the bench's fixed inputs; returns the video.
 torch::Tensor generate(const options& o, const built_models& m, const inputs& in, const wan::execution& exec,
-              const wan::stage_observer& observer) {
+                       const wan::stage_observer& observer) {
   if (m.components->kind == "i2v") {
     wan::WanI2V pipe(o.task, m.components, exec);
     pipe.observer = observer;
@@ -246,11 +246,10 @@ policy_result run_policy(const options& o, const built_models& m, const std::str
       if (!plan) plan = ex.get_plan();
       marks.push_back({std::string(stage), seconds_since(t0), bytes_in(), streamed(), ex.trace().spans().size()});
     };
-    torch::Tensor video = generate(o, m, in, exec, observer);
+    const torch::Tensor video = generate(o, m, in, exec, observer);
     sync(o);
     r.total_seconds = seconds_since(t0);
     r.output = video.to(torch::kCPU); // untimed; compared with the resident run's
-    video = torch::Tensor();
 
     r.bytes_to_device = bytes_in() - in0;
     r.bytes_to_host = bytes_out() - out0;
