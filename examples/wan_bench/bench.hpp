@@ -4,6 +4,7 @@
 /// each run (stage times, device memory peaks, bytes moved, transfer time hidden behind compute).
 /// Definitions: docs/benchmark.md.
 
+#include "cli_devices.hpp"
 #include "random_models.hpp"
 
 #include <offload/device.hpp>
@@ -27,11 +28,7 @@ enum exit_code : int {
   exit_mismatch = 3,  ///< --check: a measured figure differs from the plan's
 };
 
-/// A bad argument: one line for stderr (what was expected, what was found, what to do).
-class usage_error : public std::runtime_error {
-public:
-  using std::runtime_error::runtime_error;
-};
+using cli_common::usage_error;
 
 /// The parsed command line.
 struct options {

@@ -12,7 +12,6 @@
 #include "wan/stages.hpp"
 
 #include <offload/errors.hpp>
-#include <offload/testing/mock_device.hpp>
 #include <offload/units.hpp>
 
 #include <ATen/Parallel.h>
@@ -65,7 +64,7 @@ int run(const options& o) {
   offload::device_set devices;
   switch (o.device.kind) {
     case offload::device_kind::cuda: {
-      devices.emplace<offload::cuda_device>(o.device.index, o.gpu_memory);
+      cli_common::add_accelerator(devices, o.device, o.gpu_memory);
       const auto name = cuda_device_name(o.device.index);
       r.device_name = name.empty() ? std::string("CUDA device (name not read: built without the CUDA headers)") : name;
       if (!cuda_stats_available())
@@ -74,10 +73,9 @@ int run(const options& o) {
       break;
     }
     case offload::device_kind::mock: {
-      offload::testing::mock_options m;
-      m.capacity = o.gpu_memory.value_or(std::int64_t{1} << 40);
-      offload::testing::add_mock(devices, o.device.index, m);
-      r.device_name = fmt::format("simulated accelerator, capacity {}", offload::format_bytes(m.capacity));
+      cli_common::add_accelerator(devices, o.device, o.gpu_memory);
+      r.device_name = fmt::format("simulated accelerator, capacity {}",
+                                  offload::format_bytes(o.gpu_memory.value_or(cli_common::unlimited_mock_capacity)));
       break;
     }
     case offload::device_kind::cpu: r.device_name = "the host only"; break;

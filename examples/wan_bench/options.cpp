@@ -8,8 +8,6 @@
 #include <offload/placement_policy.hpp>
 #include <offload/units.hpp>
 
-#include <torch/cuda.h>
-
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
@@ -21,15 +19,7 @@ namespace wan_bench {
 
 namespace {
 
-/// An offload error's first line and, when the parser added a caret display, its advice line.
-std::string one_line(const std::string& what) {
-  const auto first = what.find('\n');
-  if (first == std::string::npos) return what;
-  std::string out = what.substr(0, first);
-  const std::string tail = what.substr(what.rfind('\n') + 1);
-  if (tail.find_first_not_of(' ') != std::string::npos && tail.find('^') == std::string::npos) out += "; " + tail;
-  return out;
-}
+using cli_common::one_line;
 
 /// The task's default --size: 1280*720 where the task supports it, else 832*480.
 std::string default_size(const std::string& task) {
@@ -78,22 +68,8 @@ void validate(options& o) {
                                "(one-way): it runs with them converted; list store= policies last\n",
                                p, converted_by);
   }
-  try {
-    o.device = offload::device_id::parse(o.device_text);
-  } catch (const offload::config_error& e) {
-    throw usage_error(fmt::format("--device '{}': expected 'cuda:N', 'mock:N' or 'cpu' ({})", o.device_text,
-                                  one_line(e.what())));
-  }
-  if (o.device.kind == offload::device_kind::cuda) {
-    if (!torch::cuda::is_available())
-      throw usage_error(fmt::format("--device {}: CUDA is not available in this build or on this machine; use "
-                                    "--device cpu, or mock:0 to simulate an accelerator",
-                                    o.device.str()));
-    const auto n = static_cast<int>(torch::cuda::device_count());
-    if (o.device.index >= n)
-      throw usage_error(fmt::format("--device {}: this machine has {} CUDA device(s) (cuda:0 to cuda:{})",
-                                    o.device.str(), n, n - 1));
-  }
+  o.device = cli_common::parse_device_flag(o.device_text);
+  if (o.device.kind == offload::device_kind::cuda) cli_common::require_cuda_device(o.device);
   if (o.check && !o.device.is_mock())
     throw usage_error(fmt::format("--check compares a mock device's accounting with the plans; found --device {}: "
                                   "use --device mock:0",
@@ -159,20 +135,8 @@ std::optional<options> parse_command_line(int argc, char** argv) {
   if (scale == "real") o.scale = model_scale::real;
   else if (scale == "tiny") o.scale = model_scale::tiny;
   else throw usage_error(fmt::format("--scale '{}': expected 'real' or 'tiny'", scale));
-  if (!gpu_memory.empty()) {
-    try {
-      o.gpu_memory = offload::parse_bytes(gpu_memory);
-    } catch (const offload::config_error& e) {
-      throw usage_error(fmt::format("--gpu_memory '{}': {}", gpu_memory, one_line(e.what())));
-    }
-    if (*o.gpu_memory <= 0)
-      throw usage_error(fmt::format("--gpu_memory '{}': expected a positive size such as 24GiB", gpu_memory));
-  }
-  try {
-    o.bandwidth_bytes = offload::parse_bytes(bandwidth);
-  } catch (const offload::config_error& e) {
-    throw usage_error(fmt::format("--bandwidth_bytes '{}': {}", bandwidth, one_line(e.what())));
-  }
+  if (!gpu_memory.empty()) o.gpu_memory = cli_common::parse_size_flag("--gpu_memory", gpu_memory, "24GiB");
+  o.bandwidth_bytes = cli_common::parse_size_flag("--bandwidth_bytes", bandwidth, "1GiB");
   validate(o);
   return o;
 }

@@ -3,6 +3,7 @@
 // generate, save with cache_video / cache_image's conversion.
 #include "generate.hpp"
 
+#include "cli_devices.hpp"
 #include "media.hpp"
 #include "progress.hpp"
 
@@ -18,7 +19,6 @@
 #include <offload/cost_model.hpp>
 #include <offload/errors.hpp>
 #include <offload/stage_scheduler.hpp>
-#include <offload/testing/mock_device.hpp>
 #include <offload/units.hpp>
 
 #include <torch/torch.h>
@@ -76,28 +76,10 @@ torch::Tensor video_to_tensor(const torch::Tensor& frames) {
 /// Adds the run's devices: the accelerator (with --gpu_memory as its capacity) and every device a
 /// policy entry names. Checks that CUDA devices exist before anything is loaded.
 void add_devices(offload::device_set& devices, const options& o) {
-  auto add = [&](offload::device_id id, std::optional<std::int64_t> capacity) {
-    if (id.is_host() || devices.find(id)) return;
-    if (id.kind == offload::device_kind::cuda) {
-      if (!torch::cuda::is_available())
-        throw usage_error(fmt::format("--device {}: CUDA is not available in this build or on this machine; "
-                                      "use --device cpu (or mock:0 to simulate an accelerator)",
-                                      id.str()));
-      const auto n = static_cast<int>(torch::cuda::device_count());
-      if (id.index >= n)
-        throw usage_error(fmt::format("--device {}: this machine has {} CUDA device(s) (cuda:0 to cuda:{}); "
-                                      "choose one of them",
-                                      id.str(), n, n - 1));
-      devices.emplace<offload::cuda_device>(id.index, capacity);
-    } else {
-      offload::testing::mock_options m;
-      m.capacity = capacity.value_or(std::int64_t{1} << 40); // mock without --gpu_memory: 1 TiB
-      offload::testing::add_mock(devices, id.index, m);
-    }
-  };
-  add(o.device, o.gpu_memory);
+  cli_common::add_accelerator(devices, o.device, o.gpu_memory);
   for (const auto& [name, cp] : o.policy.components)
-    if (cp.execute_on.k == offload::target::kind::named) add(cp.execute_on.id, std::nullopt);
+    if (cp.execute_on.k == offload::target::kind::named)
+      cli_common::add_accelerator(devices, cp.execute_on.id, std::nullopt);
 }
 
 } // namespace

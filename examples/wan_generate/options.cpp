@@ -1,6 +1,7 @@
 // wan_generate's command line (see options.hpp; reference: Wan-Video/Wan2.1@9737cba, generate.py).
 #include "options.hpp"
 
+#include "cli_devices.hpp"
 #include "media.hpp"
 
 #include "wan/configs/configs.hpp"
@@ -69,18 +70,7 @@ std::string join(const std::vector<std::string>& v, std::string_view sep = ", ")
   return s;
 }
 
-/// The first line of an offload error message, and its advice line (the policy parser adds a
-/// caret display in between), as one line.
-std::string one_line(const std::string& what) {
-  const auto first = what.find('\n');
-  if (first == std::string::npos) return what;
-  std::string out = what.substr(0, first);
-  const auto last = what.rfind('\n');
-  const std::string tail = what.substr(last + 1);
-  if (!tail.empty() && tail.find_first_not_of(' ') != std::string::npos && tail.find('^') == std::string::npos)
-    out += "; " + tail;
-  return out;
-}
+using cli_common::one_line;
 
 void require_readable_file(const std::string& flag, const std::string& path) {
   std::error_code ec;
@@ -155,14 +145,7 @@ void validate(options& o, const std::string& offload_model_text) {
   // --report, --gpu_memory, --device
   if (o.report != "table" && o.report != "json")
     throw usage_error(fmt::format("--report '{}': expected 'table' or 'json'", o.report));
-  if (!o.device_text.empty()) {
-    try {
-      o.device = offload::device_id::parse(o.device_text);
-    } catch (const offload::config_error& e) {
-      throw usage_error(fmt::format("--device '{}': expected 'cuda:N', 'mock:N' or 'cpu' ({})", o.device_text,
-                                    one_line(e.what())));
-    }
-  }
+  if (!o.device_text.empty()) o.device = cli_common::parse_device_flag(o.device_text);
 
   // The policy: the reference flags give the preset, --placement entries override.
   const offload::placement_policy flags =
@@ -438,27 +421,12 @@ std::optional<options> parse_command_line(int argc, char** argv) {
       start = comma + 1;
     }
   }
-  if (!gpu_memory.empty()) {
-    try {
-      o.gpu_memory = offload::parse_bytes(gpu_memory);
-    } catch (const offload::config_error& e) {
-      throw usage_error(fmt::format("--gpu_memory '{}': {}", gpu_memory, one_line(e.what())));
-    }
-    if (*o.gpu_memory <= 0)
-      throw usage_error(fmt::format("--gpu_memory '{}': expected a positive size such as 11.49GiB", gpu_memory));
-  }
+  if (!gpu_memory.empty()) o.gpu_memory = cli_common::parse_size_flag("--gpu_memory", gpu_memory, "11.49GiB");
   for (auto [flag, text, target] : {std::tuple{"--vram_budget", &vram_budget, &o.vram_budget},
                                     std::tuple{"--pinned_budget", &pinned_budget, &o.pinned_budget},
-                                    std::tuple{"--host_budget", &host_budget, &o.host_budget}}) {
-    if (text->empty()) continue;
-    try {
-      *target = offload::parse_bytes(*text);
-    } catch (const offload::config_error& e) {
-      throw usage_error(fmt::format("{} '{}': {}", flag, *text, one_line(e.what())));
-    }
-    if (**target < 0 || (**target == 0 && std::string_view(flag) != "--pinned_budget"))
-      throw usage_error(fmt::format("{} '{}': expected a positive size such as 8GiB", flag, *text));
-  }
+                                    std::tuple{"--host_budget", &host_budget, &o.host_budget}})
+    if (!text->empty())
+      *target = cli_common::parse_size_flag(flag, *text, "8GiB", std::string_view(flag) == "--pinned_budget");
   if (!vae_tile.empty()) o.vae_tile = parse_vae_tile(vae_tile);
   validate(o, offload_model_text);
   return o;

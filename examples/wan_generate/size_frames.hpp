@@ -4,6 +4,7 @@
 /// they can be unit-tested and fuzzed on their own (tests/fuzz). options.cpp's validate() calls
 /// them in this order; the messages are the CLI's (docs/cli.md).
 
+#include "cli_errors.hpp"
 #include "wan/configs/configs.hpp"
 
 #include <fmt/format.h>
@@ -15,11 +16,7 @@
 
 namespace wan_cli {
 
-/// A bad argument: one line for stderr (what was expected, what was found, what to do).
-class usage_error : public std::runtime_error {
-public:
-  using std::runtime_error::runtime_error;
-};
+using cli_common::usage_error;
 
 namespace detail {
 inline std::string join_names(const std::vector<std::string>& v) {
