@@ -191,7 +191,9 @@ int main() {
   for (int pass = 0; pass < 3; ++pass) {
     auto scope = streaming.enter("run");
     torch::NoGradGuard g;
-    h = net->forward(h);
+    // run(): a block copy that fails, or the device running out mid-compute, comes out naming the
+    // stage and the policy (stage_scope::run).
+    h = scope.run([&] { return net->forward(h); });
   }
   streaming.finish();
   // A lookup table the forward gathers from (T5's token embedding) may stay on the host while the

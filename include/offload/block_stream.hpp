@@ -32,9 +32,11 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <exception>
 #include <functional>
 #include <limits>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace offload {
@@ -236,18 +238,26 @@ public:
     const block_layout l = layout();
     const int k = std::min(options_.slots, size());
     std::vector<slot> slots;
+    transfer_event allocated;
     try {
       for (int s = 0; s < k; ++s) {
         slots.push_back({d.allocate_buffer(l.slot_bytes, fmt::format("{}.blocks[slot {}]", component_, s)), {}, {}});
+      }
+      // The slots belong to the compute stream, which may still read their memory's previous
+      // contents (a caching allocator reuses freed memory at once): their first fills wait for the
+      // compute issued so far, as refills wait for the compute that read the block before.
+      try {
+        allocated = d.record_compute();
+      } catch (const capacity_error& e) {
+        throw capacity_error(e.id(),
+                             fmt::format("placing the block slots '{}.blocks[slot 0..{}]': {}", component_, k - 1,
+                                         e.what() + e.id().size() + 2),
+                             e.device(), e.stage(), e.needed(), e.available());
       }
     } catch (...) {
       for (std::size_t s = 0; s < slots.size(); ++s) d.release(l.slot_bytes);
       throw;
     }
-    // The slots belong to the compute stream, which may still read their memory's previous
-    // contents (a caching allocator reuses freed memory at once): their first fills wait for the
-    // compute issued so far, as refills wait for the compute that read the block before.
-    const transfer_event allocated = d.record_compute();
     for (auto& s : slots) s.free_after = allocated;
     slots_ = std::move(slots);
     slot_bytes_ = l.slot_bytes;
@@ -269,6 +279,7 @@ public:
     slots_.clear();
     schedule_.clear();
     device_ = nullptr;
+    lost_.clear();
   }
 
   /// Block `i` is on the device, ready for the compute stream, until release(i). Issues its copy
@@ -276,6 +287,11 @@ public:
   void acquire(int i) {
     if (!device_) return;
     check_index(i);
+    if (!lost_.empty())
+      throw placement_error("offload.placement.stream_lost",
+                            fmt::format("block {} of '{}' cannot be brought to {}: {}; evict '{}' (it frees the "
+                                        "slots) and place it again",
+                                        i, component_, device_->id().str(), lost_, component_));
     const auto loads = schedule_.acquire(i, component_);
     std::size_t filled = 0;
     try {
@@ -310,9 +326,37 @@ public:
     const int s = schedule_.slot_of(i);
     if (s < 0 || !schedule_.held(s)) return;
     point_at_masters(i);
-    slots_[static_cast<std::size_t>(s)].free_after = device_->record_compute();
+    try {
+      slots_[static_cast<std::size_t>(s)].free_after = device_->record_compute();
+    } catch (const capacity_error& e) {
+      // A device in an error state records no compute point: nobody knows when the slot's last
+      // reader finishes, so no copy may refill it.
+      lose(i, e.what());
+      throw capacity_error(e.id(),
+                           fmt::format("releasing block {} of '{}' ('{}' ...): {}", i, component_, first_path(i),
+                                       e.what() + e.id().size() + 2),
+                           e.device(), e.stage(), e.needed(), e.available());
+    } catch (const std::exception& e) {
+      lose(i, e.what());
+      throw;
+    }
     schedule_.release(i);
   }
+
+  /// release(i) while an exception unwinds the compute that used block `i`: never throws (a
+  /// failed release is only remembered, see lost()).
+  void release_unwinding(int i) noexcept {
+    try {
+      release(i);
+    } catch (...) {
+      if (lost_.empty()) lose(i, "unknown error");
+    }
+  }
+
+  /// Why the stream refuses acquire() until detach() (empty: it does not). A release that failed
+  /// leaves its slot forgotten and every later acquire throws `offload.placement.stream_lost`
+  /// until detach() frees the slots (evicting the component does).
+  [[nodiscard]] const std::string& lost() const noexcept { return lost_; }
 
   /// Whether block `i` is in use (between acquire and release).
   [[nodiscard]] bool in_use(int i) const {
@@ -343,6 +387,26 @@ private:
       throw placement_error("offload.placement.unknown_block",
                             fmt::format("component '{}' has blocks 0..{}, found block {}", component_,
                                         size() - 1, i));
+  }
+
+  void lose(int i, std::string_view why) noexcept {
+    try {
+      if (const int s = schedule_.slot_of(i); s >= 0) {
+        point_at_masters(i);
+        slots_[static_cast<std::size_t>(s)].views.clear();
+        schedule_.forget(s);
+      }
+      lost_ = fmt::format("releasing block {} failed ({}), so the last reader of its slot is unknown", i,
+                          why.substr(0, why.find('\n')));
+    } catch (...) {
+      lost_ = "releasing a block failed";
+    }
+  }
+
+  /// The path of block `b`'s first tensor (`dit.blocks.3.norm3.weight`), for messages.
+  [[nodiscard]] std::string first_path(int b) const {
+    const auto& refs = blocks_[static_cast<std::size_t>(b)];
+    return refs.empty() ? fmt::format("{}.<block {}>", component_, b) : refs.front().path;
   }
 
   void point_at_masters(int b) {
@@ -389,23 +453,30 @@ private:
   std::int64_t slot_bytes_ = 0;
   detail::slot_schedule schedule_{0, 0, 0};
   std::int64_t bytes_streamed_ = 0, loads_ = 0;
+  std::string lost_; ///< why acquire() refuses until detach(); see release_unwinding()
 };
 
 /// RAII use of block `i` of a stream (null: nothing to do, the component is resident).
+/// Leaving the scope normally releases the block and reports a failure to do so (the destructor
+/// may throw); leaving it through an exception never throws a second one (release_unwinding).
 class block_use {
 public:
-  block_use(block_stream* stream, int i) : stream_(stream && stream->attached() ? stream : nullptr), i_(i) {
+  block_use(block_stream* stream, int i)
+      : stream_(stream && stream->attached() ? stream : nullptr), i_(i), exceptions_(std::uncaught_exceptions()) {
     if (stream_) stream_->acquire(i_);
   }
   block_use(const block_use&) = delete;
   block_use& operator=(const block_use&) = delete;
-  ~block_use() {
-    if (stream_) stream_->release(i_);
+  ~block_use() noexcept(false) {
+    if (!stream_) return;
+    if (std::uncaught_exceptions() > exceptions_) stream_->release_unwinding(i_);
+    else stream_->release(i_);
   }
 
 private:
   block_stream* stream_;
   int i_;
+  int exceptions_; ///< std::uncaught_exceptions() at construction: more at destruction means unwinding
 };
 
 } // namespace offload

@@ -289,11 +289,35 @@ protected:
     } catch (const c10::Error& e) {
       throw capacity_error("offload.capacity.cuda_error",
                            fmt::format("copying '{}' ({}) to {} failed: {}", what,
-                                       format_bytes(host.nbytes()), id().str(), e.what_without_backtrace()),
+                                       format_bytes(static_cast<std::int64_t>(host.nbytes())), id().str(),
+                                       e.what_without_backtrace()),
                            id().str(), "", used(), capacity_.value_or(0));
     }
   }
-  void do_copy_to_host(const at::Tensor& t, at::Tensor& host, std::string_view) override { host.copy_(t); }
+  void do_copy_to_host(const at::Tensor& t, at::Tensor& host, std::string_view what) override {
+    try {
+      host.copy_(t);
+    } catch (const c10::Error& e) {
+      throw capacity_error("offload.capacity.cuda_error",
+                           fmt::format("copying '{}' ({}) from {} to the host failed: {}", what,
+                                       format_bytes(static_cast<std::int64_t>(t.nbytes())), id().str(),
+                                       e.what_without_backtrace()),
+                           id().str(), "", used(), capacity_.value_or(0));
+    }
+  }
+
+  at::Tensor do_allocate_buffer(std::int64_t bytes) override {
+    try {
+      return device::do_allocate_buffer(bytes);
+    } catch (const c10::Error& e) {
+      throw capacity_error("offload.capacity.cuda_error",
+                           fmt::format("allocating a buffer of {} on {} failed ({} accounted in use): {}; plan "
+                                       "for less of this device (its capacity) or stream through fewer slots",
+                                       format_bytes(bytes), id().str(), format_bytes(used()),
+                                       e.what_without_backtrace()),
+                           id().str(), "", used(), capacity_.value_or(0));
+    }
+  }
 
   // Asynchronous copies on a dedicated stream from LibTorch's pool, ordered by events. Written
   // against c10's device-generic stream/event interface, so it compiles with a CPU-only LibTorch.
@@ -310,20 +334,38 @@ protected:
     } catch (const c10::Error& e) {
       throw capacity_error("offload.capacity.cuda_error",
                            fmt::format("asynchronous copy of '{}' ({}) to {} failed: {}", what,
-                                       format_bytes(host.nbytes()), id().str(), e.what_without_backtrace()),
+                                       format_bytes(static_cast<std::int64_t>(host.nbytes())), id().str(),
+                                       e.what_without_backtrace()),
                            id().str(), "", used(), capacity_.value_or(0));
     }
   }
   void do_wait(const transfer_event& e) override {
-    if (e.native) e.native->block(compute_stream());
+    try {
+      if (e.native) e.native->block(compute_stream());
+    } catch (const c10::Error& err) {
+      throw stream_error("making the compute stream wait for a copy", err);
+    }
   }
   transfer_event do_record_compute() override {
-    auto point = std::make_shared<c10::Event>(c10::DeviceType::CUDA);
-    point->record(compute_stream());
-    return {0, 0, std::move(point)};
+    try {
+      auto point = std::make_shared<c10::Event>(c10::DeviceType::CUDA);
+      point->record(compute_stream());
+      return {0, 0, std::move(point)};
+    } catch (const c10::Error& err) {
+      throw stream_error("recording a point of the compute stream", err);
+    }
   }
 
 private:
+  /// A CUDA error from an event operation, as an offload error (the device is usually in an
+  /// error state then: a kernel failed).
+  [[nodiscard]] capacity_error stream_error(std::string_view doing, const c10::Error& err) const {
+    return capacity_error("offload.capacity.cuda_error",
+                          fmt::format("{} on {} failed: {}; a kernel queued before it may have failed (rerun "
+                                      "with CUDA_LAUNCH_BLOCKING=1 to find it)",
+                                      doing, id().str(), err.what_without_backtrace()),
+                          id().str(), "", used(), capacity_.value_or(0));
+  }
   [[nodiscard]] const c10::impl::DeviceGuardImplInterface& impl() const {
     return *c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA);
   }

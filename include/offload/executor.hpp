@@ -20,12 +20,15 @@
 #include <offload/plan.hpp>
 #include <offload/trace.hpp>
 
+#include <c10/util/Exception.h>
+
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <map>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace offload {
@@ -42,6 +45,20 @@ public:
   /// Charges `seconds` of compute to a virtual clock (simulations); no effect on real time.
   void compute(double seconds);
 
+  /// Runs the stage's compute `f` and returns what it returns. Errors of the compute come out with
+  /// the stage and the policy in their message, as the errors of the stage's own moves do:
+  /// - a capacity_error without a stage (a block copy of a streamed component failed, a device in
+  ///   an error state) gets them;
+  /// - a c10::OutOfMemoryError (the device's allocator ran out in the middle of the compute:
+  ///   the plan's workspace for the stage was too small) becomes capacity_error
+  ///   `offload.capacity.compute_out_of_memory` with the plan's figures for the stage.
+  /// \code
+  /// auto s = run.enter("denoise");
+  /// latents = s.run([&] { return step(latents); });
+  /// \endcode
+  template <class F>
+  decltype(auto) run(F&& f);
+
 private:
   friend class executor;
   explicit stage_scope(executor* ex) : ex_(ex) {}
@@ -52,7 +69,7 @@ class executor {
 public:
   /// `components` must include every component of the plan (by name); they must outlive the
   /// executor, as must `devices`.
-  executor(offload::plan p, device_set& devices, std::vector<component*> components)
+  executor(offload::plan p, device_set& devices, const std::vector<component*>& components)
       : plan_(std::move(p)), devices_(&devices) {
     for (auto* c : components) {
       if (!plan_.execute_on.count(c->name()))
@@ -278,6 +295,32 @@ private:
     trace_.counter({fmt::format("{} used", d.id().str()), devices_->clock().now(), d.used()});
   }
 
+  /// stage_scope::run's error paths (the non-template core).
+  [[noreturn]] void rethrow_from_compute(const capacity_error& e) const {
+    rethrow_in_stage(e, plan_.steps[step_].stage);
+  }
+  [[noreturn]] void compute_out_of_memory(const c10::Error& e) const {
+    const plan_step& st = plan_.steps[step_];
+    std::string planned, device;
+    for (const auto& [d, peak] : st.peak_bytes) {
+      if (d.is_host()) continue;
+      device = planned.empty() ? d.str() : std::string(); // named when the stage uses one accelerator
+      const auto ws = st.workspace_bytes.find(d);
+      planned += fmt::format("{}{}: peak {} (workspace {})", planned.empty() ? "" : ", ", d.str(), format_bytes(peak),
+                             format_bytes(ws == st.workspace_bytes.end() ? 0 : ws->second));
+    }
+    std::string what = e.what_without_backtrace();
+    if (const auto nl = what.find('\n'); nl != std::string::npos) what.resize(nl);
+    throw capacity_error(
+        "offload.capacity.compute_out_of_memory",
+        fmt::format("stage '{}', policy '{}': the device ran out of memory during the stage's compute, beyond the "
+                    "plan ({}): {}; the stage needs more workspace than planned: plan for less of the device "
+                    "(a smaller capacity), tile or stream more, or report the figures so the workspace model can "
+                    "be corrected",
+                    st.stage, plan_.policy.label(), planned.empty() ? "nothing on an accelerator" : planned, what),
+        device, st.stage);
+  }
+
   [[noreturn]] void rethrow_in_stage(const capacity_error& e, const std::string& stage) const {
     throw capacity_error(e.id(),
                          fmt::format("stage '{}', policy '{}': {}{}", stage, plan_.policy.label(),
@@ -305,6 +348,18 @@ inline stage_scope::~stage_scope() {
 }
 inline void stage_scope::compute(double seconds) {
   if (ex_) ex_->devices_->clock().advance(seconds);
+}
+template <class F>
+decltype(auto) stage_scope::run(F&& f) {
+  try {
+    return std::forward<F>(f)();
+  } catch (const capacity_error& e) {
+    if (!ex_ || !e.stage().empty()) throw;
+    ex_->rethrow_from_compute(e);
+  } catch (const c10::OutOfMemoryError& e) {
+    if (!ex_) throw;
+    ex_->compute_out_of_memory(e);
+  }
 }
 
 } // namespace offload

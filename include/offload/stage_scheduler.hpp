@@ -453,7 +453,7 @@ inline std::string with_change(const placement_policy& p, const std::string& cha
   placement_policy changed = p;
   for (const auto& [name, cp] : delta.components) changed.components[name] = cp;
   changed.evict_on_demand = changed.evict_on_demand || delta.evict_on_demand;
-  const std::string appended = p.label() + "," + change;
+  std::string appended = p.label() + "," + change; // not const: returned by move
   try {
     if (placement_policy::parse(p.label()) == p && placement_policy::parse(appended) == changed) return appended;
   } catch (const config_error&) {

@@ -505,7 +505,15 @@ private:
     if (target.id().is_host()) return;
     const bool streamed = streaming();
     // Asynchronous copies start after the compute work issued so far: a reused buffer's readers are done.
-    const transfer_event after_compute = async ? target.record_compute() : transfer_event{};
+    transfer_event after_compute;
+    try {
+      if (async) after_compute = target.record_compute();
+    } catch (const capacity_error& e) {
+      throw capacity_error(e.id(),
+                           fmt::format("prefetching '{}' to {}: {}", qualified("*"), target.id().str(),
+                                       e.what() + e.id().size() + 2),
+                           e.device(), e.stage(), e.needed(), e.available());
+    }
     transfer_event last;
     std::size_t done = 0;
     try {

@@ -92,16 +92,19 @@ torch::Tensor generate_image_conditioned(offload_run& run, const WanComponents& 
   {
     auto stage = run.enter("clip_encode");
     const torch::Device clip_device = run.device_of(CLIP_COMPONENT);
-    std::vector<torch::Tensor> videos;
-    for (const auto& image : cond.clip_images) videos.push_back(image.to(clip_device).unsqueeze(1));
-    clip_context = components.clip->visual(videos).to(dit_device); // [n, 257, d]
+    clip_context = stage.run([&] {
+      std::vector<torch::Tensor> videos;
+      for (const auto& image : cond.clip_images) videos.push_back(image.to(clip_device).unsqueeze(1));
+      return components.clip->visual(videos).to(dit_device); // [n, 257, d]
+    });
   }
   note(record, "clip_context", clip_context);
 
   torch::Tensor y;
   {
     auto stage = run.enter("vae_encode");
-    y = vae_encode(components, {cond.vae_video.to(run.device_of(VAE_COMPONENT))})[0]; // [16, T, lat_h, lat_w]
+    y = stage.run([&] { return vae_encode(components, {cond.vae_video.to(run.device_of(VAE_COMPONENT))})[0]; });
+    // y: [16, T, lat_h, lat_w]
   }
   note(record, "vae_encode_output", y);
   y = torch::cat({cond.msk.to(y.device()), y}).to(dit_device); // [20, T, lat_h, lat_w]

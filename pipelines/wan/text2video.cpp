@@ -46,7 +46,8 @@ torch::Tensor sample(offload_run& run, const dit_call& model, const torch::Tenso
     const torch::Tensor t = timesteps[i];                          // int64 []
     const torch::Tensor timestep = torch::stack({t}).to(dit_device); // int64 [1]
 
-    const auto [noise_pred_cond, noise_pred_uncond] = model(latents, timestep, context, context_null); // [C, T, h, w]
+    const auto [noise_pred_cond, noise_pred_uncond] =
+        stage.run([&] { return model(latents, timestep, context, context_null); }); // [C, T, h, w]
     const torch::Tensor noise_pred =
         noise_pred_uncond + guide_scale * (noise_pred_cond - noise_pred_uncond); // [C, T, h, w]
 
@@ -69,7 +70,7 @@ text_encode_stage(offload_run& run, const WanComponents& components, const promp
   {
     auto stage = run.enter("text_encode");
     const torch::Device t5_device = run.device_of(T5_COMPONENT);
-    auto both = encode_prompts(*components.text_encoder, {prompt, neg}, t5_device, target);
+    auto both = stage.run([&] { return encode_prompts(*components.text_encoder, {prompt, neg}, t5_device, target); });
     context = std::move(both[0]);
     context_null = std::move(both[1]);
   }
@@ -93,7 +94,8 @@ torch::Tensor decode_stage(offload_run& run, const WanComponents& components, co
   torch::Tensor video;
   {
     auto stage = run.enter("decode");
-    video = vae_decode(components, {x0.to(run.device_of(VAE_COMPONENT))})[0]; // [3, F, H, W]
+    video = stage.run([&] { return vae_decode(components, {x0.to(run.device_of(VAE_COMPONENT))})[0]; });
+    // video: [3, F, H, W]
   }
   run.finish();
   video = video.to(torch::kCPU);

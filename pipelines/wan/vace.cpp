@@ -249,7 +249,7 @@ torch::Tensor WanVace::run(const detail::prompt_source& prompt, const detail::pr
   std::vector<torch::Tensor> z0, z;
   {
     auto stage = run.enter("vae_encode");
-    z0 = vace_encode_frames(input_frames, input_ref_images, input_masks);
+    z0 = stage.run([&] { return vace_encode_frames(input_frames, input_ref_images, input_masks); });
   }
   const std::vector<torch::Tensor> m0 = vace_encode_masks(input_masks, input_ref_images);
   z = vace_latent(z0, m0);
@@ -283,7 +283,7 @@ torch::Tensor WanVace::run(const detail::prompt_source& prompt, const detail::pr
   torch::Tensor video;
   {
     auto stage = run.enter("decode");
-    video = decode_latent({x0}, input_ref_images)[0]; // [3, F, H, W]
+    video = stage.run([&] { return decode_latent({x0}, input_ref_images)[0]; }); // [3, F, H, W]
   }
   run.finish();
   vae_device_ = torch::kCPU;

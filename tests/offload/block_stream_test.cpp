@@ -709,6 +709,94 @@ BOOST_AUTO_TEST_CASE(faults_during_streaming_leave_everything_home) {
   BOOST_TEST(faults == kBlocks * 2); // two tensors per block, each copy failed once
 }
 
+// Placing a streamed component records a compute point after allocating its slots (their first fills
+// wait for it). When that fails (a device in an error state), nothing stays allocated and the
+// message names the slots; placed again, the component streams the same output.
+BOOST_AUTO_TEST_CASE(a_failed_compute_point_when_placing_leaves_nothing_allocated) {
+  const auto x = inputs();
+  fixture ref;
+  const auto expected = ref.model->forward(x);
+  fixture f;
+  offload::device_set devices;
+  auto& gpu = offload::testing::add_mock(devices, 0, {.capacity = 1_GiB});
+  f.comp.set_streaming({2, 1});
+  gpu.fail_record_compute_at(1);
+  try {
+    f.comp.place_on(gpu);
+    BOOST_FAIL("expected capacity_error");
+  } catch (const offload::capacity_error& e) {
+    BOOST_TEST(e.id() == "offload.capacity.injected_fault");
+    BOOST_TEST(std::string(e.what()).find("placing the block slots 'dit.blocks[slot 0..1]': injected failure on "
+                                          "mock:0 while recording a compute point") != std::string::npos,
+               e.what());
+  }
+  BOOST_TEST(gpu.used() == 0);
+  BOOST_TEST(f.comp.location().is_host());
+  f.comp.audit(device_id::cpu(), {"after", "test"});
+  f.comp.place_on(gpu);
+  BOOST_TEST(identical(f.model->forward(x), expected));
+  f.comp.place_on(devices.host());
+  BOOST_TEST(gpu.used() == 0);
+}
+
+// A CUDA device in an error state (a kernel failed) records no compute point, so releasing a block
+// fails. While the block's failed compute unwinds, that second failure must not end the program
+// (std::terminate from a destructor) nor hide the first error; either way the slot's last reader is
+// unknown, so the stream refuses to refill slots until the component is evicted.
+BOOST_AUTO_TEST_CASE(a_failed_release_keeps_the_first_error_and_stops_the_stream) {
+  const auto x = inputs();
+  fixture ref;
+  const auto expected = ref.model->forward(x);
+  for (const bool compute_fails : {true, false}) {
+    BOOST_TEST_CONTEXT("the block's compute " << (compute_fails ? "fails too" : "succeeds")) {
+      fixture f;
+      offload::device_set devices;
+      auto& gpu = offload::testing::add_mock(devices, 0, {.capacity = 1_GiB});
+      f.comp.set_streaming({2, 1});
+      f.comp.place_on(gpu);
+      BOOST_TEST(f.comp.stream()->lost().empty());
+      f.model->on_block = [&](int i) {
+        if (i != 2) return;
+        gpu.fail_record_compute_at(1); // the release of block 2
+        if (compute_fails) throw std::runtime_error("kernel failed in block 2");
+      };
+      std::string what;
+      try {
+        (void)f.model->forward(x);
+      } catch (const offload::capacity_error& e) {
+        what = e.id();
+      } catch (const std::runtime_error& e) {
+        what = e.what();
+      }
+      // The compute's own error when it failed; the release's otherwise.
+      BOOST_TEST(what == (compute_fails ? "kernel failed in block 2" : "offload.capacity.injected_fault"));
+      f.model->on_block = nullptr;
+      const auto* stream = f.comp.stream();
+      BOOST_TEST(!stream->in_use(2));
+      BOOST_TEST(stream->lost().find("releasing block 2 failed (offload.capacity.injected_fault: injected failure on mock:0") == 0u,
+                 stream->lost());
+      BOOST_TEST(offload::testing::error_id([&] { (void)f.model->forward(x); }) == "offload.placement.stream_lost");
+      try {
+        (void)f.model->forward(x);
+      } catch (const offload::placement_error& e) {
+        const std::string m = e.what();
+        BOOST_TEST(m.find("block 0 of 'dit' cannot be brought to mock:0: releasing block 2 failed") !=
+                       std::string::npos,
+                   m);
+        BOOST_TEST(m.find("evict 'dit'") != std::string::npos, m);
+      }
+      // Evicting frees the slots; placed again, the component streams the same result.
+      f.comp.place_on(devices.host());
+      BOOST_TEST(gpu.used() == 0);
+      BOOST_TEST(stream->lost().empty());
+      f.comp.place_on(gpu);
+      BOOST_TEST(identical(f.model->forward(x), expected));
+      f.comp.place_on(devices.host());
+      f.comp.audit(device_id::cpu(), {"after", "test"});
+    }
+  }
+}
+
 BOOST_AUTO_TEST_SUITE_END()
 
 BOOST_AUTO_TEST_SUITE(stream_policy)

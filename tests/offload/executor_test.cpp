@@ -178,6 +178,107 @@ BOOST_AUTO_TEST_CASE(simulated_out_of_memory_names_the_stage_and_leaves_a_clean_
   for (auto* c : tp.components()) BOOST_CHECK_NO_THROW(c->audit(device_id::cpu(), {"reset", "dec=cpu"}));
 }
 
+// stage_scope::run: errors of a stage's compute name the stage and the policy, as errors of its moves do.
+BOOST_AUTO_TEST_CASE(errors_of_a_stage_s_compute_name_the_stage_and_the_policy) {
+  toy_pipeline tp;
+  offload::device_set devices;
+  auto& gpu = offload::testing::add_mock(devices, 0, {.capacity = 1_GiB});
+  const std::string policy = "enc=cpu,den=cuda:on_demand,dec=cpu";
+  const auto plan = offload::schedule(tp.stages(2), tp.infos(), offload::parse_policy(policy),
+                                      {.accelerator = device_id::mock(0), .devices = {{device_id::mock(0), 1_GiB}}});
+  BOOST_TEST_REQUIRE(plan.fits());
+  const std::int64_t peak = plan.steps.at(2).peak_bytes.at(device_id::mock(0)); // steps: init, encode, denoise
+  BOOST_TEST_REQUIRE(plan.steps.at(2).stage == "denoise");
+  offload::executor ex(plan, devices, tp.components());
+  {
+    auto s = ex.enter("encode");
+    // What the compute returns comes back; void works too.
+    BOOST_TEST(s.run([] { return 42; }) == 42);
+    int calls = 0;
+    s.run([&] { ++calls; });
+    BOOST_TEST(calls == 1);
+  }
+  auto s = ex.enter("denoise");
+  // A capacity_error without a stage (a block copy that failed mid-compute) gets the stage and the policy.
+  try {
+    s.run([&]() -> int {
+      throw offload::capacity_error("offload.capacity.injected_fault", "copy failed", "mock:0");
+    });
+    BOOST_FAIL("expected capacity_error");
+  } catch (const offload::capacity_error& e) {
+    BOOST_TEST(e.id() == "offload.capacity.injected_fault");
+    BOOST_TEST(e.stage() == "denoise");
+    BOOST_TEST(e.device() == "mock:0");
+    BOOST_TEST(std::string(e.what()) ==
+                   fmt::format("offload.capacity.injected_fault: stage 'denoise', policy '{}': copy failed", policy),
+               e.what());
+  }
+  // One that already names its stage passes unchanged.
+  try {
+    s.run([] { throw offload::capacity_error("offload.capacity.out_of_memory", "x: stage 'decode': y", "", "decode"); });
+    BOOST_FAIL("expected capacity_error");
+  } catch (const offload::capacity_error& e) {
+    BOOST_TEST(e.stage() == "decode");
+    BOOST_TEST(std::string(e.what()) == "offload.capacity.out_of_memory: x: stage 'decode': y");
+  }
+  // The device's allocator running out mid-compute: the plan's figures for the stage, and what to do.
+  try {
+    s.run([] {
+      throw c10::OutOfMemoryError({__func__, __FILE__, static_cast<std::uint32_t>(__LINE__)},
+                                  "CUDA out of memory. Tried to allocate 2.00 GiB\nmore lines");
+    });
+    BOOST_FAIL("expected capacity_error");
+  } catch (const offload::capacity_error& e) {
+    const std::string m = e.what();
+    BOOST_TEST(e.id() == "offload.capacity.compute_out_of_memory");
+    BOOST_TEST(e.stage() == "denoise");
+    BOOST_TEST(e.device() == "mock:0");
+    BOOST_TEST(m.find(fmt::format("stage 'denoise', policy '{}': the device ran out of memory during the stage's "
+                                  "compute, beyond the plan (mock:0: peak {} (workspace 1.00 KiB)): CUDA out of "
+                                  "memory. Tried to allocate 2.00 GiB;",
+                                  policy, offload::format_bytes(peak))) != std::string::npos,
+               m);
+    BOOST_TEST(m.find("more lines") == std::string::npos, m);
+  }
+  // Other exceptions pass unchanged.
+  BOOST_CHECK_THROW(s.run([] { throw std::logic_error("bug"); }), std::logic_error);
+  BOOST_TEST(gpu.used() > 0); // the stage is still open: its component and workspace stay
+}
+
+// A device in an error state records no compute point: a prefetch (whose copies must wait for one)
+// fails before anything is allocated, naming the stage, the policy and the component.
+BOOST_AUTO_TEST_CASE(a_failed_compute_point_fails_a_prefetch_cleanly) {
+  toy_pipeline tp;
+  offload::device_set devices;
+  auto& gpu = offload::testing::add_mock(devices, 0, {.h2d_bytes_per_second = 1e6});
+  auto pol = offload::parse_policy("enc=cuda:on_demand:pinned,den=cuda:on_demand:pinned,dec=cuda:on_demand:pinned");
+  pol.prefetch = true;
+  auto stages = tp.stages(1);
+  for (auto& st : stages) st.seconds = 0.05; // compute to hide the copies behind
+  const auto plan = offload::schedule(stages, tp.infos(), pol,
+                                      {.accelerator = gpu.id(), .devices = {{gpu.id(), 1_MiB, 1e6}}});
+  plan.require_fit();
+  BOOST_TEST_REQUIRE(!plan.steps.at(1).prefetch.empty()); // encode prefetches den
+  offload::executor ex(plan, devices, tp.components());
+  gpu.fail_record_compute_at(1);
+  try {
+    auto s = ex.enter("encode");
+    BOOST_FAIL("expected capacity_error");
+  } catch (const offload::capacity_error& e) {
+    const std::string m = e.what();
+    BOOST_TEST(e.id() == "offload.capacity.injected_fault");
+    BOOST_TEST(e.stage() == "encode");
+    BOOST_TEST(m.find(fmt::format("stage 'encode', policy '{}': prefetching 'den.*' to mock:0: injected failure on "
+                                  "mock:0 while recording a compute point",
+                                  pol.label())) != std::string::npos,
+               m);
+  }
+  ex.reset();
+  BOOST_TEST(gpu.used() == 0);
+  BOOST_TEST(gpu.copies_in_flight() == 0u);
+  for (auto* c : tp.components()) BOOST_CHECK_NO_THROW(c->audit(device_id::cpu(), {"reset", "prefetch"}));
+}
+
 BOOST_AUTO_TEST_CASE(trace_is_valid_chrome_json_with_stages_transfers_and_counters) {
   toy_pipeline tp;
   offload::device_set devices;

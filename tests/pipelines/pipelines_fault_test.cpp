@@ -1,10 +1,11 @@
 // Fault injection through whole Wan pipelines on a mock GPU (issue 7): for T2V and I2V on the tiny
-// golden-set models, under policies that move components (offload_model+vae_cpu, t5_cpu), a
-// clean run counts the mock's allocations and transfers; then a failure is injected at
-// every allocation and at every transfer in turn (I2V: every allocation) (fail_allocation_at(n) /
-// fail_transfer_at(n)). None of these policies has a fallback, so each faulted run must end in an
-// offload error whose message names the stage, the policy and the component (or the stage's
-// workspace and its component). Afterwards:
+// golden-set models, under policies that move components (offload_model+vae_cpu, t5_cpu) or
+// stream them (T5 and DiT through block slots), a clean run counts the mock's allocations,
+// transfers and compute points; then a failure is injected at every allocation and at every
+// transfer in turn (I2V: every allocation), and for the streamed policy at every compute point
+// (fail_allocation_at(n) / fail_transfer_at(n) / fail_record_compute_at(n)). None of these
+// policies has a fallback, so each faulted run must end in an offload error whose message names
+// the stage, the policy and the component (or the stage's workspace and its component). Afterwards:
 //  * every component is home, where these policies keep it between runs, and its audit on the host
 //    passes (every tensor is its host master again, nothing stranded on the mock);
 //  * every host master is bit-identical to a copy taken before the faults;
@@ -98,11 +99,19 @@ std::int64_t fault_stride(std::int64_t count) {
 }
 
 struct fault_counts {
-  std::int64_t allocations = 0, transfers = 0;
+  std::int64_t allocations = 0, transfers = 0, compute_points = 0;
 };
 
-/// Runs every injection of one kind: `fail_allocation_at` (allocations) or `fail_transfer_at`.
-void inject_every(const std::string& kind, const std::string& policy, bool allocations) {
+/// What fails: an allocation (`fail_allocation_at`), a transfer (`fail_transfer_at`) or the
+/// recording of a compute point (`fail_record_compute_at`: a CUDA device in an error state).
+enum class fault { allocation, transfer, compute_point };
+
+const char* name_of(fault f) {
+  return f == fault::allocation ? "allocation" : f == fault::transfer ? "transfer" : "compute point";
+}
+
+/// Runs every injection of one kind.
+void inject_every(const std::string& kind, const std::string& policy, fault what) {
   auto comps = components(kind);
   offload::device_set devices;
   auto& mock = offload::testing::add_mock(devices, 0);
@@ -112,12 +121,15 @@ void inject_every(const std::string& kind, const std::string& policy, bool alloc
   const auto masters = snapshot_masters(*comps);
 
   // The clean run: counts and the reference video.
-  const std::int64_t a0 = mock.allocations(), t0 = mock.transfers();
+  const std::int64_t a0 = mock.allocations(), t0 = mock.transfers(), c0 = mock.compute_points();
   const torch::Tensor clean = generate(kind, exec);
-  const fault_counts clean_counts{mock.allocations() - a0, mock.transfers() - t0};
-  const std::int64_t count = allocations ? clean_counts.allocations : clean_counts.transfers;
-  BOOST_TEST_MESSAGE(fmt::format("{} under '{}': clean run {} allocations, {} transfers on mock:0", kind, policy,
-                                 clean_counts.allocations, clean_counts.transfers));
+  const fault_counts clean_counts{mock.allocations() - a0, mock.transfers() - t0, mock.compute_points() - c0};
+  const std::int64_t count = what == fault::allocation ? clean_counts.allocations
+                             : what == fault::transfer ? clean_counts.transfers
+                                                       : clean_counts.compute_points;
+  BOOST_TEST_MESSAGE(fmt::format("{} under '{}': clean run {} allocations, {} transfers, {} compute points on mock:0",
+                                 kind, policy, clean_counts.allocations, clean_counts.transfers,
+                                 clean_counts.compute_points));
   BOOST_TEST_REQUIRE(count > 0);
   check_intact(*comps, masters, mock, baseline, "clean run");
 
@@ -132,10 +144,10 @@ void inject_every(const std::string& kind, const std::string& policy, bool alloc
   for (std::int64_t n = 1; n <= count; n += stride) faults.push_back(n);
   if (faults.back() != count) faults.push_back(count);
   for (const std::int64_t n : faults) {
-    const std::string where = fmt::format("{} '{}' {} {}/{}", kind, policy,
-                                          allocations ? "allocation" : "transfer", n, count);
-    if (allocations) mock.fail_allocation_at(n);
-    else mock.fail_transfer_at(n);
+    const std::string where = fmt::format("{} '{}' {} {}/{}", kind, policy, name_of(what), n, count);
+    if (what == fault::allocation) mock.fail_allocation_at(n);
+    else if (what == fault::transfer) mock.fail_transfer_at(n);
+    else mock.fail_record_compute_at(n);
     bool threw = false;
     try {
       (void)generate(kind, exec);
@@ -161,6 +173,7 @@ void inject_every(const std::string& kind, const std::string& policy, bool alloc
     BOOST_TEST(threw, where << ": the injected fault did not fire");
     mock.fail_allocation_at(0);
     mock.fail_transfer_at(0);
+    mock.fail_record_compute_at(0);
     check_intact(*comps, masters, mock, baseline, where);
     // The next run in the same process succeeds and gives the clean run's video, bit for bit.
     try {
@@ -174,8 +187,7 @@ void inject_every(const std::string& kind, const std::string& policy, bool alloc
   std::string stages;
   for (const auto& [s, k] : failed_in_stage) stages += fmt::format(" {}:{}", s, k);
   BOOST_TEST_MESSAGE(fmt::format("{} under '{}': {} of {} {} faults injected (stride {}), by stage:{}", kind,
-                                 policy, faults.size(), count, allocations ? "allocation" : "transfer", stride,
-                                 stages));
+                                 policy, faults.size(), count, name_of(what), stride, stages));
 }
 
 } // namespace
@@ -189,15 +201,27 @@ BOOST_AUTO_TEST_SUITE(pipelines_fault)
 // t5_cpu moves the DiT and VAE at init and keeps them, offload_model+vae_cpu moves all three
 // components per stage (DiT when idle, T5 and VAE after use), and I2V adds CLIP and VAE encode.
 BOOST_AUTO_TEST_CASE(t2v_offload_model_vae_cpu_every_allocation) {
-  inject_every("t2v", "offload_model+vae_cpu", true);
+  inject_every("t2v", "offload_model+vae_cpu", fault::allocation);
 }
 BOOST_AUTO_TEST_CASE(t2v_offload_model_vae_cpu_every_transfer) {
-  inject_every("t2v", "offload_model+vae_cpu", false);
+  inject_every("t2v", "offload_model+vae_cpu", fault::transfer);
 }
-BOOST_AUTO_TEST_CASE(t2v_t5_cpu_every_allocation) { inject_every("t2v", "t5_cpu", true); }
-BOOST_AUTO_TEST_CASE(t2v_t5_cpu_every_transfer) { inject_every("t2v", "t5_cpu", false); }
+BOOST_AUTO_TEST_CASE(t2v_t5_cpu_every_allocation) { inject_every("t2v", "t5_cpu", fault::allocation); }
+BOOST_AUTO_TEST_CASE(t2v_t5_cpu_every_transfer) { inject_every("t2v", "t5_cpu", fault::transfer); }
 BOOST_AUTO_TEST_CASE(i2v_offload_model_vae_cpu_every_allocation) {
-  inject_every("i2v", "offload_model+vae_cpu", true);
+  inject_every("i2v", "offload_model+vae_cpu", fault::allocation);
+}
+
+// Streamed T5 and DiT (block copies during the stages' compute, into slots whose first fills wait
+// for a compute point): faults inside a stage's compute must name the stage, the policy and the
+// component too (stage_scope::run), and a failed compute point (a CUDA device in an error state)
+// must leave everything home like any other fault.
+const std::string streamed_policy =
+    "t5=cuda:on_demand:stream=2:pinned,dit=cuda:on_demand:stream=2:pinned,vae=cuda:on_demand:pinned";
+BOOST_AUTO_TEST_CASE(t2v_streamed_every_allocation) { inject_every("t2v", streamed_policy, fault::allocation); }
+BOOST_AUTO_TEST_CASE(t2v_streamed_every_transfer) { inject_every("t2v", streamed_policy, fault::transfer); }
+BOOST_AUTO_TEST_CASE(t2v_streamed_every_compute_point) {
+  inject_every("t2v", streamed_policy, fault::compute_point);
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -74,6 +74,11 @@ public:
   void fail_allocation_at(std::int64_t n) { fail_alloc_ = n; }
   /// The n-th transfer from now (1 = the next one) throws capacity_error. 0 disarms.
   void fail_transfer_at(std::int64_t n) { fail_transfer_ = n; }
+  /// The n-th compute point recorded from now (device::record_compute(); 1 = the next one) throws
+  /// capacity_error, as a CUDA device in an error state does. 0 disarms.
+  void fail_record_compute_at(std::int64_t n) { fail_record_ = n; }
+  /// Compute points recorded so far (device::record_compute(), failed ones included).
+  [[nodiscard]] std::int64_t compute_points() const noexcept { return compute_points_; }
 
 protected:
   void before_allocate(std::int64_t bytes, std::string_view what) override {
@@ -154,7 +159,14 @@ protected:
     std::erase_if(in_flight_, [&](std::uint64_t id) { return id <= e.id; });
     std::erase_if(writes_, [&](const auto& w) { return w.event <= e.id; });
   }
-  transfer_event do_record_compute() override { return {clock_->now(), 0, nullptr, clock_->compute_issued()}; }
+  transfer_event do_record_compute() override {
+    ++compute_points_;
+    if (fail_record_ > 0 && --fail_record_ == 0)
+      throw capacity_error("offload.capacity.injected_fault",
+                           fmt::format("injected failure on {} while recording a compute point", id().str()),
+                           id().str(), "", used(), options_.capacity);
+    return {clock_->now(), 0, nullptr, clock_->compute_issued()};
+  }
   void do_note_read(const transfer_event& e, std::string_view what) override {
     if (e.id != 0 && std::find(in_flight_.begin(), in_flight_.end(), e.id) != in_flight_.end())
       throw placement_error("offload.placement.read_before_transfer",
@@ -178,7 +190,7 @@ private:
   mock_options options_;
   offload::clock* clock_;
   std::vector<transfer_record> log_;
-  std::int64_t fail_alloc_ = 0, fail_transfer_ = 0;
+  std::int64_t fail_alloc_ = 0, fail_transfer_ = 0, fail_record_ = 0, compute_points_ = 0;
   double stream_free_at_ = 0;
   std::uint64_t next_event_ = 1;
   std::vector<std::uint64_t> in_flight_;
