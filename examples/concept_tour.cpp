@@ -63,7 +63,7 @@ struct LookupImpl : torch::nn::Module {
 TORCH_MODULE(Lookup);
 // [host-table-module]
 
-int main() {
+int tour() {
   // [devices]
   offload::device_set devices; // always holds the host, "cpu"
   auto& gpu = offload::testing::add_mock(devices, 0,
@@ -243,4 +243,13 @@ int main() {
   // [probe]
   assert(gpu.bytes_in() > 0);
   return gpu.used() == 0 ? 0 : 1;
+}
+
+int main() {
+  try {
+    return tour();
+  } catch (const std::exception& e) {
+    std::cerr << "concept_tour: " << e.what() << '\n';
+    return 1;
+  }
 }

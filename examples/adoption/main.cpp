@@ -43,7 +43,7 @@ struct model {
 
 } // namespace toy
 
-int main() {
+int run_example() {
   torch::manual_seed(0);
   toy::model m;
   const at::Tensor x = torch::randn({32, 16});
@@ -62,7 +62,7 @@ int main() {
     offload::device_set devices;
     const auto accel = offload::device_id::mock(0);
     // Room for the denoiser, its workspace and the decoder, but not for the encoder as well.
-    const std::int64_t capacity = denoiser.bytes() + decoder.bytes() + 256 * 4 * x.size(0) + 512;
+    const std::int64_t capacity = denoiser.bytes() + decoder.bytes() + std::int64_t{256} * 4 * x.size(0) + 512;
     if (mock) offload::testing::add_mock(devices, 0, {.capacity = capacity});
     const auto plan = offload::schedule(toy::model::stages(steps, x.size(0)), infos,
                                         offload::parse_policy(policy_text),
@@ -103,4 +103,13 @@ int main() {
   const bool same = torch::equal(host, on_demand) && torch::equal(host, derived);
   std::printf("outputs identical under all policies: %s\n", same ? "yes" : "NO");
   return same ? 0 : 1;
+}
+
+int main() {
+  try {
+    return run_example();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "adoption_example: %s\n", e.what());
+    return 1;
+  }
 }

@@ -65,7 +65,8 @@ double matmul_flops(torch::Device device, torch::Dtype dtype, int64_t n, int rep
     auto c = torch::mm(a, b);
     if (cuda) torch::cuda::synchronize(device.index());
   });
-  return 2.0 * static_cast<double>(n) * n * n / s;
+  const auto d = static_cast<double>(n);
+  return 2.0 * d * d * d / s;
 }
 
 } // namespace

@@ -185,13 +185,12 @@ bandwidths measure_bandwidths(const options& o, offload::device_set& devices) {
   const auto pinned = torch::empty({n}, torch::TensorOptions().dtype(torch::kUInt8).pinned_memory(true));
   pinned.copy_(pageable);
   const auto best_rate = [&](const torch::Tensor& src, bool non_blocking) {
-    auto d = dev;
-    d.copy_(src, non_blocking); // warm-up
+    dev.copy_(src, non_blocking); // warm-up
     sync(o);
     double best = std::numeric_limits<double>::infinity();
     for (int i = 0; i < 5; ++i) {
       const auto t0 = steady::now();
-      d.copy_(src, non_blocking);
+      dev.copy_(src, non_blocking);
       sync(o);
       best = std::min(best, seconds_since(t0));
     }

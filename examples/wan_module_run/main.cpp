@@ -34,7 +34,7 @@ std::string one_line(std::string text) {
 
 } // namespace
 
-int main(int argc, char** argv) {
+int run(int argc, char** argv) {
   CLI::App app{"Runs one Wan component from a checkpoint on inputs read from a .safetensors file "
                "and writes its outputs (golden tensor names: in.* inputs -> out.* outputs).",
                "wan_module_run"};
@@ -94,4 +94,13 @@ int main(int argc, char** argv) {
     fmt::print(stderr, "wan_module_run: error: {}\n", one_line(e.what()));
   }
   return 1;
+}
+
+int main(int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (const std::exception& e) { // outside run()'s own handlers: setting up the command line
+    fmt::print(stderr, "wan_module_run: error: {}\n", one_line(e.what()));
+    return 1;
+  }
 }

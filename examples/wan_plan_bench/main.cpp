@@ -34,7 +34,7 @@ stats summarize(std::vector<double> v) {
 
 } // namespace
 
-int main(int argc, char** argv) {
+int run(int argc, char** argv) {
   const int iterations = argc > 1 ? std::max(1, std::stoi(argv[1])) : 20;
   const auto gpu = offload::device_id::mock(0);
   const std::vector<wan::generation_shape> shapes = {
@@ -78,4 +78,13 @@ int main(int argc, char** argv) {
     }
   std::cout << fmt::format("slowest plan + simulation: {:.3f} ms\n", worst);
   return 0;
+}
+
+int main(int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (const std::exception& e) {
+    std::cerr << "wan_plan_bench: error: " << e.what() << '\n';
+    return 1;
+  }
 }

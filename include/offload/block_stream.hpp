@@ -467,7 +467,9 @@ public:
   }
   block_use(const block_use&) = delete;
   block_use& operator=(const block_use&) = delete;
-  ~block_use() noexcept(false) {
+  // Throws only when not unwinding: a failed release surfaces where it happened, never as a second
+  // exception (see the class comment).
+  ~block_use() noexcept(false) { // NOLINT(bugprone-exception-escape)
     if (!stream_) return;
     if (std::uncaught_exceptions() > exceptions_) stream_->release_unwinding(i_);
     else stream_->release(i_);

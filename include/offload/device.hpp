@@ -287,35 +287,23 @@ protected:
     try {
       return host.to(id().torch_device(), /*non_blocking=*/pinned);
     } catch (const c10::Error& e) {
-      throw capacity_error("offload.capacity.cuda_error",
-                           fmt::format("copying '{}' ({}) to {} failed: {}", what,
-                                       format_bytes(static_cast<std::int64_t>(host.nbytes())), id().str(),
-                                       e.what_without_backtrace()),
-                           id().str(), "", used(), capacity_.value_or(0));
+      throw cuda_error(fmt::format("copying '{}' ({}) to {}", what, size_of(host), id().str()), e);
     }
   }
   void do_copy_to_host(const at::Tensor& t, at::Tensor& host, std::string_view what) override {
     try {
       host.copy_(t);
     } catch (const c10::Error& e) {
-      throw capacity_error("offload.capacity.cuda_error",
-                           fmt::format("copying '{}' ({}) from {} to the host failed: {}", what,
-                                       format_bytes(static_cast<std::int64_t>(t.nbytes())), id().str(),
-                                       e.what_without_backtrace()),
-                           id().str(), "", used(), capacity_.value_or(0));
+      throw cuda_error(fmt::format("copying '{}' ({}) from {} to the host", what, size_of(t), id().str()), e);
     }
   }
-
   at::Tensor do_allocate_buffer(std::int64_t bytes) override {
     try {
       return device::do_allocate_buffer(bytes);
     } catch (const c10::Error& e) {
-      throw capacity_error("offload.capacity.cuda_error",
-                           fmt::format("allocating a buffer of {} on {} failed ({} accounted in use): {}; plan "
-                                       "for less of this device (its capacity) or stream through fewer slots",
-                                       format_bytes(bytes), id().str(), format_bytes(used()),
-                                       e.what_without_backtrace()),
-                           id().str(), "", used(), capacity_.value_or(0));
+      throw cuda_error(fmt::format("allocating a buffer of {} on {} ({} accounted in use)", format_bytes(bytes),
+                                  id().str(), format_bytes(used())),
+                       e, "plan for less of this device (its capacity) or stream through fewer slots");
     }
   }
 
@@ -332,18 +320,15 @@ protected:
       done->record(copy);
       return {0, 0, std::move(done)};
     } catch (const c10::Error& e) {
-      throw capacity_error("offload.capacity.cuda_error",
-                           fmt::format("asynchronous copy of '{}' ({}) to {} failed: {}", what,
-                                       format_bytes(static_cast<std::int64_t>(host.nbytes())), id().str(),
-                                       e.what_without_backtrace()),
-                           id().str(), "", used(), capacity_.value_or(0));
+      throw cuda_error(fmt::format("asynchronous copy of '{}' ({}) to {}", what, size_of(host), id().str()), e);
     }
   }
   void do_wait(const transfer_event& e) override {
     try {
       if (e.native) e.native->block(compute_stream());
     } catch (const c10::Error& err) {
-      throw stream_error("making the compute stream wait for a copy", err);
+      throw cuda_error(fmt::format("making the compute stream of {} wait for a copy", id().str()), err,
+                       kernel_advice);
     }
   }
   transfer_event do_record_compute() override {
@@ -352,18 +337,20 @@ protected:
       point->record(compute_stream());
       return {0, 0, std::move(point)};
     } catch (const c10::Error& err) {
-      throw stream_error("recording a point of the compute stream", err);
+      throw cuda_error(fmt::format("recording a point of the compute stream of {}", id().str()), err, kernel_advice);
     }
   }
 
 private:
-  /// A CUDA error from an event operation, as an offload error (the device is usually in an
-  /// error state then: a kernel failed).
-  [[nodiscard]] capacity_error stream_error(std::string_view doing, const c10::Error& err) const {
+  static constexpr std::string_view kernel_advice =
+      "a kernel queued before it may have failed (rerun with CUDA_LAUNCH_BLOCKING=1 to find it)";
+  static std::string size_of(const at::Tensor& t) { return format_bytes(static_cast<std::int64_t>(t.nbytes())); }
+  /// A CUDA error as an offload error: `doing` failed, LibTorch's message, and advice if any.
+  [[nodiscard]] capacity_error cuda_error(const std::string& doing, const c10::Error& e,
+                                          std::string_view advice = {}) const {
     return capacity_error("offload.capacity.cuda_error",
-                          fmt::format("{} on {} failed: {}; a kernel queued before it may have failed (rerun "
-                                      "with CUDA_LAUNCH_BLOCKING=1 to find it)",
-                                      doing, id().str(), err.what_without_backtrace()),
+                          fmt::format("{} failed: {}{}{}", doing, e.what_without_backtrace(), advice.empty() ? "" : "; ",
+                                      advice),
                           id().str(), "", used(), capacity_.value_or(0));
   }
   [[nodiscard]] const c10::impl::DeviceGuardImplInterface& impl() const {

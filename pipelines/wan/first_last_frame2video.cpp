@@ -43,7 +43,7 @@ WanFLF2V::WanFLF2V(std::string task_, std::shared_ptr<WanComponents> components_
                                             components ? components->kind : std::string("none")));
 }
 
-WanFLF2V::WanFLF2V(std::string task_, const std::filesystem::path& checkpoint_dir, execution exec_,
+WanFLF2V::WanFLF2V(const std::string& task_, const std::filesystem::path& checkpoint_dir, execution exec_,
                    const component_options& options)
     : WanFLF2V(task_,
                WanComponents::load("flf2v", component_paths::official(checkpoint_dir, configs::wan_config(task_)),

@@ -18,7 +18,7 @@ namespace wan {
 
 /// Keyword arguments of WanFLF2V.generate (defaults as in the reference).
 struct flf2v_params {
-  int64_t max_area = 720 * 1280;
+  int64_t max_area = int64_t{720} * 1280;
   int64_t frame_num = 81;
   double shift = 16.0;
   std::string sample_solver = "unipc";
@@ -37,7 +37,7 @@ class WanFLF2V {
 public:
   /// `task`: flf2v-14B; `components` of kind "flf2v".
   WanFLF2V(std::string task, std::shared_ptr<WanComponents> components, execution exec);
-  WanFLF2V(std::string task, const std::filesystem::path& checkpoint_dir, execution exec,
+  WanFLF2V(const std::string& task, const std::filesystem::path& checkpoint_dir, execution exec,
            const component_options& options = {});
   virtual ~WanFLF2V() = default;
 

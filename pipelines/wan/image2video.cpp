@@ -136,7 +136,7 @@ WanI2V::WanI2V(std::string task_, std::shared_ptr<WanComponents> components_, ex
                                             components ? components->kind : std::string("none")));
 }
 
-WanI2V::WanI2V(std::string task_, const std::filesystem::path& checkpoint_dir, execution exec_,
+WanI2V::WanI2V(const std::string& task_, const std::filesystem::path& checkpoint_dir, execution exec_,
                const component_options& options)
     : WanI2V(task_,
              WanComponents::load("i2v", component_paths::official(checkpoint_dir, configs::wan_config(task_)),

@@ -24,7 +24,7 @@ namespace wan {
 
 /// Keyword arguments of WanI2V.generate (defaults as in the reference).
 struct i2v_params {
-  int64_t max_area = 720 * 1280;
+  int64_t max_area = int64_t{720} * 1280;
   int64_t frame_num = 81;
   double shift = 5.0;
   std::string sample_solver = "unipc";
@@ -87,7 +87,7 @@ class WanI2V {
 public:
   /// `task`: i2v-14B; `components` of kind "i2v".
   WanI2V(std::string task, std::shared_ptr<WanComponents> components, execution exec);
-  WanI2V(std::string task, const std::filesystem::path& checkpoint_dir, execution exec,
+  WanI2V(const std::string& task, const std::filesystem::path& checkpoint_dir, execution exec,
          const component_options& options = {});
   virtual ~WanI2V() = default;
 

@@ -14,7 +14,7 @@
 namespace wan {
 
 inline constexpr int64_t T5_CONTEXT_TOKEN_NUMBER = 512;
-inline constexpr int64_t FIRST_LAST_FRAME_CONTEXT_TOKEN_NUMBER = 257 * 2;
+inline constexpr int64_t FIRST_LAST_FRAME_CONTEXT_TOKEN_NUMBER = int64_t{257} * 2;
 
 /// The WanModel / VaceWanModel __init__ arguments, defaults equal to the reference's.
 struct WanModelConfig {

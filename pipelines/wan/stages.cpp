@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <cmath>
 #include <map>
 
 namespace wan {
@@ -23,7 +24,10 @@ namespace {
 bool is_image_task(std::string_view task) { return task.starts_with("i2v") || task.starts_with("flf2v"); }
 bool is_vace_task(std::string_view task) { return task.starts_with("vace"); }
 
-std::int64_t bytes_of(std::int64_t params, c10::ScalarType t) { return params * c10::elementSize(t); }
+/// Bytes of one element of `t`.
+std::int64_t element_bytes(c10::ScalarType t) { return static_cast<std::int64_t>(c10::elementSize(t)); }
+
+std::int64_t bytes_of(std::int64_t params, c10::ScalarType t) { return params * element_bytes(t); }
 
 } // namespace
 
@@ -107,11 +111,11 @@ offload::block_layout t5_block_layout(const T5Config& cfg, std::int64_t element_
 
 offload::stored_size dit_stored_size(const WanModelConfig& cfg, offload::storage_dtype dtype) {
   const auto n = parameter_counts(cfg);
-  const std::int64_t full = c10::elementSize(c10::ScalarType::Float);
+  const std::int64_t full = element_bytes(c10::ScalarType::Float);
   const std::int64_t narrow = dtype == offload::storage_dtype::native ? full : offload::element_size(dtype);
   // The RoPE table `freqs` (an auxiliary tensor of the component, complex128, dtype kept):
   // [1024, head_dim / 2].
-  const std::int64_t freqs = 1024 * (cfg.dim / cfg.num_heads / 2) * c10::elementSize(c10::ScalarType::ComplexDouble);
+  const std::int64_t freqs = 1024 * (cfg.dim / cfg.num_heads / 2) * element_bytes(c10::ScalarType::ComplexDouble);
   offload::stored_size s;
   s.dtype = dtype;
   s.exact = dtype != offload::storage_dtype::native && dtype == dit_exact_storage();
@@ -132,7 +136,7 @@ std::vector<offload::component_info> preset_components(std::string_view task) {
   std::vector<offload::component_info> out;
   const auto t5 = T5Config::umt5_xxl();
   out.push_back({std::string(T5_COMPONENT), bytes_of(parameter_count(t5), cfg.t5_dtype),
-                 t5_block_layout(t5, c10::elementSize(cfg.t5_dtype))});
+                 t5_block_layout(t5, element_bytes(cfg.t5_dtype))});
   if (is_image_task(task))
     out.push_back({std::string(CLIP_COMPONENT),
                    bytes_of(clip::parameter_count(CLIPConfig::clip_xlm_roberta_vit_h_14()),
@@ -164,7 +168,7 @@ namespace {
 std::int64_t vae_workspace(int width, int height, int frame_num, double held, const std::optional<VaeTiling>& tiling,
                            double tiled_held) {
   using W = workspace_constants;
-  auto b = [](double x) { return static_cast<std::int64_t>(x + 0.5); };
+  auto b = [](double x) { return static_cast<std::int64_t>(std::llround(x)); };
   if (tiling) tiling->validate();
   if (!tiling || tiling->covers(height / 8, width / 8))
     return b(W::vae_bytes_per_pixel * static_cast<double>(width) * height + held);
@@ -186,7 +190,8 @@ std::int64_t encode_workspace_bytes(int width, int height, int frame_num, int vi
                                     const std::optional<VaeTiling>& tiling) {
   const double pixels = static_cast<double>(width) * height;
   // the input videos; tiled, the latent blend (accumulator and weights)
-  const double latent = 16.0 * ((frame_num - 1) / 4 + 1) * (height / 8) * (width / 8) * 4.0;
+  const std::int64_t latent_frames = (frame_num - 1) / 4 + 1, latent_h = height / 8, latent_w = width / 8;
+  const double latent = 16.0 * static_cast<double>(latent_frames * latent_h * latent_w) * 4.0;
   return vae_workspace(width, height, frame_num, videos * 3.0 * frame_num * pixels * 4.0, tiling, 2.0 * latent);
 }
 
@@ -206,7 +211,7 @@ std::vector<offload::stage> pipeline_stages(const generation_shape& s) {
   using W = workspace_constants;
   const auto t5 = std::string(T5_COMPONENT), clip = std::string(CLIP_COMPONENT),
              dit = std::string(DIT_COMPONENT), vae = std::string(VAE_COMPONENT);
-  auto b = [](double x) { return static_cast<std::int64_t>(x + 0.5); };
+  auto b = [](double x) { return static_cast<std::int64_t>(std::llround(x)); };
 
   std::vector<offload::stage> out;
   out.push_back({"text_encode", {t5}, {{t5, b(W::text_encode_bytes)}}});
@@ -229,7 +234,7 @@ std::vector<offload::stage> pipeline_stages(const generation_shape& s) {
                 (is_vace_task(s.task) ? W::vace_bytes_per_token_dim : 0.0);
   out.push_back({"denoise",
                  {dit},
-                 {{dit, b(per_token_dim * static_cast<double>(dit_tokens(s)) * cfg.dim)}},
+                 {{dit, b(per_token_dim * static_cast<double>(dit_tokens(s)) * static_cast<double>(cfg.dim))}},
                  s.sampling_steps});
   out.push_back({"decode", {vae}, {{vae, decode_workspace_bytes(s.width, s.height, s.frame_num, s.vae_tiling)}}});
   return out;

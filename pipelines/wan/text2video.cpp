@@ -124,7 +124,7 @@ WanT2V::WanT2V(std::string task_, std::shared_ptr<WanComponents> components_, ex
   detail::check_task(task, {"t2v", "t2i"}, "WanT2V");
 }
 
-WanT2V::WanT2V(std::string task_, const std::filesystem::path& checkpoint_dir, execution exec_,
+WanT2V::WanT2V(const std::string& task_, const std::filesystem::path& checkpoint_dir, execution exec_,
                const component_options& options)
     : WanT2V(task_,
              WanComponents::load("t2v", component_paths::official(checkpoint_dir, configs::wan_config(task_)),

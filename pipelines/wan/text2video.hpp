@@ -95,7 +95,7 @@ public:
   /// `task`: t2v-1.3B, t2v-14B or t2i-14B; `components` of kind "t2v".
   WanT2V(std::string task, std::shared_ptr<WanComponents> components, execution exec);
   /// Loads the components from `checkpoint_dir` (official layout).
-  WanT2V(std::string task, const std::filesystem::path& checkpoint_dir, execution exec,
+  WanT2V(const std::string& task, const std::filesystem::path& checkpoint_dir, execution exec,
          const component_options& options = {});
   virtual ~WanT2V() = default;
 

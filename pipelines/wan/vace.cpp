@@ -32,7 +32,7 @@ WanVace::WanVace(std::string task_, std::shared_ptr<WanComponents> components_, 
   detail::check_task(task, {"vace"}, "WanVace");
 }
 
-WanVace::WanVace(std::string task_, const std::filesystem::path& checkpoint_dir, execution exec_,
+WanVace::WanVace(const std::string& task_, const std::filesystem::path& checkpoint_dir, execution exec_,
                  const component_options& options)
     : WanVace(task_,
               WanComponents::load("vace", component_paths::official(checkpoint_dir, configs::wan_config(task_)),

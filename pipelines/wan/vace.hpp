@@ -44,7 +44,7 @@ class WanVace : public WanT2V {
 public:
   /// `task`: vace-1.3B or vace-14B; `components` of kind "vace".
   WanVace(std::string task, std::shared_ptr<WanComponents> components, execution exec);
-  WanVace(std::string task, const std::filesystem::path& checkpoint_dir, execution exec,
+  WanVace(const std::string& task, const std::filesystem::path& checkpoint_dir, execution exec,
           const component_options& options = {});
 
   /// frames: [3, F, H, W] each; ref_images: per frame list, [3, 1, H, W] each (an empty list =

@@ -168,7 +168,7 @@ std::vector<std::string> VaceWanModelImpl::block_order() const {
 }
 
 std::vector<std::vector<torch::Tensor>> VaceWanModelImpl::forward_branches(
-    std::vector<torch::Tensor> x, const torch::Tensor& t, const std::vector<torch::Tensor>& vace_context,
+    const std::vector<torch::Tensor>& x, const torch::Tensor& t, const std::vector<torch::Tensor>& vace_context,
     const std::vector<std::vector<torch::Tensor>>& contexts, int64_t seq_len, double vace_context_scale) {
   if (contexts.empty())
     throw offload::config_error("offload.wan.model.batch",

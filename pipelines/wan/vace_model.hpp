@@ -92,7 +92,7 @@ public:
   /// Several guidance branches sharing x, t and vace_context, one context each (cond, uncond):
   /// block-major in block_order(), each branch bit-identical to forward(). Intermediates are
   /// recorded for a single branch.
-  std::vector<std::vector<torch::Tensor>> forward_branches(std::vector<torch::Tensor> x, const torch::Tensor& t,
+  std::vector<std::vector<torch::Tensor>> forward_branches(const std::vector<torch::Tensor>& x, const torch::Tensor& t,
                                                            const std::vector<torch::Tensor>& vace_context,
                                                            const std::vector<std::vector<torch::Tensor>>& contexts,
                                                            int64_t seq_len, double vace_context_scale = 1.0);

@@ -79,7 +79,8 @@ void CausalConv3dImpl::reset_parameters() {
   // nn.Conv3d's default initialisation.
   torch::NoGradGuard no_grad;
   torch::nn::init::kaiming_uniform_(weight, std::sqrt(5.0));
-  const auto fan_in = static_cast<double>(weight.numel() / weight.size(0));
+  const int64_t fan_in_elements = weight.numel() / weight.size(0); // in_channels x kernel volume
+  const auto fan_in = static_cast<double>(fan_in_elements);
   const double bound = 1.0 / std::sqrt(fan_in);
   torch::nn::init::uniform_(bias, -bound, bound);
 }
