@@ -72,7 +72,7 @@ struct fixture {
     comp.declare_blocks("blocks", n);
     model->stream = comp.stream();
   }
-  std::int64_t block_bytes() const { return (16 * 16 + 16) * 4; }
+  std::int64_t block_bytes() const { return std::int64_t{16 * 16 + 16} * 4; }
 };
 
 std::vector<at::Tensor> inputs() {
@@ -133,7 +133,8 @@ BOOST_AUTO_TEST_CASE(layout_and_declaration_errors) {
   BOOST_REQUIRE(l.has_value());
   BOOST_TEST(l->count() == kBlocks);
   BOOST_TEST(l->block_bytes[0] == f.block_bytes());
-  BOOST_TEST(l->slot_bytes == offload::detail::align_up(16 * 16 * 4) + offload::detail::align_up(16 * 4));
+  BOOST_TEST(l->slot_bytes ==
+             offload::detail::align_up(std::int64_t{16 * 16} * 4) + offload::detail::align_up(std::int64_t{16} * 4));
   BOOST_TEST(l->total() == kBlocks * f.block_bytes());
 
   toy_streamed m;
@@ -208,9 +209,10 @@ BOOST_AUTO_TEST_CASE(a_block_list_can_interleave_module_lists) {
   model->stream = comp.stream();
   const auto l = comp.blocks();
   BOOST_REQUIRE(l.has_value());
-  const std::int64_t side = (16 * 32 + 32) * 4, block = (16 * 16 + 16) * 4;
+  const std::int64_t side = std::int64_t{16 * 32 + 32} * 4, block = std::int64_t{16 * 16 + 16} * 4;
   BOOST_TEST((l->block_bytes == std::vector<std::int64_t>{side, block, block, side, block, block}));
-  BOOST_TEST(l->slot_bytes == offload::detail::align_up(16 * 32 * 4) + offload::detail::align_up(32 * 4));
+  BOOST_TEST(l->slot_bytes ==
+             offload::detail::align_up(std::int64_t{16 * 32} * 4) + offload::detail::align_up(std::int64_t{32} * 4));
 
   // Streamed through one and two slots: bit-identical, every block (of both lists) copied once
   // per pass for both branches, and every tensor home afterwards.
@@ -409,7 +411,7 @@ BOOST_AUTO_TEST_CASE(random_policies_run_real_tensors_bit_identically_as_planned
     offload::offloadable<torch::nn::Linear> c_enc("enc", enc), c_dec("dec", dec);
     c_dec.register_aux("scale", scale);
     std::vector<offload::stage> stages = {{"encode", {"enc"}, {{"enc", 4096}}},
-                                          {"denoise", {"dit"}, {{"dit", r.uniform(0, 4) * 1024}}, steps},
+                                          {"denoise", {"dit"}, {{"dit", std::int64_t{r.uniform(0, 4)} * 1024}}, steps},
                                           {"decode", {"dec"}, {{"dec", 2048}}}};
     if (refine) stages.push_back({"refine", {"enc", "dec"}, {{"dec", 1024}}});
     const std::vector<offload::component_info> infos = {offload::info_of(c_enc), offload::info_of(f.comp),
@@ -639,9 +641,9 @@ BOOST_AUTO_TEST_CASE(plan_counts_streamed_bytes_and_matches_the_mock) {
   const std::int64_t rest = f.comp.bytes() - kBlocks * f.block_bytes();
   const std::int64_t slot = f.comp.blocks()->slot_bytes;
   BOOST_TEST(p.device_bytes.at("dit") == rest + 2 * slot);
-  BOOST_TEST(step->streamed_bytes.at("dit") == 4 * kBlocks * f.block_bytes());
+  BOOST_TEST(step->streamed_bytes.at("dit") == f.block_bytes() * 4 * kBlocks);
   BOOST_TEST(p.peak_of(gpu.id()) == rest + 2 * slot + 1000);
-  BOOST_TEST(p.bytes_to_devices == rest + 4 * kBlocks * f.block_bytes());
+  BOOST_TEST(p.bytes_to_devices == rest + f.block_bytes() * 4 * kBlocks);
   BOOST_TEST(p.table().find("stream dit") != std::string::npos);
   BOOST_TEST(p.json().find(R"("streamed_bytes":{"dit":)") != std::string::npos);
 
@@ -870,8 +872,8 @@ BOOST_AUTO_TEST_CASE(stored_sizes_plan_and_conversion) {
   f.comp.declare_storage_rule(toy_rule);
   // By hand: embed.weight 8x16 and every block (16x16 + 16) in 2 bytes; embed.bias and the head
   // (16x4 + 4) stay float32. A bf16 block slot: 512 + 32 -> 512 + 256 (each tensor 256-aligned).
-  const std::int64_t block16 = (16 * 16 + 16) * 2;
-  const std::int64_t stored = 8 * 16 * 2 + 16 * 4 + kBlocks * block16 + (16 * 4 + 4) * 4;
+  const std::int64_t block16 = std::int64_t{16 * 16 + 16} * 2;
+  const std::int64_t stored = 8 * 16 * 2 + 16 * 4 + kBlocks * block16 + std::int64_t{16 * 4 + 4} * 4;
   const auto sizes = f.comp.storage_sizes();
   BOOST_REQUIRE(sizes.size() == 2u);
   for (const auto& s : sizes) {
@@ -893,8 +895,8 @@ BOOST_AUTO_TEST_CASE(stored_sizes_plan_and_conversion) {
   BOOST_REQUIRE(p.fits());
   const std::int64_t rest = stored - kBlocks * block16;
   BOOST_TEST(p.component_bytes.at("dit") == stored);
-  BOOST_TEST(p.device_bytes.at("dit") == rest + 2 * (512 + 256));
-  BOOST_TEST(p.step("denoise")->streamed_bytes.at("dit") == 3 * kBlocks * block16);
+  BOOST_TEST(p.device_bytes.at("dit") == rest + std::int64_t{2} * (512 + 256));
+  BOOST_TEST(p.step("denoise")->streamed_bytes.at("dit") == block16 * 3 * kBlocks);
 
   std::vector<at::Tensor> expected;
   for (const auto& b : f.model->block_list) expected.push_back(b->weight.detach().to(torch::kBFloat16));
@@ -1040,13 +1042,13 @@ BOOST_AUTO_TEST_CASE(host_tables_stay_home_while_streaming) {
   comp.declare_blocks("blocks", kBlocks);
   comp.keep_on_host_while_streaming("table");
   model->stream = comp.stream();
-  const std::int64_t table = 64 * 16 * 4, block = (16 * 16 + 16) * 4;
+  const std::int64_t table = std::int64_t{64 * 16} * 4, block = std::int64_t{16 * 16 + 16} * 4;
   const auto l = comp.blocks();
   BOOST_REQUIRE(l.has_value());
   BOOST_TEST(l->host_bytes == table);
   BOOST_TEST(l->total() == kBlocks * block);
   BOOST_TEST(l->streamed_rest(comp.bytes()) == comp.bytes() - kBlocks * block - table);
-  BOOST_TEST(comp.bytes() == table + kBlocks * block + (16 * 16 + 16) * 4); // the host memory: everything
+  BOOST_TEST(comp.bytes() == table + kBlocks * block + std::int64_t{16 * 16 + 16} * 4); // the host memory: everything
 
   // The plan: streamed, the table is neither on the device nor copied; whole, it moves.
   const std::vector<offload::stage> stages = {{"encode", {"t5"}, {{"t5", 100}}, 1, 0}};
@@ -1056,7 +1058,7 @@ BOOST_AUTO_TEST_CASE(host_tables_stay_home_while_streaming) {
   const auto p = offload::schedule(stages, {info}, offload::parse_policy("t5=mock:0:on_demand:stream=2"),
                                    {.accelerator = gpu.id(), .devices = {{gpu.id(), 1_GiB}}});
   BOOST_REQUIRE(p.fits());
-  const std::int64_t rest = (16 * 16 + 16) * 4;
+  const std::int64_t rest = std::int64_t{16 * 16 + 16} * 4;
   BOOST_TEST(p.device_bytes.at("t5") == rest + 2 * l->slot_bytes);
   BOOST_TEST(p.bytes_to_devices == rest + kBlocks * block);
 

@@ -224,7 +224,7 @@ BOOST_AUTO_TEST_CASE(errors_of_a_stage_s_compute_name_the_stage_and_the_policy) 
   // The device's allocator running out mid-compute: the plan's figures for the stage, and what to do.
   try {
     s.run([] {
-      throw c10::OutOfMemoryError({__func__, __FILE__, static_cast<std::uint32_t>(__LINE__)},
+      throw c10::OutOfMemoryError({"compute", __FILE__, static_cast<std::uint32_t>(__LINE__)},
                                   "CUDA out of memory. Tried to allocate 2.00 GiB\nmore lines");
     });
     BOOST_FAIL("expected capacity_error");

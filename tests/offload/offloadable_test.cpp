@@ -48,9 +48,9 @@ BOOST_AUTO_TEST_CASE(discovers_parameters_buffers_and_aux) {
   BOOST_TEST(t[4].kind == offload::tensor_kind::buffer);
   BOOST_TEST(t[7].kind == offload::tensor_kind::auxiliary);
   std::int64_t bytes = 0;
-  for (auto& p : vae.model->parameters()) bytes += p.nbytes();
-  for (auto& b : vae.model->buffers()) bytes += b.nbytes();
-  BOOST_TEST(c.bytes() == bytes + 2 * 16 * 4);
+  for (auto& p : vae.model->parameters()) bytes += static_cast<std::int64_t>(p.nbytes());
+  for (auto& b : vae.model->buffers()) bytes += static_cast<std::int64_t>(b.nbytes());
+  BOOST_TEST(c.bytes() == bytes + std::int64_t{2} * 16 * 4);
 }
 
 BOOST_AUTO_TEST_CASE(moves_everything_in_one_call_and_evicts_without_copying_back) {

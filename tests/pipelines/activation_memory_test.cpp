@@ -205,7 +205,7 @@ BOOST_AUTO_TEST_CASE(chunked_rope_peak_does_not_grow_with_the_sequence) {
   BOOST_TEST(torch::equal(ref.out, chunked.out));
   // A chunk's work: x, the product and the rotation in float64 (8 bytes an element each), the
   // multipliers (complex128, d/2 a token, and their parts) and the token indices.
-  const double chunk_work = 64.0 * (n * d * 8 * 3 + (d / 2) * 16 * 2 + 8 * 4);
+  const double chunk_work = 64.0 * (static_cast<double>(n * d * 8 * 3) + static_cast<double>(d) / 2 * 16 * 2 + 8.0 * 4);
   BOOST_TEST_MESSAGE("rope_apply 4096 tokens x 512: reference peak " << ref.peak / elements << " B/element, chunked "
                                                                     << chunked.peak / elements << " B/element");
   BOOST_TEST(ref.peak >= 20.0 * elements);

@@ -40,7 +40,7 @@ BOOST_AUTO_TEST_CASE(preset_component_sizes_equal_the_reference_storage) {
   const auto t2v = wan::preset_components("t2v-1.3B");
   BOOST_TEST(bytes_of(t2v, "t5") == 5'680'910'336LL * 2);    // umT5-XXL encoder, bf16
   // fp32, plus the RoPE table `freqs` the component moves with it: complex128 [1024, head_dim / 2 = 64].
-  const std::int64_t freqs = 1024 * 64 * 16;
+  const std::int64_t freqs = std::int64_t{1024} * 64 * 16;
   BOOST_TEST(bytes_of(t2v, "dit") == 1'418'996'800LL * 4 + freqs);
   BOOST_TEST(bytes_of(t2v, "vae") == 126'892'531LL * 4);     // fp32
   BOOST_TEST(std::abs(gib(bytes_of(t2v, "t5")) - 10.58) < 0.01);

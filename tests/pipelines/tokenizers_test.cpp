@@ -199,8 +199,8 @@ BOOST_AUTO_TEST_CASE(truncation_keeps_eos) {
              boost::test_tools::per_element());
   // exactly seq_len - 1 pieces: EOS is the last position, no padding
   std::string exact;
-  for (const std::string w : {"cat", "dog", "sky", "sea", "sun", "car", "owl", "red", "old"}) {
-    const std::string next = exact.empty() ? w : exact + " " + w;
+  for (const char* w : {"cat", "dog", "sky", "sea", "sun", "car", "owl", "red", "old"}) {
+    const std::string next = exact.empty() ? std::string(w) : std::string(exact).append(" ").append(w);
     if (static_cast<std::int64_t>(tok.encode(next).size()) > L - 1) break;
     exact = next;
   }
