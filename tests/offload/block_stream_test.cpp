@@ -134,7 +134,7 @@ BOOST_AUTO_TEST_CASE(layout_and_declaration_errors) {
   BOOST_TEST(l->count() == kBlocks);
   BOOST_TEST(l->block_bytes[0] == f.block_bytes());
   BOOST_TEST(l->slot_bytes ==
-             offload::detail::align_up(std::int64_t{16 * 16} * 4) + offload::detail::align_up(std::int64_t{16} * 4));
+             offload::detail::align_up(std::int64_t{16} * 16 * 4) + offload::detail::align_up(std::int64_t{16} * 4));
   BOOST_TEST(l->total() == kBlocks * f.block_bytes());
 
   toy_streamed m;
@@ -212,7 +212,7 @@ BOOST_AUTO_TEST_CASE(a_block_list_can_interleave_module_lists) {
   const std::int64_t side = std::int64_t{16 * 32 + 32} * 4, block = std::int64_t{16 * 16 + 16} * 4;
   BOOST_TEST((l->block_bytes == std::vector<std::int64_t>{side, block, block, side, block, block}));
   BOOST_TEST(l->slot_bytes ==
-             offload::detail::align_up(std::int64_t{16 * 32} * 4) + offload::detail::align_up(std::int64_t{32} * 4));
+             offload::detail::align_up(std::int64_t{16} * 32 * 4) + offload::detail::align_up(std::int64_t{32} * 4));
 
   // Streamed through one and two slots: bit-identical, every block (of both lists) copied once
   // per pass for both branches, and every tensor home afterwards.
@@ -1042,7 +1042,7 @@ BOOST_AUTO_TEST_CASE(host_tables_stay_home_while_streaming) {
   comp.declare_blocks("blocks", kBlocks);
   comp.keep_on_host_while_streaming("table");
   model->stream = comp.stream();
-  const std::int64_t table = std::int64_t{64 * 16} * 4, block = std::int64_t{16 * 16 + 16} * 4;
+  const std::int64_t table = std::int64_t{64} * 16 * 4, block = std::int64_t{16 * 16 + 16} * 4;
   const auto l = comp.blocks();
   BOOST_REQUIRE(l.has_value());
   BOOST_TEST(l->host_bytes == table);
