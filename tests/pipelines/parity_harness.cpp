@@ -42,6 +42,16 @@ std::filesystem::path golden_dir() {
 #endif
 }
 
+std::filesystem::path test_data_dir() {
+  if (const char* env = std::getenv("OFFLOAD_TEST_DATA"); env != nullptr && *env != '\0')
+    return std::filesystem::path(env);
+#ifdef OFFLOAD_VENDORED_GOLDEN_DIR
+  return std::filesystem::path(OFFLOAD_VENDORED_GOLDEN_DIR).parent_path();
+#else
+  return std::filesystem::path(__FILE__).parent_path().parent_path() / "data";
+#endif
+}
+
 const nlohmann::json& manifest() {
   static const nlohmann::json m = [] {
     const auto p = golden_dir() / "manifest.json";

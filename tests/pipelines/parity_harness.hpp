@@ -39,6 +39,10 @@ namespace wan::testing {
 /// `$WAN_GOLDEN_DIR` when set and non-empty, else the vendored tests/data/golden.
 std::filesystem::path golden_dir();
 
+/// `$OFFLOAD_TEST_DATA` when set and non-empty, else the vendored tests/data (the golden set, the
+/// tokenizer files, the media).
+std::filesystem::path test_data_dir();
+
 /// golden_dir()/manifest.json, parsed once.
 const nlohmann::json& manifest();
 

@@ -1,5 +1,6 @@
 // Tests of pipelines/wan/t5.hpp: configs, parameter counts, key sets against the golden manifest,
 // checkpoint loading (bf16 -> float32), relative-position buckets and the T5EncoderModel wrapper.
+#include "parity_harness.hpp"
 #include "wan/t5.hpp"
 
 #include <torch/torch.h>
@@ -212,9 +213,7 @@ BOOST_AUTO_TEST_CASE(encoder_model_with_tokenizer) {
   std::random_device rd;
   const fs::path dir = fs::temp_directory_path() / fmt::format("wan_t5_test_{:08x}", rd()) / "umt5-xxl";
   fs::create_directories(dir);
-  const char* env = std::getenv("OFFLOAD_TEST_DATA");
-  const fs::path data = env != nullptr && *env != '\0' ? fs::path(env)
-                                                       : fs::path(OFFLOAD_VENDORED_GOLDEN_DIR).parent_path();
+  const fs::path data = wan::testing::test_data_dir();
   fs::copy_file(data / "tokenizer" / "spiece.model", dir / "spiece.model");
 
   wan::T5EncoderModel enc(12, torch::kFloat, torch::kCPU, wt::golden_dir() / kCheckpoint, dir);

@@ -2,6 +2,7 @@
 // tests/data/tokenizer were made by the real sentencepiece library (make_fixture.cpp there):
 // spiece.model is a unigram model with nmt_nfkc normalisation and umT5's special ids (pad 0,
 // eos 1, unk 2, no bos); spiece_bytes.model adds byte fallback and a user-defined symbol.
+#include "parity_harness.hpp"
 #include "wan/tokenizers.hpp"
 
 #include <torch/torch.h>
@@ -25,11 +26,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-fs::path tokenizer_data() {
-  if (const char* env = std::getenv("OFFLOAD_TEST_DATA"); env != nullptr && *env != '\0')
-    return fs::path(env) / "tokenizer";
-  return fs::path(OFFLOAD_VENDORED_GOLDEN_DIR).parent_path() / "tokenizer";  // tests/data
-}
+fs::path tokenizer_data() { return wan::testing::test_data_dir() / "tokenizer"; }
 
 fs::path spiece() { return tokenizer_data() / "spiece.model"; }
 
