@@ -22,6 +22,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <limits>
 #include <map>
 #include <memory>
 #include <string>
@@ -118,12 +119,16 @@ inline state_dict load_pth(const std::filesystem::path& path) {
                                          "missing; the file is truncated or corrupt",
                                          file, name));
     auto [ptr, size] = read_record(name);
-    const std::uint64_t expected = static_cast<std::uint64_t>(numel) * c10::elementSize(dtype);
-    if (size != expected)
-      throw checkpoint_error("offload.checkpoint.zip",
-                             fmt::format("'{}': storage record '{}' holds {} bytes, expected {} "
-                                         "({} x {})",
-                                         file, name, size, expected, numel, c10::toString(dtype)));
+    // numel * element size in 128 bits: a hostile numel must not wrap around to the record's size.
+    const auto expected = static_cast<unsigned __int128>(numel) * c10::elementSize(dtype);
+    if (static_cast<unsigned __int128>(size) != expected)
+      throw checkpoint_error(
+          "offload.checkpoint.zip",
+          fmt::format("'{}': storage record '{}' holds {} bytes, expected {} ({} x {})", file, name, size,
+                      expected <= std::numeric_limits<std::uint64_t>::max()
+                          ? fmt::to_string(static_cast<std::uint64_t>(expected))
+                          : std::string("more than 2^64"),
+                      numel, c10::toString(dtype)));
     return at::Storage(c10::Storage::use_byte_size_t(), size, std::move(ptr), nullptr, false);
   };
 

@@ -534,7 +534,8 @@ void HuggingfaceTokenizer::impl::load(const std::filesystem::path& file) {
     std::memcpy(&trie_size, charsmap.data(), 4);
     if (trie_size % 4 != 0 || trie_size > charsmap.size() - 4)
       bad_model(file, "found a malformed precompiled_charsmap");
-    trie = reinterpret_cast<const std::uint32_t*>(charsmap.data() + 4);
+    // An empty trie normalizes nothing: no trie at all (its lookup reads unit 0 first).
+    trie = trie_size == 0 ? nullptr : reinterpret_cast<const std::uint32_t*>(charsmap.data() + 4);
     trie_units = trie_size / 4;
     normalized_strings = std::string_view(charsmap).substr(4 + trie_size);
   }

@@ -92,3 +92,94 @@ for i, c in enumerate(["t2v-1.3B\n832*480\n81\n11.49GiB", "t2i-14B\n1024*1024\n1
 put("config", "regress_vace_num_layers_huge", '{"model_type":"vace","num_layers":9223372036854775807}')
 put("config", "regress_dim_overflow", '{"dim":4611686018427387904,"num_heads":2}')
 put("cli", "regress_gpu_memory_400_digits", "t2v-14B\n1280*720\n9\n" + "9" * 400 + "GiB")
+
+# pickle and pth: data.pkl records as torch.save (protocol 2) writes them, made by Python's own
+# pickler with stand-ins for torch's globals (no torch needed), and zip archives holding them.
+import collections, io, pickle, sys, types, zipfile
+
+def _fake_torch():
+    torch = types.ModuleType("torch")
+    utils = types.ModuleType("torch._utils")
+    def _rebuild_tensor_v2(*args): pass
+    def _rebuild_parameter(*args): pass
+    for f in (_rebuild_tensor_v2, _rebuild_parameter):
+        f.__module__, f.__qualname__ = "torch._utils", f.__name__
+        setattr(utils, f.__name__, f)
+    torch._utils = utils
+    storages = {}
+    for name in ("FloatStorage", "BFloat16Storage", "HalfStorage", "LongStorage", "BoolStorage", "DoubleStorage"):
+        cls = type(name, (), {"__module__": "torch"})
+        setattr(torch, name, cls)
+        storages[name] = cls
+    sys.modules["torch"], sys.modules["torch._utils"] = torch, utils
+    return utils, storages
+
+_utils, _storages = _fake_torch()
+
+class _Storage:
+    def __init__(self, kind, key, numel):
+        self.kind, self.key, self.numel = _storages[kind], key, numel
+
+class _Tensor:
+    def __init__(self, storage, offset, size, stride, parameter=False):
+        self.args = (storage, offset, tuple(size), tuple(stride), False, collections.OrderedDict())
+        self.parameter = parameter
+    def __reduce__(self):
+        if self.parameter:
+            return (_utils._rebuild_parameter, (_Tensor(*self.args[:4]), False, collections.OrderedDict()))
+        return (_utils._rebuild_tensor_v2, self.args)
+
+class _Pickler(pickle.Pickler):
+    def persistent_id(self, obj):
+        if isinstance(obj, _Storage):
+            return ("storage", obj.kind, obj.key, "cpu", obj.numel)
+        return None
+
+def state_dict_pickle(entries, metadata=True):
+    sd = collections.OrderedDict(entries)
+    if metadata:
+        sd._metadata = collections.OrderedDict([("", {"version": 1})]) if metadata == "full" else collections.OrderedDict()
+    f = io.BytesIO()
+    _Pickler(f, protocol=2).dump(sd)
+    return f.getvalue()
+
+s0, s1, s2 = _Storage("FloatStorage", "0", 6), _Storage("BFloat16Storage", "1", 2), _Storage("LongStorage", "2", 3)
+views = state_dict_pickle([("a", _Tensor(s0, 0, [2, 3], [3, 1])), ("a_t", _Tensor(s0, 0, [3, 2], [1, 3])),
+                           ("tail", _Tensor(s0, 2, [2], [2])), ("h", _Tensor(s1, 0, [2], [1])),
+                           ("i", _Tensor(s2, 0, [3], [1])), ("p", _Tensor(s2, 1, [], [], parameter=True))],
+                          metadata="full")
+put("pickle", "views", views)
+put("pickle", "empty", state_dict_pickle([]))
+put("pickle", "no_metadata", state_dict_pickle([("w", _Tensor(_Storage("HalfStorage", "0", 4), 0, [2, 2], [2, 1]))], metadata=False))
+put("pickle", "wrong_record_size", state_dict_pickle([("w", _Tensor(_Storage("FloatStorage", "#12", 4), 0, [4], [1]))]))
+put("pickle", "big_numel", state_dict_pickle([("w", _Tensor(_Storage("FloatStorage", "#8", 2**62 + 2), 0, [2**62], [1]))]))
+put("pickle", "cycle", b"\x80\x02]q\x00h\x00a.")
+put("pickle", "nested", b"\x80\x02" + b"]" * 300 + b"a" * 299 + b".")
+
+def pth(records, name="archive"):
+    f = io.BytesIO()
+    with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as z:
+        for k, v in records:
+            z.writestr(f"{name}/{k}", v)
+    return f.getvalue()
+
+put("pth", "views", pth([("data.pkl", views), ("byteorder", b"little"), ("data/0", bytes(24)),
+                         ("data/1", bytes(4)), ("data/2", bytes(24)), ("version", b"3\n")]))
+put("pth", "big_numel", pth([("data.pkl", state_dict_pickle([("w", _Tensor(_Storage("FloatStorage", "0", 2**62 + 2), 0, [2**62], [1]))])),
+                             ("data/0", bytes(8)), ("version", b"3\n")]))
+put("pth", "missing_record", pth([("data.pkl", views), ("data/0", bytes(24)), ("version", b"3\n")]))
+put("pth", "bad_version", pth([("data.pkl", state_dict_pickle([])), ("version", b"x\n")]))
+put("pth", "big_endian", pth([("data.pkl", state_dict_pickle([])), ("byteorder", b"big"), ("version", b"3\n")]))
+
+# spiece: the small byte-fallback model of tests/data/tokenizer, as it is and cut short
+with open(os.path.join(HERE, "..", "data", "tokenizer", "spiece_bytes.model"), "rb") as f:
+    spm = f.read()
+put("spiece", "bytes_model", spm)
+put("spiece", "truncated", spm[:len(spm) // 2])
+
+# prompt: first byte odd = the byte-fallback model; the rest is the prompt
+for i, text in enumerate(["a cat on a windowsill", "  Hello,   WORLD!\t\n", "caf\u00e9 \uff21\u2160 \u00bd",
+                          "&amp;lt; &#x1F600; &notin &#0; &#xD800;", "\U0001F600\u200b\u3000end",
+                          "\u2581\u2581 </s> <pad> <extra_id_0>", "x" * 300]):
+    put("prompt", f"t{i}", bytes([i % 2]) + text.encode())
+put("prompt", "invalid_utf8", b"\x01ab\xff\xfe\xc0\x80 \xed\xa0\x80")

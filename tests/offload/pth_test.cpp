@@ -85,9 +85,14 @@ struct pickler {
       b.append(reinterpret_cast<const char*>(&u), 2);
       return *this;
     }
-    op('J');
-    auto i = static_cast<std::int32_t>(v);
-    b.append(reinterpret_cast<const char*>(&i), 4);
+    if (v >= INT32_MIN && v <= INT32_MAX) {
+      op('J');
+      auto i = static_cast<std::int32_t>(v);
+      b.append(reinterpret_cast<const char*>(&i), 4);
+      return *this;
+    }
+    op(0x8a).op(8); // LONG1, 8 bytes little-endian two's complement
+    b.append(reinterpret_cast<const char*>(&v), 8);
     return *this;
   }
   pickler& ints(const std::vector<std::int64_t>& v) { // a tuple of ints
@@ -326,6 +331,99 @@ BOOST_AUTO_TEST_CASE(rejects_unsafe_or_unsupported_pickles) {
     pk.proto().op('s').op('.');
     BOOST_TEST(contains(with_pickle(pk.b), "SETITEM: stack underflow"));
   }
+}
+
+// Pickles no torch.save writes, built to break a reader: sizes that overflow, reference cycles,
+// nesting deep enough to exhaust the stack of a recursive destructor.
+namespace {
+
+const std::string two_floats = bytes_of(std::vector<float>{1, 2});
+
+// The error of loading an archive of `pkl` and the `extra` records.
+std::string error_of_pickle(const std::string& pkl, std::vector<record> extra = {}) {
+  temp_dir d;
+  const auto p = d.path / "hostile.pth";
+  extra.insert(extra.begin(), {"data.pkl", pkl});
+  write_archive(p, extra);
+  return load_error(p);
+}
+
+offload::detail::torch_unpickler unpickler_of(const std::string& pkl) {
+  return {reinterpret_cast<const unsigned char*>(pkl.data()), pkl.size(), "test",
+          [](const std::string&, c10::ScalarType dtype, std::int64_t numel) {
+            return torch::zeros({numel}, torch::TensorOptions().dtype(dtype)).storage();
+          }};
+}
+
+} // namespace
+
+BOOST_AUTO_TEST_CASE(a_numel_that_wraps_around_2_64_is_refused) {
+  // numel * 4 wraps around 2^64 to the record's 8 bytes: a 2^62-element view of 8 bytes.
+  const std::int64_t numel = (std::int64_t{1} << 62) + 2;
+  pickler pk;
+  pk.begin_dict().tensor("w", "FloatStorage", "0", numel, 0, {std::int64_t{1} << 62}, {1}).end_dict();
+  const auto m = error_of_pickle(pk.b, {{"data/0", two_floats}});
+  BOOST_TEST(contains(m, "storage record 'data/0' holds 8 bytes, expected more than 2^64 "
+                         "(4611686018427387906 x Float)"),
+             m);
+}
+
+BOOST_AUTO_TEST_CASE(a_view_past_int64_is_refused_without_overflow) {
+  // The sum of (size - 1) * stride over three dimensions passes 2^127: it must not wrap negative.
+  const std::int64_t big = INT64_MAX;
+  pickler pk;
+  pk.begin_dict().tensor("w", "FloatStorage", "0", 2, 0, {big, big, big}, {big, big, big}).end_dict();
+  const auto m = error_of_pickle(pk.b, {{"data/0", two_floats}});
+  BOOST_TEST(contains(m, "reaches element 2^63 or beyond of a storage of 2 elements"), m);
+}
+
+BOOST_AUTO_TEST_CASE(reference_cycles_are_freed_with_the_unpickler) {
+  // A list appended to itself through the memo.
+  pickler pk;
+  pk.proto().op(']').op('q').op(0).op('h').op(0).op('a').op('.');
+  std::weak_ptr<offload::detail::pickle_object> seen;
+  {
+    auto up = unpickler_of(pk.b);
+    const auto root = up.run();
+    BOOST_TEST(root->items.size() == 1u);
+    BOOST_TEST(root->items[0].get() == root.get());
+    seen = root;
+  }
+  BOOST_TEST(seen.expired());
+  BOOST_TEST(contains(error_of_pickle(pk.b), "the saved object is a list, expected a state_dict"));
+}
+
+BOOST_AUTO_TEST_CASE(deeply_nested_containers_are_freed_without_recursion) {
+  // A million nested lists: a recursive destructor would need a million frames.
+  constexpr int depth = 1'000'000;
+  pickler pk;
+  pk.proto();
+  pk.b.append(depth, ']');
+  pk.b.append(depth - 1, 'a');
+  pk.op('.');
+  BOOST_TEST(contains(error_of_pickle(pk.b), "the saved object is a list, expected a state_dict"));
+}
+
+BOOST_AUTO_TEST_CASE(a_repeated_key_keeps_its_place_and_its_last_value) {
+  // Python's dict: the first position, the last value.
+  pickler pk;
+  pk.begin_dict()
+      .tensor("a", "FloatStorage", "0", 2, 0, {1}, {1})
+      .tensor("b", "FloatStorage", "0", 2, 0, {2}, {1})
+      .tensor("a", "FloatStorage", "0", 2, 1, {1}, {1})
+      .end_dict();
+  auto up = unpickler_of(pk.b);
+  std::vector<std::string> order;
+  for (const auto& [k, v] : up.run()->entries) {
+    order.push_back(k->text);
+    if (k->text == "a") BOOST_TEST(v->tensor.storage_offset() == 1);
+  }
+  BOOST_TEST(order == std::vector<std::string>({"a", "b"}), boost::test_tools::per_element());
+  temp_dir d;
+  write_archive(d.path / "twice.pth", {{"data.pkl", pk.b}, {"data/0", two_floats}});
+  const auto sd = offload::load_pth(d.path / "twice.pth");
+  BOOST_TEST(sd.size() == 2u);
+  BOOST_TEST(sd.at("a").item<float>() == 2.0f);
 }
 
 BOOST_AUTO_TEST_CASE(rejects_bad_archives) {

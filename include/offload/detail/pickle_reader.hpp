@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <limits>
 #include <map>
 #include <memory>
 #include <string>
@@ -128,14 +129,26 @@ inline c10::ScalarType torch_storage_dtype(std::string_view global) {
 using pickle_storage_loader =
     std::function<at::Storage(const std::string& key, c10::ScalarType dtype, std::int64_t numel)>;
 
+/// The objects run() returns live as long as the unpickler: its destructor empties every container
+/// it built. That frees the reference cycles a hostile pickle can build through the memo (a list
+/// appended to itself) and keeps destruction flat however deeply the containers nest (a million
+/// nested lists would otherwise be freed by a million nested destructor calls).
 class torch_unpickler {
 public:
   /// `where` prefixes every error message (e.g. "'model.pth': data.pkl").
   torch_unpickler(const unsigned char* data, std::size_t size, std::string where,
                   pickle_storage_loader loader)
       : p_(data), n_(size), where_(std::move(where)), loader_(std::move(loader)) {}
+  torch_unpickler(const torch_unpickler&) = delete;
+  torch_unpickler& operator=(const torch_unpickler&) = delete;
+  ~torch_unpickler() {
+    for (const auto& c : containers_) {
+      c->items.clear();
+      c->entries.clear();
+    }
+  }
 
-  /// Runs to STOP; returns the unpickled root object.
+  /// Runs to STOP; returns the unpickled root object (its containers valid while this unpickler lives).
   pickle_ref run() {
     using K = pickle_object::kind;
     while (true) {
@@ -273,6 +286,9 @@ private:
   std::vector<std::size_t> marks_;
   std::map<std::uint32_t, pickle_ref> memo_;
   std::map<std::string, pickle_ref> storages_;
+  std::vector<pickle_ref> containers_; ///< every tuple, list and dict made (emptied on destruction)
+  /// Per dict, the position of each string key in its entries (SETITEM in constant time).
+  std::map<const pickle_object*, std::map<std::string, std::size_t, std::less<>>> dict_keys_;
 
   [[noreturn]] void fail_at(std::size_t off, const std::string& msg) const {
     throw checkpoint_error("offload.checkpoint.pickle",
@@ -306,18 +322,25 @@ private:
     return v;
   }
 
-  static pickle_ref make(pickle_object::kind k) {
+  pickle_ref make(pickle_object::kind k) {
+    auto o = std::make_shared<pickle_object>();
+    o->type = k;
+    using K = pickle_object::kind;
+    if (k == K::tuple || k == K::list || k == K::dict) containers_.push_back(o);
+    return o;
+  }
+  static pickle_ref make_leaf(pickle_object::kind k) {
     auto o = std::make_shared<pickle_object>();
     o->type = k;
     return o;
   }
   static pickle_ref make_bool(bool b) {
-    auto o = make(pickle_object::kind::boolean);
+    auto o = make_leaf(pickle_object::kind::boolean);
     o->boolean = b;
     return o;
   }
   static pickle_ref make_int(std::int64_t v) {
-    auto o = make(pickle_object::kind::integer);
+    auto o = make_leaf(pickle_object::kind::integer);
     o->integer = v;
     return o;
   }
@@ -353,12 +376,14 @@ private:
   void dict_set(const pickle_ref& d, pickle_ref k, pickle_ref v) {
     if (d->type != pickle_object::kind::dict)
       fail(fmt::format("SETITEM(S) target is a {}, expected a dict", pickle_kind_name(d->type)));
-    for (auto& e : d->entries)
-      if (e.first->type == pickle_object::kind::string && k->type == pickle_object::kind::string &&
-          e.first->text == k->text) {
-        e.second = std::move(v); // Python dict semantics: last write wins
+    if (k->type == pickle_object::kind::string) {
+      auto& keys = dict_keys_[d.get()];
+      const auto [it, added] = keys.try_emplace(k->text, d->entries.size());
+      if (!added) {
+        d->entries[it->second].second = std::move(v); // Python dict semantics: last write wins
         return;
       }
+    }
     d->entries.emplace_back(std::move(k), std::move(v));
   }
 
@@ -428,6 +453,12 @@ private:
     o->dtype = dtype;
     o->numel = numel;
     o->storage = loader_(key, dtype, numel);
+    // The loader checks the record's size; this keeps tensor views inside the storage whatever
+    // the loader does (numel * element size computed without overflow).
+    const auto nbytes = static_cast<unsigned __int128>(o->storage.nbytes());
+    if (nbytes != static_cast<unsigned __int128>(numel) * c10::elementSize(dtype))
+      fail(fmt::format("storage '{}' holds {} bytes, expected {} x {} ({} bytes each); the file is corrupt", key,
+                       o->storage.nbytes(), numel, c10::toString(dtype), c10::elementSize(dtype)));
     storages_.emplace(key, o);
     push(std::move(o));
   }
@@ -464,14 +495,17 @@ private:
       if (size[d] == 0) empty = true;
     }
     if (!empty) {
-      // Largest element index touched; checked in 128 bits against the storage's element count.
+      // Largest element index touched, in 128 bits: each term is below 2^126, and the sum stops
+      // growing once it passes int64 (so it never overflows, whatever the number of dimensions).
+      constexpr __int128 beyond = __int128(std::numeric_limits<std::int64_t>::max()) + 1;
       __int128 last = offset;
-      for (std::size_t d = 0; d < size.size(); ++d) last += __int128(size[d] - 1) * stride[d];
+      for (std::size_t d = 0; d < size.size() && last < beyond; ++d) last += __int128(size[d] - 1) * stride[d];
       if (last >= st.numel)
         fail(fmt::format("tensor view (offset {}, size [{}], stride [{}]) reaches element {} of a "
                          "storage of {} elements",
                          offset, fmt::join(size, ", "), fmt::join(stride, ", "),
-                         static_cast<long long>(last), st.numel));
+                         last < beyond ? fmt::to_string(static_cast<std::int64_t>(last)) : "2^63 or beyond",
+                         st.numel));
     } else if (offset > st.numel) {
       fail(fmt::format("storage offset {} beyond a storage of {} elements", offset, st.numel));
     }
