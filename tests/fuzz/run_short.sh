@@ -7,7 +7,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 build=${1:?usage: run_short.sh <build-dir>}
 seconds=${OFFLOAD_FUZZ_SECONDS:-5}
-targets=(safetensors index config policy cli pickle pth)
+targets=(safetensors index config policy cli pickle pth spiece prompt)
 
 cxx=""
 for c in ${OFFLOAD_FUZZ_CXX:-} clang++-14 clang++; do
