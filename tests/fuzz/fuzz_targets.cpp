@@ -91,19 +91,10 @@ std::string safetensors_bytes(std::string_view header_json, std::size_t data_byt
 
 volatile std::uint64_t sink = 0;
 
-void touch(const at::Tensor& t) {
-  // Read every byte of the tensor: out-of-mapping views are caught by the sanitizers or a fault.
-  if (!t.defined() || t.numel() == 0) return;
-  const auto* p = static_cast<const unsigned char*>(t.data_ptr());
-  const auto n = static_cast<std::size_t>(t.numel()) * t.element_size();
-  std::uint64_t s = 0;
-  for (std::size_t i = 0; i < n; ++i) s += p[i];
-  sink = sink + s;
-}
-
-/// A tensor view: checks it lies inside its storage (the readers' invariant; computed here on its
-/// own, in 128 bits), then reads every storage byte of its extent in instrumented code, so that a
-/// view past the allocation is an ASan report even though ATen's kernels are not instrumented.
+/// A tensor (a safetensors view of the mapping, or a .pth view of its storage): checks it lies
+/// inside its storage (the readers' invariant; computed here on its own, in 128 bits), then reads
+/// every storage byte of its extent in instrumented code, so that a view past the allocation is an
+/// ASan report or a fault even though ATen's kernels are not instrumented.
 void touch_view(const at::Tensor& t) {
   if (!t.defined()) return;
   if (t.storage_offset() < 0) std::abort();
@@ -242,7 +233,7 @@ void fuzz_safetensors(const std::uint8_t* data, std::size_t size) {
       const auto& info = f.info(k);
       at::Tensor t = f.get(k);
       if (t.nbytes() != info.end - info.begin) std::abort(); // the reader's own invariant
-      touch(t);
+      touch_view(t);
     }
     (void)f.metadata();
     (void)f.info("no such tensor"); // throws checkpoint_error with a hint
@@ -255,7 +246,7 @@ void fuzz_index(const std::uint8_t* data, std::size_t size) {
   write_file(p, data, size);
   try {
     const auto sd = offload::load_safetensors_index(p);
-    for (const auto& [k, t] : sd) touch(t);
+    for (const auto& [k, t] : sd) touch_view(t);
   } catch (const offload::error&) {
   }
 }
