@@ -155,6 +155,15 @@ std::string load_error(const fs::path& p) {
 
 bool contains(const std::string& s, const std::string& sub) { return s.find(sub) != std::string::npos; }
 
+// The error of loading an archive of `pkl` and the `extra` records.
+std::string error_of_pickle(const std::string& pkl, std::vector<record> extra = {}) {
+  temp_dir d;
+  const auto p = d.path / "test.pth";
+  extra.insert(extra.begin(), {"data.pkl", pkl});
+  write_archive(p, extra);
+  return load_error(p);
+}
+
 } // namespace
 
 BOOST_AUTO_TEST_SUITE(pth)
@@ -254,18 +263,11 @@ BOOST_AUTO_TEST_CASE(views_share_storage_with_offset_and_stride) {
 }
 
 BOOST_AUTO_TEST_CASE(rejects_unsafe_or_unsupported_pickles) {
-  temp_dir d;
-  const auto p = d.path / "bad.pth";
   const std::string f4 = bytes_of(std::vector<float>{1, 2, 3, 4});
-  const auto with_pickle = [&](const std::string& pkl, std::vector<record> extra = {}) {
-    extra.insert(extra.begin(), {"data.pkl", pkl});
-    write_archive(p, extra);
-    return load_error(p);
-  };
   {
     pickler pk;
     pk.proto().global("os", "system").str("echo hi").op(0x85).op('R').op('.');
-    auto m = with_pickle(pk.b);
+    auto m = error_of_pickle(pk.b);
     BOOST_TEST(contains(m, "offload.checkpoint.pickle"));
     BOOST_TEST(contains(m, "GLOBAL 'os system' is not allowed"));
     BOOST_TEST(contains(m, "data.pkl offset 2"));
@@ -273,63 +275,63 @@ BOOST_AUTO_TEST_CASE(rejects_unsafe_or_unsupported_pickles) {
   {
     pickler pk;
     pk.begin_dict().str("x").raw("S'abc'\n").op('u').op('.');
-    auto m = with_pickle(pk.b);
+    auto m = error_of_pickle(pk.b);
     BOOST_TEST(contains(m, "unsupported pickle opcode 0x53 (STRING)"));
     BOOST_TEST(contains(m, "offset " + std::to_string(pk.b.find("S'abc'"))));
   }
   {
     pickler pk;
     pk.proto(4).op('}').op('.');
-    BOOST_TEST(contains(with_pickle(pk.b), "pickle protocol 4 is not supported"));
+    BOOST_TEST(contains(error_of_pickle(pk.b), "pickle protocol 4 is not supported"));
   }
   {
     pickler pk;
     pk.begin_dict().tensor("w", "FloatStorage", "0", 4, 0, {4}, {1});
-    auto m = with_pickle(pk.b, {{"data/0", f4}}); // no SETITEMS / STOP
+    auto m = error_of_pickle(pk.b, {{"data/0", f4}}); // no SETITEMS / STOP
     BOOST_TEST(contains(m, "unexpected end of data before STOP"));
   }
   {
     pickler pk;
     pk.begin_dict().tensor("w", "FloatStorage", "0", 4, 0, {4}, {1}).end_dict();
-    auto m = with_pickle(pk.b); // storage record absent
+    auto m = error_of_pickle(pk.b); // storage record absent
     BOOST_TEST(contains(m, "storage record 'data/0' referenced by data.pkl is missing"));
   }
   {
     pickler pk;
     pk.begin_dict().tensor("w", "FloatStorage", "0", 5, 0, {5}, {1}).end_dict();
-    auto m = with_pickle(pk.b, {{"data/0", f4}});
+    auto m = error_of_pickle(pk.b, {{"data/0", f4}});
     BOOST_TEST(contains(m, "storage record 'data/0' holds 16 bytes, expected 20"));
   }
   {
     pickler pk;
     pk.begin_dict().tensor("w", "FloatStorage", "0", 4, 1, {2, 2}, {2, 1}).end_dict();
-    auto m = with_pickle(pk.b, {{"data/0", f4}});
+    auto m = error_of_pickle(pk.b, {{"data/0", f4}});
     BOOST_TEST(contains(m, "reaches element 4 of a storage of 4 elements"));
   }
   {
     pickler pk;
     pk.begin_dict().tensor("w", "QInt8Storage", "0", 4, 0, {4}, {1}).end_dict();
-    BOOST_TEST(contains(with_pickle(pk.b, {{"data/0", f4}}), "GLOBAL 'torch QInt8Storage' is not allowed"));
+    BOOST_TEST(contains(error_of_pickle(pk.b, {{"data/0", f4}}), "GLOBAL 'torch QInt8Storage' is not allowed"));
   }
   {
     pickler pk;
     pk.begin_dict().str("step").integer(3).end_dict();
-    BOOST_TEST(contains(with_pickle(pk.b), "value of 'step' is a int, expected a tensor"));
+    BOOST_TEST(contains(error_of_pickle(pk.b), "value of 'step' is a int, expected a tensor"));
   }
   {
     pickler pk;
     pk.proto().op(']').op('.');
-    BOOST_TEST(contains(with_pickle(pk.b), "the saved object is a list, expected a state_dict"));
+    BOOST_TEST(contains(error_of_pickle(pk.b), "the saved object is a list, expected a state_dict"));
   }
   {
     pickler pk;
     pk.proto().op('h').op(9).op('.');
-    BOOST_TEST(contains(with_pickle(pk.b), "BINGET: memo index 9 was never stored"));
+    BOOST_TEST(contains(error_of_pickle(pk.b), "BINGET: memo index 9 was never stored"));
   }
   {
     pickler pk;
     pk.proto().op('s').op('.');
-    BOOST_TEST(contains(with_pickle(pk.b), "SETITEM: stack underflow"));
+    BOOST_TEST(contains(error_of_pickle(pk.b), "SETITEM: stack underflow"));
   }
 }
 
@@ -338,15 +340,6 @@ BOOST_AUTO_TEST_CASE(rejects_unsafe_or_unsupported_pickles) {
 namespace {
 
 const std::string two_floats = bytes_of(std::vector<float>{1, 2});
-
-// The error of loading an archive of `pkl` and the `extra` records.
-std::string error_of_pickle(const std::string& pkl, std::vector<record> extra = {}) {
-  temp_dir d;
-  const auto p = d.path / "hostile.pth";
-  extra.insert(extra.begin(), {"data.pkl", pkl});
-  write_archive(p, extra);
-  return load_error(p);
-}
 
 offload::detail::torch_unpickler unpickler_of(const std::string& pkl) {
   return {reinterpret_cast<const unsigned char*>(pkl.data()), pkl.size(), "test",
