@@ -21,6 +21,7 @@
 /// }                                     // released: its slot may be refilled
 /// \endcode
 
+#include <offload/detail/align.hpp>
 #include <offload/device.hpp>
 #include <offload/errors.hpp>
 #include <offload/placement_policy.hpp>
@@ -170,8 +171,6 @@ private:
   std::vector<int> content_;
   std::vector<bool> held_;
 };
-
-inline std::int64_t align_up(std::int64_t bytes, std::int64_t to = 256) { return (bytes + to - 1) / to * to; }
 
 } // namespace detail
 

@@ -4,6 +4,7 @@
 /// Debian 12 ships LibTorch 1.13 (CPU); GPU machines use the LibTorch 2.x bundled with PyTorch.
 
 #include <ATen/Context.h>
+#include <ATen/ops/empty.h>
 #include <c10/core/Allocator.h>
 #include <torch/version.h>
 
@@ -70,4 +71,9 @@ struct memory_reporter : c10::MemoryReportingInfoBase {
 namespace offload::detail {
 /// Whether this LibTorch can use CUDA (pinning host memory needs it).
 inline bool cuda_available() { return at::globalContext().hasCUDA(); }
+/// `bytes` of page-locked host memory from LibTorch's pinned allocator (the CUDA caching host
+/// allocator, which rounds a request up to a power of two: pass powers of two). Needs CUDA.
+inline at::Tensor pinned_host_bytes(std::int64_t bytes) {
+  return at::empty({bytes}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
+}
 } // namespace offload::detail

@@ -77,10 +77,13 @@ public:
   void audit(device_id expected, const stage_context& where) const override {
     registry_.audit(expected, where);
   }
-  /// Pins the host masters when LibTorch has CUDA; on a CPU-only build the flag is recorded (mock
-  /// devices then charge pinned bandwidth).
+  /// Pins the host masters when LibTorch has CUDA, packed into power-of-two chunks
+  /// (tensor_registry::set_pinned); on a CPU-only build the flag is recorded (mock devices then
+  /// charge pinned bandwidth).
   void use_pinned_memory(bool pinned) override {
-    if (pinned != registry_.pinned()) registry_.set_pinned(pinned, detail::cuda_available());
+    if (pinned == registry_.pinned()) return;
+    if (detail::cuda_available()) registry_.set_pinned(pinned, detail::pinned_host_bytes);
+    else registry_.set_pinned(pinned);
   }
   /// Declares the module's block list (`blocks.<i>.*`), which policies may then stream. Chainable.
   offloadable& declare_blocks(const std::string& prefix, int count) {

@@ -18,6 +18,7 @@
 #include <offload/component.hpp>
 #include <offload/device.hpp>
 #include <offload/errors.hpp>
+#include <offload/detail/pinned_arena.hpp>
 
 #include <ATen/core/Tensor.h>
 #include <c10/core/ScalarType.h>
@@ -265,18 +266,35 @@ public:
   /// The block stream models call (block_use), or nullptr without a block list.
   [[nodiscard]] block_stream* stream() noexcept { return stream_.get(); }
 
+  /// A function that returns `bytes` of page-locked host memory as a 1-D kByte tensor
+  /// (detail::pinned_host_bytes on a CUDA build; any host allocation in tests).
+  using host_allocator = std::function<at::Tensor(std::int64_t bytes)>;
+
   /// Keeps host masters in pinned (page-locked) memory: faster and asynchronous host-to-device
-  /// copies. On a machine without CUDA the flag is recorded (mock devices charge pinned bandwidth).
-  void set_pinned(bool pinned, bool really_pin) {
+  /// copies. With `allocate`, the masters are copied into a few power-of-two chunks from it
+  /// (detail/pinned_arena.hpp: LibTorch's pinned allocator rounds every request up to a power of
+  /// two, so pinning tensor by tensor would take about 1.5x the bytes) and each becomes a view of
+  /// its chunk, with the same sizes, strides, dtype and values; unpinned, each gets a pageable copy.
+  /// Without `allocate` (a machine without CUDA) the flag is only recorded: mock devices charge
+  /// pinned bandwidth. At home. Transactional: a failed allocation keeps the masters as they were.
+  void set_pinned(bool pinned, host_allocator allocate = {}) {
     require_home("change host memory");
-    pinned_ = pinned;
-    if (!really_pin) return;
-    for (auto& e : entries_) {
-      e.master = pinned ? e.master.pin_memory() : e.master.clone();
-      e.assign(e.master);
+    if (pinned && allocate) {
+      repin(allocate);
+    } else if (pin_allocator_) {
+      std::vector<at::Tensor> copies;
+      copies.reserve(entries_.size());
+      for (const auto& e : entries_) copies.push_back(e.master.clone());
+      for (std::size_t i = 0; i < entries_.size(); ++i) set_master(entries_[i], copies[i]);
+      pinned_host_bytes_ = 0;
     }
+    pin_allocator_ = pinned ? std::move(allocate) : host_allocator();
+    pinned_ = pinned;
   }
   [[nodiscard]] bool pinned() const noexcept { return pinned_; }
+  /// Bytes of the chunks that hold the pinned masters (0 unless they are really pinned): the
+  /// masters' bytes, each aligned to detail::arena_alignment, and what the power-of-two chunks add.
+  [[nodiscard]] std::int64_t pinned_host_bytes() const noexcept { return pinned_host_bytes_; }
 
   /// Converts floating parameters and buffers, and auxiliary tensors declared `dtype_rule::follow`,
   /// to `dtype`. Tensors declared `keep` (and integer tensors) keep theirs. Only at home.
@@ -354,13 +372,15 @@ public:
                                      component_, to_string(dtype)));
     require_home("change the storage dtype");
     const c10::ScalarType to = dtype == storage_dtype::bf16 ? c10::ScalarType::BFloat16 : c10::ScalarType::Half;
+    bool changed = false;
     for (auto& e : entries_) {
       if (!converts(e.path, e.master) || e.master.scalar_type() == to) continue;
-      at::Tensor converted = e.master.to(to);
-      if (pinned_ && e.master.is_pinned()) converted = converted.pin_memory();
-      e.master = converted;
-      e.assign(e.master);
+      set_master(e, e.master.to(to));
+      changed = true;
     }
+    // The converted masters are pageable copies: pin them again, packed as they now are (the old
+    // chunks go back to LibTorch's host allocator, which keeps them for later requests).
+    if (changed && pin_allocator_) repin(pin_allocator_);
   }
 
   [[nodiscard]] device_id location() const noexcept { return where_ ? where_->id() : device_id::cpu(); }
@@ -605,6 +625,20 @@ private:
     e.master = t.detach();
     entries_.push_back(std::move(e));
   }
+  void set_master(entry& e, at::Tensor t) {
+    e.master = std::move(t);
+    e.assign(e.master);
+  }
+  /// Copies every master into one arena of chunks from `allocate` (detail::pack_into_arena).
+  void repin(const host_allocator& allocate) {
+    std::vector<at::Tensor> masters;
+    masters.reserve(entries_.size());
+    for (const auto& e : entries_) masters.push_back(e.master);
+    detail::arena_layout layout;
+    std::vector<at::Tensor> packed = detail::pack_into_arena(masters, allocate, component_, &layout);
+    for (std::size_t i = 0; i < entries_.size(); ++i) set_master(entries_[i], std::move(packed[i]));
+    pinned_host_bytes_ = layout.total();
+  }
   void evict() {
     device& from = *where_;
     finish_placement(); // an eviction never frees memory a prefetch is still writing
@@ -635,6 +669,8 @@ private:
   std::vector<storage_dtype> exact_storage_; ///< storage dtypes that compute the same bits (stored_size::exact)
   device* where_ = nullptr;
   bool pinned_ = false;
+  host_allocator pin_allocator_;      ///< set while the masters are really pinned
+  std::int64_t pinned_host_bytes_ = 0; ///< the chunks holding them
   transfer_event pending_; ///< the last copy of place_on_async until finish_placement()
 };
 

@@ -1,0 +1,165 @@
+#pragma once
+/// \file
+/// Pinned host masters packed into a few power-of-two chunks.
+///
+/// LibTorch's pinned-memory allocator (the CUDA caching host allocator, in 1.13 and every 2.x)
+/// rounds each request up to the next power of two before it page-locks it. Pinned tensor by
+/// tensor (`pin_memory()`), Wan's weights take about 1.5x their bytes: a 5120 x 13824 bf16 matrix
+/// (135 MiB) takes 256 MiB. Here the masters of a component are copied into chunks whose sizes are
+/// powers of two already, so the allocator adds nothing, and each master becomes a view of its
+/// chunk with the same sizes, strides, dtype and values.
+///
+/// `plan_arena` is the packing alone (first fit by decreasing size, each chunk then shrunk to the
+/// power of two its contents need); `pack_into_arena` allocates the chunks through a function and
+/// copies. Both are pure of CUDA: tests pass an ordinary host allocation.
+
+#include <offload/detail/align.hpp>
+#include <offload/errors.hpp>
+
+#include <ATen/ATen.h>
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <bit>
+#include <cstdint>
+#include <functional>
+#include <numeric>
+#include <string_view>
+#include <vector>
+
+namespace offload::detail {
+
+/// Every master starts at a multiple of this, as in a device slot (a multiple of every element
+/// size, so a chunk's bytes can be viewed as any dtype at any such offset).
+inline constexpr std::int64_t arena_alignment = tensor_alignment;
+/// The largest chunk tried; a tensor above it gets a chunk of its own (its size rounded to a power
+/// of two, whose tail then holds smaller tensors).
+inline constexpr std::int64_t arena_max_chunk = std::int64_t{1} << 30;
+/// The smallest chunk size tried when several chunks are needed.
+inline constexpr std::int64_t arena_min_chunk = std::int64_t{1} << 20;
+
+[[nodiscard]] inline std::int64_t pow2_ceil(std::int64_t n) {
+  return n <= 1 ? 1 : static_cast<std::int64_t>(std::bit_ceil(static_cast<std::uint64_t>(n)));
+}
+
+/// Where each of a list of byte sizes goes.
+struct arena_layout {
+  struct place {
+    std::size_t chunk = 0;
+    std::int64_t offset = 0;
+  };
+  std::vector<std::int64_t> chunks; ///< bytes of each chunk, each a power of two
+  std::vector<place> places;        ///< one per size, in the order given
+  [[nodiscard]] std::int64_t total() const { return std::accumulate(chunks.begin(), chunks.end(), std::int64_t{0}); }
+};
+
+/// Packs with chunks of `chunk_bytes` (a power of two): first fit by decreasing size; a size
+/// above it opens a chunk of pow2_ceil(size). Each chunk is then shrunk to the power of two its
+/// used bytes need. Zero sizes take no room (chunk 0, offset 0 when there is no chunk).
+[[nodiscard]] inline arena_layout plan_arena_with(const std::vector<std::int64_t>& sizes, std::int64_t chunk_bytes) {
+  arena_layout out;
+  out.places.resize(sizes.size());
+  std::vector<std::size_t> order(sizes.size());
+  std::iota(order.begin(), order.end(), std::size_t{0});
+  std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return sizes[a] > sizes[b]; });
+  std::vector<std::int64_t> used;
+  for (const std::size_t i : order) {
+    const std::int64_t need = align_up(sizes[i], arena_alignment);
+    if (need == 0) continue;
+    std::size_t c = 0;
+    while (c < used.size() && used[c] + need > out.chunks[c]) ++c;
+    if (c == used.size()) {
+      out.chunks.push_back(std::max(chunk_bytes, pow2_ceil(need)));
+      used.push_back(0);
+    }
+    out.places[i] = {c, used[c]};
+    used[c] += need;
+  }
+  for (std::size_t c = 0; c < used.size(); ++c) out.chunks[c] = pow2_ceil(used[c]);
+  return out;
+}
+
+/// The packing of `sizes` that pins the fewest bytes: each power-of-two chunk size from
+/// arena_min_chunk to arena_max_chunk is tried, and one chunk for everything when that is smaller;
+/// on a tie, the fewer chunks (fewer page-locking calls).
+[[nodiscard]] inline arena_layout plan_arena(const std::vector<std::int64_t>& sizes) {
+  std::int64_t sum = 0;
+  for (const auto s : sizes) sum += align_up(s, arena_alignment);
+  std::vector<std::int64_t> tries;
+  for (std::int64_t c = arena_min_chunk; c <= arena_max_chunk; c *= 2) tries.push_back(c);
+  if (sum > 0 && pow2_ceil(sum) < arena_min_chunk) tries.push_back(pow2_ceil(sum));
+  arena_layout best;
+  bool have = false;
+  for (const auto c : tries) {
+    arena_layout l = plan_arena_with(sizes, c);
+    if (!have || l.total() < best.total() || (l.total() == best.total() && l.chunks.size() < best.chunks.size())) {
+      best = std::move(l);
+      have = true;
+    }
+  }
+  return best;
+}
+
+/// The bytes a tensor's elements span in memory (its storage extent from its first element).
+[[nodiscard]] inline std::int64_t extent_bytes(const at::Tensor& t) {
+  if (t.numel() == 0) return 0;
+  std::int64_t last = 0;
+  for (std::int64_t d = 0; d < t.dim(); ++d) last += (t.size(d) - 1) * t.stride(d);
+  return (last + 1) * static_cast<std::int64_t>(t.element_size());
+}
+
+/// Copies `tensors` (host tensors) into chunks that `allocate(bytes)` returns (1-D host tensors
+/// of kByte, at least `bytes` long) as plan_arena places them, and returns their copies in the
+/// same order: views of the chunks with the same sizes, strides, dtype and values. An empty
+/// tensor keeps a fresh empty tensor of its sizes. `layout`, when given, receives the packing.
+/// An allocation that fails throws capacity_error `offload.capacity.pinned_allocation` naming
+/// `what` and the bytes; nothing is kept then.
+[[nodiscard]] inline std::vector<at::Tensor> pack_into_arena(const std::vector<at::Tensor>& tensors,
+                                                             const std::function<at::Tensor(std::int64_t)>& allocate,
+                                                             std::string_view what, arena_layout* layout = nullptr) {
+  std::vector<std::int64_t> sizes;
+  sizes.reserve(tensors.size());
+  for (const auto& t : tensors) sizes.push_back(extent_bytes(t));
+  arena_layout plan = plan_arena(sizes);
+  std::vector<at::Tensor> chunks;
+  chunks.reserve(plan.chunks.size());
+  for (std::size_t c = 0; c < plan.chunks.size(); ++c) {
+    at::Tensor chunk;
+    try {
+      chunk = allocate(plan.chunks[c]);
+    } catch (const c10::Error& e) {
+      throw capacity_error("offload.capacity.pinned_allocation",
+                           fmt::format("pinning the host masters of '{}': chunk {} of {} ({} bytes, {} in all) could "
+                                       "not be allocated: {}; pin less (drop ':pinned' from some components, or give "
+                                       "the budget planner a pinned budget)",
+                                       what, c + 1, plan.chunks.size(), plan.chunks[c], plan.total(),
+                                       e.what_without_backtrace()),
+                           "cpu", {}, plan.total(), 0);
+    }
+    if (chunk.scalar_type() != at::kByte || chunk.dim() != 1 || chunk.numel() < plan.chunks[c] || !chunk.is_cpu())
+      throw placement_error("offload.placement.arena_chunk",
+                            fmt::format("pinning the host masters of '{}': the allocator returned {} for a chunk of "
+                                        "{} bytes, expected a 1-D host tensor of Byte at least that long",
+                                        what, chunk.toString(), plan.chunks[c]));
+    chunks.push_back(std::move(chunk));
+  }
+  std::vector<at::Tensor> out;
+  out.reserve(tensors.size());
+  for (std::size_t i = 0; i < tensors.size(); ++i) {
+    const at::Tensor& t = tensors[i];
+    if (sizes[i] == 0) {
+      out.push_back(at::empty(t.sizes(), t.options()));
+      continue;
+    }
+    const auto& p = plan.places[i];
+    at::Tensor region = chunks[p.chunk].narrow(0, p.offset, sizes[i]).view(t.scalar_type());
+    at::Tensor copy = region.as_strided(t.sizes(), t.strides());
+    copy.copy_(t);
+    out.push_back(std::move(copy));
+  }
+  if (layout) *layout = std::move(plan);
+  return out;
+}
+
+} // namespace offload::detail
