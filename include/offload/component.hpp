@@ -88,12 +88,14 @@ public:
   }
   /// The tile options in force (disabled by default).
   [[nodiscard]] virtual tile_options tiling() const { return {}; }
+  /// Host bytes its masters take once pinned (0: unknown, taken as bytes()).
+  [[nodiscard]] virtual std::int64_t pinned_bytes() const { return 0; }
 };
 
 /// What the scheduler needs to know of a component: name, bytes, block list, storage sizes and
 /// whether it runs tiled.
 [[nodiscard]] inline component_info info_of(const component& c) {
-  return {c.name(), c.bytes(), c.blocks(), c.storage_sizes(), c.tileable()};
+  return {c.name(), c.bytes(), c.blocks(), c.storage_sizes(), c.tileable(), c.pinned_bytes()};
 }
 
 namespace detail {

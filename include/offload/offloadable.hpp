@@ -119,6 +119,10 @@ public:
     return *this;
   }
   [[nodiscard]] std::vector<stored_size> storage_sizes() const override { return registry_.stored_sizes(); }
+  /// Host bytes its masters take once pinned, packed into power-of-two chunks.
+  [[nodiscard]] std::int64_t pinned_bytes() const override {
+    return registry_.pinned_bytes_as(storage_dtype::native);
+  }
   void set_storage(storage_dtype dtype) override { registry_.set_storage(dtype); }
 
   /// Declares that the module runs tiled when a policy asks (`:tile=N:overlap=M`); the module's

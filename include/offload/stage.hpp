@@ -73,6 +73,9 @@ struct stored_size {
   /// autocast). The budget planner may then choose it (budget_options::allow_exact_storage); a
   /// storage that is not exact is only ever the user's choice.
   bool exact = false;
+  /// Host bytes its masters take once pinned (packed into power-of-two chunks,
+  /// detail/pinned_arena.hpp); 0: unknown, taken as `bytes`.
+  std::int64_t pinned_bytes = 0;
   friend bool operator==(const stored_size&, const stored_size&) = default;
 };
 
@@ -87,6 +90,17 @@ struct component_info {
   /// Whether it runs tiled when asked (`vae=cuda:tile=32`); the stage list then carries the tiled
   /// workspace.
   bool tileable = false;
+  /// Host bytes its masters take once pinned (packed into power-of-two chunks,
+  /// detail/pinned_arena.hpp); 0: unknown, taken as `bytes`.
+  std::int64_t pinned_bytes = 0;
+
+  /// The pinned host bytes of its masters, stored as `d` (native: as they are).
+  [[nodiscard]] std::int64_t pinned_as(storage_dtype d) const {
+    if (d == storage_dtype::native) return pinned_bytes > 0 ? pinned_bytes : bytes;
+    const stored_size* s = stored_as(d);
+    if (!s) return pinned_as(storage_dtype::native);
+    return s->pinned_bytes > 0 ? s->pinned_bytes : s->bytes;
+  }
 
   /// The size stored as `d`, or nullptr when the component offers no such storage.
   [[nodiscard]] const stored_size* stored_as(storage_dtype d) const {

@@ -295,6 +295,19 @@ public:
   /// Bytes of the chunks that hold the pinned masters (0 unless they are really pinned): the
   /// masters' bytes, each aligned to detail::arena_alignment, and what the power-of-two chunks add.
   [[nodiscard]] std::int64_t pinned_host_bytes() const noexcept { return pinned_host_bytes_; }
+  /// The bytes set_pinned would pin for the masters stored as `d` (native: as they are now): what
+  /// the budget planner counts against the pinned budget.
+  [[nodiscard]] std::int64_t pinned_bytes_as(storage_dtype d) const {
+    std::vector<std::int64_t> sizes;
+    sizes.reserve(entries_.size());
+    for (const auto& e : entries_) {
+      const std::int64_t extent = detail::extent_bytes(e.master);
+      sizes.push_back(d == storage_dtype::native || !converts(e.path, e.master)
+                          ? extent
+                          : extent / static_cast<std::int64_t>(e.master.element_size()) * element_size(d));
+    }
+    return detail::plan_arena(sizes).total();
+  }
 
   /// Converts floating parameters and buffers, and auxiliary tensors declared `dtype_rule::follow`,
   /// to `dtype`. Tensors declared `keep` (and integer tensors) keep theirs. Only at home.
@@ -309,9 +322,9 @@ public:
                         "would become {}; declare it with dtype_rule::keep",
                         component_, e.path, c10::toString(e.master.scalar_type()), c10::toString(dtype)));
       if (!e.master.is_floating_point()) continue;
-      e.master = e.master.to(dtype);
-      e.assign(e.master);
+      set_master(e, e.master.to(dtype));
     }
+    if (pin_allocator_) repin(pin_allocator_); // the converted masters are pageable copies
   }
 
   /// Declares the storage rule: `selects(path)` says which floating tensors (dotted paths without the
@@ -349,6 +362,7 @@ public:
       s.dtype = d;
       s.exact = std::find(exact_storage_.begin(), exact_storage_.end(), d) != exact_storage_.end();
       for (const auto& e : entries_) s.bytes += stored_bytes(e.path, e.master, d);
+      s.pinned_bytes = pinned_bytes_as(d);
       if (stream_) {
         s.blocks = stream_->layout([&](std::string_view qualified_path, const at::Tensor& master) {
           return stored_bytes(qualified_path.substr(component_.size() + 1), master, d);

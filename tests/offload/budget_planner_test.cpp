@@ -247,6 +247,36 @@ BOOST_AUTO_TEST_CASE(the_pinned_budget_pins_what_saves_the_most) {
                                              cost.transfer_seconds(5_GiB, offload::host_memory::pageable)));
 }
 
+BOOST_AUTO_TEST_CASE(pinned_masters_count_at_their_packed_size_in_the_pinned_and_host_budgets) {
+  // Pinned, masters take their power-of-two chunks (component_info::pinned_bytes): here enc 6.5
+  // GiB for its 6, den 4.25 for its 4; dec says nothing (its bytes).
+  auto c = comps;
+  c[0].pinned_bytes = 6_GiB + 512_MiB;
+  c[1].pinned_bytes = 4_GiB + 256_MiB;
+  // 6 GiB no longer holds enc pinned: den and dec are, in 5.25 GiB.
+  const auto six = offload::plan_for_budget(stages, c, options(std::nullopt, 6_GiB));
+  BOOST_TEST((six.plan.policy.of("enc").memory == offload::host_memory::pageable), six.plan.policy.str());
+  BOOST_TEST((six.plan.policy.of("den").memory == offload::host_memory::pinned));
+  BOOST_TEST((six.plan.policy.of("dec").memory == offload::host_memory::pinned));
+  BOOST_TEST(six.pinned_bytes == 5_GiB + 256_MiB);
+  BOOST_TEST(six.host_peak_bytes == 11_GiB + 256_MiB); // the masters, den's in its chunks
+  // 6.5 GiB does, and enc saves the most.
+  const auto more = offload::plan_for_budget(stages, c, options(std::nullopt, 6_GiB + 512_MiB));
+  BOOST_TEST((more.plan.policy.of("enc").memory == offload::host_memory::pinned), more.plan.policy.str());
+  BOOST_TEST(more.pinned_bytes == 6_GiB + 512_MiB);
+  BOOST_TEST(more.host_peak_bytes == 11_GiB + 512_MiB);
+  // The host budget holds the chunks too: 11.25 GiB leaves enc pageable although pinned memory is
+  // unlimited.
+  const auto host = offload::plan_for_budget(stages, c, options(std::nullopt, std::nullopt, 11_GiB + 256_MiB));
+  BOOST_TEST((host.plan.policy.of("enc").memory == offload::host_memory::pageable), host.plan.policy.str());
+  BOOST_TEST(host.pinned_bytes == 5_GiB + 256_MiB);
+  BOOST_TEST(host.host_peak_bytes == 11_GiB + 256_MiB);
+  // Without the packed sizes, 6 GiB pins enc (the_pinned_budget_pins_what_saves_the_most).
+  const auto plain = offload::plan_for_budget(stages, comps, options(std::nullopt, 6_GiB));
+  BOOST_TEST((plain.plan.policy.of("enc").memory == offload::host_memory::pinned));
+  BOOST_TEST(plain.host_peak_bytes == 11_GiB);
+}
+
 BOOST_AUTO_TEST_CASE(host_execution_when_the_device_cannot_hold_a_stage) {
   // 6 GiB: encode needs 7 GiB on the device, so the encoder executes on the host, slowed down.
   auto opt = options(6_GiB);

@@ -201,8 +201,12 @@ BOOST_AUTO_TEST_CASE(a_registry_pins_into_chunks_moves_and_unpins_with_the_same_
   const auto before = t.run(x);
   const auto masters = snapshot(t.comp.tensors());
   recording_allocator alloc;
+  // What the planner is told it will pin, natively and stored in bf16.
+  const auto info = offload::info_of(t.comp);
+  BOOST_REQUIRE(info.stored_as(offload::storage_dtype::bf16) != nullptr);
 
   t.comp.tensors().set_pinned(true, alloc.fn());
+  BOOST_TEST(info.pinned_bytes == t.comp.tensors().pinned_host_bytes());
   BOOST_TEST(t.comp.tensors().pinned());
   std::int64_t asked = 0;
   for (const auto r : alloc.requests) asked += r;
@@ -237,6 +241,8 @@ BOOST_AUTO_TEST_CASE(a_registry_pins_into_chunks_moves_and_unpins_with_the_same_
   BOOST_TEST(alloc.requests.size() == 2u);
   BOOST_TEST(alloc.requests[1] < alloc.requests[0]);
   BOOST_TEST(t.comp.tensors().pinned_host_bytes() == alloc.requests[1]);
+  BOOST_TEST(info.stored_as(offload::storage_dtype::bf16)->pinned_bytes == alloc.requests[1]);
+  BOOST_TEST(offload::info_of(t.comp).pinned_bytes == alloc.requests[1]); // now its native storage
   BOOST_TEST((t.model->a->weight.scalar_type() == torch::kBFloat16));
   BOOST_TEST((t.proj_t.scalar_type() == torch::kBFloat16));
   BOOST_TEST((t.freqs.scalar_type() == torch::kComplexDouble)); // kept its dtype

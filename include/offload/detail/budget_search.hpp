@@ -134,8 +134,9 @@ private:
     int deviation = 0;
     std::int64_t bytes = 0;        ///< on the device while resident (streamed: all but the blocks + slots)
     std::int64_t onload_bytes = 0; ///< copied per onload (streamed: all but the blocks)
-    std::int64_t master_bytes = 0; ///< its host master (pinned when pinned), as stored
-    bool pinnable = true;          ///< its master fits the pinned budget
+    std::int64_t master_bytes = 0; ///< its host master, as stored
+    std::int64_t pinned_bytes = 0; ///< the same pinned (packed into power-of-two chunks)
+    bool pinnable = true;          ///< its pinned master fits the pinned budget
     storage_dtype store = storage_dtype::native;
     stream_options stream{};       ///< streamed: K slots, one block prefetched (one slot: none)
     std::int64_t stream_bytes = 0; ///< block copies of all its stages (streamed)
@@ -184,6 +185,7 @@ private:
     unsigned pinned_mask = 0;
     double time = 0, compute = 0, transfer = 0;
     std::int64_t device_peak = 0, host_peak = 0, pinned_bytes = 0;
+    std::int64_t pinned_host_extra = 0; ///< in host_peak: what the pinned chunks add to the masters
     int deviation = 0;
   };
 
@@ -248,7 +250,8 @@ private:
             h.bytes = stream.enabled() ? pl.device_bytes.at(info.name) : master;
             h.onload_bytes = stream.enabled() ? blocks->streamed_rest(master) : master;
             h.master_bytes = master;
-            h.pinnable = !opt_.budgets.pinned || master <= *opt_.budgets.pinned;
+            h.pinned_bytes = info.pinned_as(cp.store);
+            h.pinnable = !opt_.budgets.pinned || h.pinned_bytes <= *opt_.budgets.pinned;
             h.store = cp.store;
             h.stream = stream;
             h.stream_step.assign(steps_, 0);
@@ -409,6 +412,7 @@ private:
     unsigned mask = 0;
     std::int64_t bytes = 0;
     double transfer = 0;
+    std::int64_t host_extra = 0; ///< host bytes the pinned chunks take beyond the masters' bytes
   };
 
   /// What a component's block copies add, from a pinned and from a pageable master (zero where
@@ -419,13 +423,16 @@ private:
 
   /// Every choice of pinned masters within the pinned budget, with its transfer seconds: each moved
   /// component's `onloads` copies of `onload_bytes` and what its block copies add (`streams`), from
-  /// its pinned or pageable master (a pinned component pins its whole master, `master_bytes`).
-  /// Pinning itself costs cost_model::pin_seconds of the pinned bytes, spread over
-  /// budget_options::runs.
+  /// its pinned or pageable master (a pinned component pins its whole master: `pinned_bytes`, its
+  /// `master_bytes` packed into power-of-two chunks, which the host budget then holds instead,
+  /// above `host_peak`). Pinning itself costs cost_model::pin_seconds of the pinned bytes, spread
+  /// over budget_options::runs.
   [[nodiscard]] std::vector<pin_choice> pin_choices(const std::vector<int>& onloads,
                                                     const std::vector<std::int64_t>& onload_bytes,
                                                     const std::vector<std::int64_t>& master_bytes,
-                                                    const std::vector<streaming_seconds>& streams) const {
+                                                    const std::vector<std::int64_t>& pinned_bytes,
+                                                    const std::vector<streaming_seconds>& streams,
+                                                    std::int64_t host_peak) const {
     std::vector<std::size_t> moved;
     for (std::size_t c = 0; c < n_; ++c)
       if (onloads[c] > 0 || streams[c].pageable > 0) moved.push_back(c);
@@ -435,12 +442,17 @@ private:
       for (std::size_t i = 0; i < moved.size(); ++i) {
         const auto c = moved[i];
         const bool pin = (sub >> i) & 1u;
-        if (pin) ch.bytes += master_bytes[c], ch.mask |= 1u << c;
+        if (pin) {
+          ch.bytes += pinned_bytes[c];
+          ch.host_extra += pinned_bytes[c] - master_bytes[c];
+          ch.mask |= 1u << c;
+        }
         const auto from = pin ? host_memory::pinned : host_memory::pageable;
         ch.transfer += onloads[c] * opt_.cost.transfer_seconds(onload_bytes[c], from) +
                        (pin ? streams[c].pinned : streams[c].pageable);
       }
       if (opt_.budgets.pinned && ch.bytes > *opt_.budgets.pinned) continue;
+      if (opt_.budgets.host && host_peak + ch.host_extra > *opt_.budgets.host) continue;
       ch.transfer += opt_.cost.pin_seconds(ch.bytes) / opt_.runs; // pinning the masters, spread over the runs
       out.push_back(ch);
     }
@@ -458,6 +470,8 @@ private:
     k.transfer = best ? best->transfer : std::numeric_limits<double>::infinity();
     k.pinned_mask = best ? best->mask : 0;
     k.pinned_bytes = best ? best->bytes : 0;
+    k.host_peak += (best ? best->host_extra : 0) - k.pinned_host_extra;
+    k.pinned_host_extra = best ? best->host_extra : 0;
   }
 
   /// Cross-stage prefetch for each choice of pinned masters that could beat the best: prefetch
@@ -477,6 +491,8 @@ private:
       k.transfer = ch->transfer;
       k.pinned_mask = ch->mask;
       k.pinned_bytes = ch->bytes;
+      k.host_peak += ch->host_extra - base.pinned_host_extra;
+      k.pinned_host_extra = ch->host_extra;
       k.time = k.compute + k.transfer;
       offer_prefetched(k, onloads, onload_bytes);
     }
@@ -539,24 +555,26 @@ private:
     k.compute = e.compute;
     k.host_peak = e.host_peak;
     std::vector<int> onloads(n_, 0);
-    std::vector<std::int64_t> onload_bytes(n_, 0), master_bytes(n_, 0);
+    std::vector<std::int64_t> onload_bytes(n_, 0), master_bytes(n_, 0), pinned_bytes(n_, 0);
     std::vector<streaming_seconds> streams(n_);
     for (std::size_t c = 0; c < n_; ++c) {
       if (choice[c] < 0) {
         ++k.deviation;
         master_bytes[c] = comps_[c].bytes;
+        pinned_bytes[c] = comps_[c].pinned_as(storage_dtype::native);
         continue;
       }
       const auto& h = holdings_[c][static_cast<std::size_t>(choice[c])];
       onloads[c] = h.onloads;
       onload_bytes[c] = h.onload_bytes;
       master_bytes[c] = h.master_bytes;
+      pinned_bytes[c] = h.pinned_bytes;
       k.host_peak += h.master_bytes - min_master_[c]; // exec_of counted its smallest storage
       k.deviation += h.deviation;
       streams[c] = {h.streaming(opt_.cost, host_memory::pinned), h.streaming(opt_.cost, host_memory::pageable)};
     }
     if (opt_.budgets.host && k.host_peak > *opt_.budgets.host) return;
-    const auto choices = pin_choices(onloads, onload_bytes, master_bytes, streams);
+    const auto choices = pin_choices(onloads, onload_bytes, master_bytes, pinned_bytes, streams, k.host_peak);
     take_fastest(k, choices);
     k.time = k.compute + k.transfer;
     k.device_peak = *std::max_element(peak.begin(), peak.end());
@@ -650,11 +668,15 @@ private:
         for (const auto& a : st.before)
           if (a.kind == action_kind::onload)
             if (const auto c = index_of(a.component)) ++onloads[*c];
-      std::vector<std::int64_t> onload_bytes(n_);
-      for (std::size_t c = 0; c < n_; ++c) onload_bytes[c] = comps_[c].bytes;
+      std::vector<std::int64_t> onload_bytes(n_), pinned_bytes(n_);
+      for (std::size_t c = 0; c < n_; ++c) {
+        onload_bytes[c] = comps_[c].bytes;
+        pinned_bytes[c] = comps_[c].pinned_as(storage_dtype::native);
+      }
       k.compute = e.compute;
       k.host_peak = host_peak;
-      const auto choices = pin_choices(onloads, onload_bytes, onload_bytes, std::vector<streaming_seconds>(n_));
+      const auto choices = pin_choices(onloads, onload_bytes, onload_bytes, pinned_bytes,
+                                       std::vector<streaming_seconds>(n_), host_peak);
       take_fastest(k, choices);
       k.time = k.compute + k.transfer;
       k.deviation = 1 + static_cast<int>(std::count(k.choice.begin(), k.choice.end(), 1)) +
