@@ -233,6 +233,12 @@ policy_result run_policy(const options& o, const built_models& m, const std::str
       c->use_pinned_memory(cp.memory == offload::host_memory::pinned);
     }
     r.prepare_seconds = seconds_since(t_prepare);
+    for (auto* c : m.components->components()) {
+      if (exec.policy.of(c->name()).memory != offload::host_memory::pinned) continue;
+      r.pinned_master_bytes += c->bytes();
+      r.predicted_pinned_bytes += offload::info_of(*c).pinned_as(offload::storage_dtype::native);
+      r.pinned_host_bytes += c->pinned_host_bytes();
+    }
 
     sync(o);
     if (is_cuda(o)) reset_cuda_peaks(o.device.index);

@@ -74,6 +74,9 @@ struct policy_result {
   std::string error;     ///< when !ok: the first line of the error
 
   double prepare_seconds = 0;          ///< storage conversion and pinning of the masters (not timed in total)
+  std::int64_t pinned_master_bytes = 0;    ///< bytes of the masters the policy pins
+  std::int64_t predicted_pinned_bytes = 0; ///< what they take pinned, packed (component_info::pinned_bytes)
+  std::int64_t pinned_host_bytes = 0;      ///< what they take in pinned memory (0 without CUDA)
   double total_seconds = 0;            ///< the whole generate() call, from an all-home start
   double setup_seconds = 0;            ///< planning, pinning, initial placement, first stage's onloads
   std::map<std::string, double> stage_seconds; ///< per stage, from its entry to the next stage's entry

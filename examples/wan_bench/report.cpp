@@ -63,11 +63,12 @@ std::string table(const bench_report& r) {
                      r.fast_init ? " (parallel initialisation)" : " (LibTorch's serial initialisation)");
   out += fmt::format("host -> device bandwidth: pinned {}, pageable {} ({})\n", rate(r.bandwidth.pinned),
                      rate(r.bandwidth.pageable), r.bandwidth.source);
+  const bool real_pinning = o.device.kind == offload::device_kind::cuda;
   out += fmt::format("{:>8} {:>6} {:>6} {:>7} {:>7} {:>7} {:>8} {:>7} {:>6} {:>7} {:>11} {:>6} {:>11} {:>11} {:>11} "
-                     "{:>11} {:>6} {:>6} {:>7}  {}\n",
+                     "{:>11} {:>11} {:>6} {:>6} {:>7}  {}\n",
                      "total s", "x res", "setup", "text", "clip", "vae_enc", "denoise", "s/step", "x res", "decode",
-                     "peak", "x res", "reserved", "plan peak", "to device", "streamed", "hidden", "h.den", "video",
-                     "policy");
+                     "peak", "x res", "reserved", "plan peak", "pinned", "to device", "streamed", "hidden", "h.den",
+                     "video", "policy");
   for (const auto& p : r.results) {
     if (!p.ok) {
       out += fmt::format("{:>8}  {}: {}\n", "FAILED", p.policy, p.error);
@@ -76,20 +77,22 @@ std::string table(const bench_report& r) {
     const auto& s = p.stage_seconds;
     out += fmt::format(
         "{:>8.2f} {:>6} {:>6.2f} {:>7} {:>7} {:>7} {:>8} {:>7.3f} {:>6} {:>7} {:>11} {:>6} {:>11} {:>11} {:>11} {:>11} "
-        "{:>6} {:>6} {:>7}  {}\n",
+        "{:>11} {:>6} {:>6} {:>7}  {}\n",
         p.total_seconds, opt_ratio(p.time_ratio), p.setup_seconds, opt_seconds(s, "text_encode"),
         opt_seconds(s, "clip_encode"), opt_seconds(s, "vae_encode"), opt_seconds(s, "denoise"),
         p.mean_step_seconds(), opt_ratio(p.step_ratio), opt_seconds(s, "decode"), opt_bytes(p.measured_peak()),
         opt_ratio(p.peak_ratio), opt_bytes(p.peak_reserved), opt_bytes(p.predicted_peak),
+        offload::format_bytes(real_pinning ? p.pinned_host_bytes : p.predicted_pinned_bytes),
         offload::format_bytes(p.bytes_to_device), offload::format_bytes(p.bytes_streamed),
         opt_ratio(p.hidden_fraction), opt_ratio(p.denoise_hidden_fraction), vs_resident(p), p.policy);
   }
   if (o.device.is_mock())
-    out += "on a mock device: 'peak' is its accounting (what the plan predicts), 'reserved' does not exist, and "
-           "no hidden fraction is computed (its copies cost host time, not bytes / bandwidth)\n";
-  else if (o.device.kind == offload::device_kind::cuda)
+    out += "on a mock device: 'peak' is its accounting (what the plan predicts), 'reserved' does not exist, "
+           "'pinned' is what the pinned masters would take (packed into power-of-two chunks; nothing is pinned "
+           "here), and no hidden fraction is computed (its copies cost host time, not bytes / bandwidth)\n";
+  else if (real_pinning)
     out += "peak / reserved: the CUDA caching allocator's peaks (max_memory_allocated / max_memory_reserved); "
-           "plan peak: offload's prediction\n";
+           "plan peak: offload's prediction; pinned: host memory the pinned masters take (their chunks)\n";
   if (std::none_of(r.results.begin(), r.results.end(), [](const policy_result& p) { return p.policy == "resident" && p.ok; }))
     out += "no 'resident' run in this invocation: ratios and hidden fractions need one (--policy resident)\n";
   out += "video: the generated video against the resident run's, 'same' bit for bit, else the largest "
@@ -133,6 +136,9 @@ std::string json(const bench_report& r) {
     e["error"] = p.ok ? nlohmann::json(nullptr) : nlohmann::json(p.error);
     if (p.ok) {
       e["prepare_seconds"] = p.prepare_seconds;
+      e["pinned_master_bytes"] = p.pinned_master_bytes;
+      e["predicted_pinned_bytes"] = p.predicted_pinned_bytes;
+      e["pinned_host_bytes"] = p.pinned_host_bytes;
       e["total_seconds"] = p.total_seconds;
       e["setup_seconds"] = p.setup_seconds;
       e["stage_seconds"] = p.stage_seconds;

@@ -90,6 +90,9 @@ public:
   [[nodiscard]] virtual tile_options tiling() const { return {}; }
   /// Host bytes its masters take once pinned (0: unknown, taken as bytes()).
   [[nodiscard]] virtual std::int64_t pinned_bytes() const { return 0; }
+  /// Host bytes its masters take in pinned memory now: 0 unless they are really pinned (a
+  /// CPU-only LibTorch pins nothing; mock devices only charge pinned bandwidth).
+  [[nodiscard]] virtual std::int64_t pinned_host_bytes() const { return 0; }
 };
 
 /// What the scheduler needs to know of a component: name, bytes, block list, storage sizes and

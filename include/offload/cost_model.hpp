@@ -55,8 +55,8 @@ struct cost_model {
   double accelerator_flops_per_second = 4.5e14;
   /// Effective throughput of the host on the same work (fp32 BLAS on the CPU).
   double host_flops_per_second = 1e12;
-  /// Host memory -> pinned memory when a master is pinned (`pin_memory()`: a page-locked
-  /// allocation and a host copy), once per process. Unset: pinning costs no time in the model (not
+  /// Host memory -> pinned memory when a master is pinned (a page-locked allocation and a host
+  /// copy, detail/pinned_arena.hpp), once per process. Unset: pinning costs no time in the model (not
   /// measured on the reference H100); offload_calibrate measures it on a CUDA machine.
   std::optional<double> pin_bytes_per_second;
   /// What the figures describe.

@@ -123,6 +123,7 @@ public:
   [[nodiscard]] std::int64_t pinned_bytes() const override {
     return registry_.pinned_bytes_as(storage_dtype::native);
   }
+  [[nodiscard]] std::int64_t pinned_host_bytes() const override { return registry_.pinned_host_bytes(); }
   void set_storage(storage_dtype dtype) override { registry_.set_storage(dtype); }
 
   /// Declares that the module runs tiled when a policy asks (`:tile=N:overlap=M`); the module's
