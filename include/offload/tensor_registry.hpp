@@ -274,18 +274,19 @@ public:
   /// copies. With `allocate`, the masters are copied into a few power-of-two chunks from it
   /// (detail/pinned_arena.hpp: LibTorch's pinned allocator rounds every request up to a power of
   /// two, so pinning tensor by tensor would take about 1.5x the bytes) and each becomes a view of
-  /// its chunk, with the same sizes, strides, dtype and values; unpinned, each gets a pageable copy.
-  /// Without `allocate` (a machine without CUDA) the flag is only recorded: mock devices charge
-  /// pinned bandwidth. At home. Transactional: a failed allocation keeps the masters as they were.
+  /// its chunk, with the same sizes, strides, dtype and values, chunk by chunk (the old masters are
+  /// freed as they go, where nothing else holds them); unpinned, each gets a pageable copy. Without
+  /// `allocate` (a machine without CUDA) the flag is only recorded: mock devices charge pinned
+  /// bandwidth. At home. When a chunk cannot be allocated (capacity_error
+  /// `offload.capacity.pinned_allocation`), the component stays unpinned and every master keeps its
+  /// values: those of the chunks before stay in them (pinned_host_bytes() says how much) until the
+  /// component is pinned or unpinned again.
   void set_pinned(bool pinned, host_allocator allocate = {}) {
     require_home("change host memory");
     if (pinned && allocate) {
       repin(allocate);
-    } else if (pin_allocator_) {
-      std::vector<at::Tensor> copies;
-      copies.reserve(entries_.size());
-      for (const auto& e : entries_) copies.push_back(e.master.clone());
-      for (std::size_t i = 0; i < entries_.size(); ++i) set_master(entries_[i], copies[i]);
+    } else if (pinned_host_bytes_ > 0) {
+      for (auto& e : entries_) set_master(e, e.master.clone()); // a chunk is freed with its last view
       pinned_host_bytes_ = 0;
     }
     pin_allocator_ = pinned ? std::move(allocate) : host_allocator();
@@ -643,15 +644,26 @@ private:
     e.master = std::move(t);
     e.assign(e.master);
   }
-  /// Copies every master into one arena of chunks from `allocate` (detail::pack_into_arena).
+  /// Copies every master into one arena of chunks from `allocate` (detail::pack_into_arena), chunk
+  /// by chunk. On a failure the masters already copied stay (they hold the same values) and the
+  /// component is left unpinned, so that pinning or unpinning it again starts from a known state.
   void repin(const host_allocator& allocate) {
     std::vector<at::Tensor> masters;
     masters.reserve(entries_.size());
     for (const auto& e : entries_) masters.push_back(e.master);
-    detail::arena_layout layout;
-    std::vector<at::Tensor> packed = detail::pack_into_arena(masters, allocate, component_, &layout);
-    for (std::size_t i = 0; i < entries_.size(); ++i) set_master(entries_[i], std::move(packed[i]));
-    pinned_host_bytes_ = layout.total();
+    std::int64_t allocated = 0;
+    try {
+      pinned_host_bytes_ = detail::pack_into_arena(
+                               std::move(masters), allocate,
+                               [this](std::size_t i, at::Tensor t) { set_master(entries_[i], std::move(t)); },
+                               component_, &allocated)
+                               .total();
+    } catch (...) {
+      pinned_host_bytes_ = allocated;
+      pin_allocator_ = host_allocator();
+      pinned_ = false;
+      throw;
+    }
   }
   void evict() {
     device& from = *where_;

@@ -175,9 +175,11 @@ BOOST_AUTO_TEST_CASE(packed_views_keep_values_sizes_strides_and_dtypes) {
                                 torch::empty({0, 3}),
                                 torch::randn({5, 6}).narrow(1, 2, 3)}; // a view with an offset and a gap
   recording_allocator alloc;
-  offload::detail::arena_layout layout;
-  const auto packed = offload::detail::pack_into_arena(ts, alloc.fn(), "toy", &layout);
-  BOOST_REQUIRE(packed.size() == ts.size());
+  std::vector<at::Tensor> packed(ts.size());
+  std::int64_t allocated = 0;
+  const auto layout = offload::detail::pack_into_arena(
+      ts, alloc.fn(), [&](std::size_t i, at::Tensor t) { packed[i] = std::move(t); }, "toy", &allocated);
+  BOOST_TEST(allocated == layout.total());
   BOOST_TEST(alloc.requests == layout.chunks, boost::test_tools::per_element());
   for (const auto r : alloc.requests) BOOST_TEST(is_pow2(r));
   std::set<const void*> storages;
@@ -192,6 +194,41 @@ BOOST_AUTO_TEST_CASE(packed_views_keep_values_sizes_strides_and_dtypes) {
     storages.insert(packed[i].storage().data());
   }
   BOOST_TEST(storages.size() == layout.chunks.size()); // views of the chunks, nothing else
+}
+
+BOOST_AUTO_TEST_CASE(chunks_are_filled_one_at_a_time_and_the_originals_released_as_they_go) {
+  // Three 700 KiB tensors: two share a 2 MiB chunk, the third has a 1 MiB one (3 MiB either way;
+  // the fewer chunks win).
+  torch::manual_seed(9);
+  std::vector<at::Tensor> ts;
+  std::vector<c10::weak_intrusive_ptr<c10::StorageImpl>> originals;
+  for (int i = 0; i < 3; ++i) {
+    ts.push_back(torch::randn({700 * 256}));
+    originals.emplace_back(ts.back().storage().getWeakStorageImpl());
+  }
+  const std::vector<at::Tensor> values = {ts[0].clone(), ts[1].clone(), ts[2].clone()};
+  const auto plan = offload::detail::plan_arena({700 << 10, 700 << 10, 700 << 10});
+  BOOST_TEST(plan.chunks == (std::vector<std::int64_t>{2 << 20, 1 << 20}), boost::test_tools::per_element());
+  std::vector<at::Tensor> packed(3);
+  std::vector<std::size_t> expired_at_second_chunk;
+  int calls = 0;
+  const auto alloc = [&](std::int64_t n) {
+    if (++calls == 2)
+      for (std::size_t i = 0; i < 3; ++i)
+        if (originals[i].expired()) expired_at_second_chunk.push_back(i);
+    return torch::empty({n}, torch::kUInt8);
+  };
+  (void)offload::detail::pack_into_arena(std::move(ts), alloc,
+                                         [&](std::size_t i, at::Tensor t) { packed[i] = std::move(t); }, "toy");
+  // When the second chunk was asked for, the first chunk's two originals were gone already.
+  std::vector<std::size_t> first_chunk;
+  for (std::size_t i = 0; i < 3; ++i)
+    if (plan.places[i].chunk == 0) first_chunk.push_back(i);
+  BOOST_TEST(expired_at_second_chunk == first_chunk, boost::test_tools::per_element());
+  for (std::size_t i = 0; i < 3; ++i) {
+    BOOST_TEST(originals[i].expired());
+    BOOST_TEST(torch::equal(packed[i], values[i]));
+  }
 }
 
 BOOST_AUTO_TEST_CASE(a_registry_pins_into_chunks_moves_and_unpins_with_the_same_results) {
@@ -288,6 +325,57 @@ BOOST_AUTO_TEST_CASE(a_failed_or_wrong_allocation_leaves_the_masters_as_they_wer
              "offload.placement.arena_chunk");
   BOOST_TEST(t.model->a->weight.data_ptr() == weight);
   BOOST_TEST(!t.comp.tensors().pinned());
+}
+
+BOOST_AUTO_TEST_CASE(a_failure_on_a_later_chunk_leaves_the_component_unpinned_with_its_values) {
+  // A module of three 700 KiB weights: two chunks (see above); the second allocation fails.
+  torch::nn::Sequential model(torch::nn::Linear(torch::nn::LinearOptions(700, 256).bias(false)),
+                              torch::nn::Linear(torch::nn::LinearOptions(256, 700).bias(false)),
+                              torch::nn::Linear(torch::nn::LinearOptions(700, 256).bias(false)));
+  offload::offloadable comp("three", model);
+  auto& reg = comp.tensors();
+  const auto masters = snapshot(reg);
+  int calls = 0;
+  const offload::tensor_registry::host_allocator second_fails = [&](std::int64_t n) -> at::Tensor {
+    TORCH_CHECK(++calls < 2, "CUDA error: out of memory");
+    return torch::empty({n}, torch::kUInt8);
+  };
+  const auto msg = offload::testing::error_message([&] { reg.set_pinned(true, second_fails); });
+  BOOST_TEST(msg.find("chunk 2 of 2 (1048576 bytes, 3145728 in all)") != std::string::npos, msg);
+  BOOST_TEST(msg.find("the masters of the chunks before it stay pinned, the others pageable") != std::string::npos, msg);
+  BOOST_TEST(!reg.pinned());
+  BOOST_TEST(reg.pinned_host_bytes() == 2 << 20); // the first chunk, holding two of the weights
+  for (const auto& [path, value] : masters) BOOST_TEST(torch::equal(reg.master(path), value), path);
+  const auto x = torch::randn({3, 700});
+  BOOST_TEST(torch::equal(model->forward(x), torch::linear(torch::linear(torch::linear(x, masters.at("0.weight")),
+                                                                          masters.at("1.weight")),
+                                                            masters.at("2.weight"))));
+  // Pinned again: all three in the two chunks; unpinned: each its own pageable copy.
+  recording_allocator alloc;
+  reg.set_pinned(true, alloc.fn());
+  BOOST_TEST(reg.pinned());
+  BOOST_TEST(reg.pinned_host_bytes() == 3 << 20);
+  BOOST_TEST(alloc.requests == (std::vector<std::int64_t>{2 << 20, 1 << 20}), boost::test_tools::per_element());
+  reg.set_pinned(false);
+  BOOST_TEST(reg.pinned_host_bytes() == 0);
+  std::set<const void*> storages;
+  for (const auto& [path, value] : masters) {
+    BOOST_TEST(torch::equal(reg.master(path), value), path);
+    storages.insert(reg.master(path).storage().data());
+  }
+  BOOST_TEST(storages.size() == masters.size());
+  // Failed from the start, then unpinned: nothing was pinned, nothing to copy.
+  offload::offloadable other("other", torch::nn::Sequential(torch::nn::Linear(4, 4)));
+  const auto* w = other.tensors().master("0.weight").data_ptr();
+  const offload::tensor_registry::host_allocator fails = [](std::int64_t) -> at::Tensor {
+    TORCH_CHECK(false, "no pinned memory");
+    return {};
+  };
+  BOOST_TEST(offload::testing::error_id([&] { other.tensors().set_pinned(true, fails); }) ==
+             "offload.capacity.pinned_allocation");
+  BOOST_TEST(other.tensors().pinned_host_bytes() == 0);
+  other.tensors().set_pinned(false);
+  BOOST_TEST(other.tensors().master("0.weight").data_ptr() == w);
 }
 
 BOOST_AUTO_TEST_SUITE_END()

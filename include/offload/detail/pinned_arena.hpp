@@ -11,7 +11,7 @@
 ///
 /// `plan_arena` is the packing alone (first fit by decreasing size, each chunk then shrunk to the
 /// power of two its contents need); `pack_into_arena` allocates the chunks through a function and
-/// copies. Both are pure of CUDA: tests pass an ordinary host allocation.
+/// copies, one chunk at a time. Both are pure of CUDA: tests pass an ordinary host allocation.
 
 #include <offload/detail/align.hpp>
 #include <offload/errors.hpp>
@@ -110,20 +110,34 @@ struct arena_layout {
 }
 
 /// Copies `tensors` (host tensors) into chunks that `allocate(bytes)` returns (1-D host tensors
-/// of kByte, at least `bytes` long) as plan_arena places them, and returns their copies in the
-/// same order: views of the chunks with the same sizes, strides, dtype and values. An empty
-/// tensor keeps a fresh empty tensor of its sizes. `layout`, when given, receives the packing.
+/// of kByte, at least `bytes` long), as plan_arena places them, chunk by chunk: each chunk is
+/// allocated, filled, and each copy handed to `commit(i, copy)` (a view of the chunk with the
+/// sizes, strides, dtype and values of `tensors[i]`; an empty tensor gets a fresh empty one) while
+/// `tensors[i]` is released, so the originals can be freed as their copies land and the host holds
+/// at most one chunk more than the masters at any time. Returns the packing.
+///
 /// An allocation that fails throws capacity_error `offload.capacity.pinned_allocation` naming
-/// `what` and the bytes; nothing is kept then.
-[[nodiscard]] inline std::vector<at::Tensor> pack_into_arena(const std::vector<at::Tensor>& tensors,
-                                                             const std::function<at::Tensor(std::int64_t)>& allocate,
-                                                             std::string_view what, arena_layout* layout = nullptr) {
+/// `what`, the chunk and the bytes; the tensors of the chunks before it are committed already (their
+/// values unchanged), the others are not. `allocated`, when given, counts the bytes of the chunks
+/// allocated so far (also when it throws).
+inline arena_layout pack_into_arena(std::vector<at::Tensor> tensors,
+                                    const std::function<at::Tensor(std::int64_t)>& allocate,
+                                    const std::function<void(std::size_t, at::Tensor)>& commit, std::string_view what,
+                                    std::int64_t* allocated = nullptr) {
   std::vector<std::int64_t> sizes;
   sizes.reserve(tensors.size());
   for (const auto& t : tensors) sizes.push_back(extent_bytes(t));
-  arena_layout plan = plan_arena(sizes);
-  std::vector<at::Tensor> chunks;
-  chunks.reserve(plan.chunks.size());
+  const arena_layout plan = plan_arena(sizes);
+  std::vector<std::vector<std::size_t>> members(plan.chunks.size());
+  for (std::size_t i = 0; i < tensors.size(); ++i) {
+    if (sizes[i] > 0) {
+      members[plan.places[i].chunk].push_back(i);
+    } else {
+      commit(i, at::empty(tensors[i].sizes(), tensors[i].options()));
+      tensors[i].reset();
+    }
+  }
+  if (allocated) *allocated = 0;
   for (std::size_t c = 0; c < plan.chunks.size(); ++c) {
     at::Tensor chunk;
     try {
@@ -131,7 +145,8 @@ struct arena_layout {
     } catch (const c10::Error& e) {
       throw capacity_error("offload.capacity.pinned_allocation",
                            fmt::format("pinning the host masters of '{}': chunk {} of {} ({} bytes, {} in all) could "
-                                       "not be allocated: {}; pin less (drop ':pinned' from some components, or give "
+                                       "not be allocated: {}; the masters of the chunks before it stay pinned, the "
+                                       "others pageable; pin less (drop ':pinned' from some components, or give "
                                        "the budget planner a pinned budget)",
                                        what, c + 1, plan.chunks.size(), plan.chunks[c], plan.total(),
                                        e.what_without_backtrace()),
@@ -142,24 +157,16 @@ struct arena_layout {
                             fmt::format("pinning the host masters of '{}': the allocator returned {} for a chunk of "
                                         "{} bytes, expected a 1-D host tensor of Byte at least that long",
                                         what, chunk.toString(), plan.chunks[c]));
-    chunks.push_back(std::move(chunk));
-  }
-  std::vector<at::Tensor> out;
-  out.reserve(tensors.size());
-  for (std::size_t i = 0; i < tensors.size(); ++i) {
-    const at::Tensor& t = tensors[i];
-    if (sizes[i] == 0) {
-      out.push_back(at::empty(t.sizes(), t.options()));
-      continue;
+    if (allocated) *allocated += plan.chunks[c];
+    for (const std::size_t i : members[c]) {
+      at::Tensor& t = tensors[i];
+      at::Tensor copy = chunk.narrow(0, plan.places[i].offset, sizes[i]).view(t.scalar_type()).as_strided(t.sizes(), t.strides());
+      copy.copy_(t);
+      t.reset();
+      commit(i, std::move(copy));
     }
-    const auto& p = plan.places[i];
-    at::Tensor region = chunks[p.chunk].narrow(0, p.offset, sizes[i]).view(t.scalar_type());
-    at::Tensor copy = region.as_strided(t.sizes(), t.strides());
-    copy.copy_(t);
-    out.push_back(std::move(copy));
   }
-  if (layout) *layout = std::move(plan);
-  return out;
+  return plan;
 }
 
 } // namespace offload::detail
