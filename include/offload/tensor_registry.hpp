@@ -302,7 +302,7 @@ public:
     std::vector<std::int64_t> sizes;
     sizes.reserve(entries_.size());
     for (const auto& e : entries_) {
-      const std::int64_t extent = detail::extent_bytes(e.master);
+      const std::int64_t extent = detail::arena_bytes(e.master);
       sizes.push_back(d == storage_dtype::native || !converts(e.path, e.master)
                           ? extent
                           : extent / static_cast<std::int64_t>(e.master.element_size()) * element_size(d));

@@ -10,7 +10,9 @@
 #include <boost/test/unit_test.hpp>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <map>
+#include <numeric>
 #include <random>
 #include <set>
 
@@ -194,6 +196,64 @@ BOOST_AUTO_TEST_CASE(packed_views_keep_values_sizes_strides_and_dtypes) {
     storages.insert(packed[i].storage().data());
   }
   BOOST_TEST(storages.size() == layout.chunks.size()); // views of the chunks, nothing else
+}
+
+BOOST_AUTO_TEST_CASE(random_layouts_keep_their_values_and_strides) {
+  // Tensors of 0-4 dimensions in random dtypes, permuted (transposed strides), narrowed (gaps and
+  // offsets) or expanded (stride 0: packed contiguous), 40 at a time into one arena, 30 times.
+  std::mt19937_64 rng(21);
+  const std::vector<c10::ScalarType> dtypes = {torch::kFloat32, torch::kFloat64, torch::kBFloat16, torch::kFloat16,
+                                               torch::kInt64,   torch::kInt8,    torch::kBool,     torch::kComplexFloat};
+  auto pick = [&](std::int64_t n) { return static_cast<std::int64_t>(rng() % static_cast<std::uint64_t>(n)); };
+  int overlapping = 0, strided = 0; // the layouts seen: each must occur
+  for (int round = 0; round < 30; ++round) {
+    std::vector<at::Tensor> ts;
+    for (int k = 0; k < 40; ++k) {
+      std::vector<std::int64_t> shape;
+      const auto dims = pick(5);
+      for (std::int64_t d = 0; d < dims; ++d) shape.push_back(pick(7) + (pick(10) == 0 ? 0 : 1));
+      const auto dtype = dtypes[static_cast<std::size_t>(pick(static_cast<std::int64_t>(dtypes.size())))];
+      at::Tensor t = torch::randn(shape, torch::kFloat64).mul(100).to(dtype);
+      const auto how = pick(4);
+      if (how == 1 && dims >= 2) {
+        std::vector<std::int64_t> perm(static_cast<std::size_t>(dims));
+        std::iota(perm.begin(), perm.end(), 0);
+        std::shuffle(perm.begin(), perm.end(), rng);
+        t = t.permute(perm);
+      } else if (how == 2 && dims >= 1 && t.size(0) > 1) {
+        t = t.narrow(0, 1, t.size(0) - 1);
+        if (dims >= 2 && t.size(dims - 1) > 2) t = t.narrow(dims - 1, 1, t.size(dims - 1) - 2);
+      } else if (how == 3 && dims >= 1) {
+        std::vector<std::int64_t> one = shape;
+        one[0] = 1;
+        t = torch::randn(one, torch::kFloat64).mul(100).to(dtype).expand(shape);
+      }
+      ts.push_back(t);
+    }
+    std::vector<at::Tensor> packed(ts.size());
+    recording_allocator alloc;
+    const auto layout = offload::detail::pack_into_arena(
+        ts, alloc.fn(), [&](std::size_t i, at::Tensor t) { packed[i] = std::move(t); }, "random");
+    BOOST_TEST(alloc.requests == layout.chunks, boost::test_tools::per_element());
+    for (std::size_t i = 0; i < ts.size(); ++i) {
+      BOOST_REQUIRE(packed[i].defined());
+      BOOST_TEST((packed[i].scalar_type() == ts[i].scalar_type()));
+      BOOST_TEST(packed[i].sizes().vec() == ts[i].sizes().vec(), boost::test_tools::per_element());
+      BOOST_TEST(torch::equal(packed[i], ts[i]), "round " << round << " tensor " << i);
+      if (ts[i].numel() == 0) continue;
+      if (offload::detail::self_overlapping(ts[i])) {
+        BOOST_TEST(packed[i].is_contiguous());
+        ++overlapping;
+      } else {
+        BOOST_TEST(packed[i].strides().vec() == ts[i].strides().vec(), boost::test_tools::per_element());
+        strided += !ts[i].is_contiguous();
+      }
+      BOOST_TEST(offload::detail::arena_bytes(packed[i]) <= offload::detail::arena_bytes(ts[i]));
+    }
+  }
+  BOOST_TEST_MESSAGE(overlapping << " expanded and " << strided << " non-contiguous tensors packed");
+  BOOST_TEST(overlapping > 20);
+  BOOST_TEST(strided > 20);
 }
 
 BOOST_AUTO_TEST_CASE(chunks_are_filled_one_at_a_time_and_the_originals_released_as_they_go) {

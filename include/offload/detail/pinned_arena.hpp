@@ -17,6 +17,7 @@
 #include <offload/errors.hpp>
 
 #include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
 
 #include <fmt/format.h>
 
@@ -101,9 +102,17 @@ struct arena_layout {
   return best;
 }
 
-/// The bytes a tensor's elements span in memory (its storage extent from its first element).
-[[nodiscard]] inline std::int64_t extent_bytes(const at::Tensor& t) {
+/// Whether a tensor has elements that share memory (an expanded tensor, stride 0): it is packed
+/// contiguous, since a copy cannot write into such a layout.
+[[nodiscard]] inline bool self_overlapping(const at::Tensor& t) {
+  return at::has_internal_overlap(t) == at::MemOverlap::Yes;
+}
+
+/// The bytes a tensor takes in the arena: the span of its elements in memory (its layout is kept),
+/// or its elements' bytes when they overlap (packed contiguous).
+[[nodiscard]] inline std::int64_t arena_bytes(const at::Tensor& t) {
   if (t.numel() == 0) return 0;
+  if (self_overlapping(t)) return t.numel() * static_cast<std::int64_t>(t.element_size());
   std::int64_t last = 0;
   for (std::int64_t d = 0; d < t.dim(); ++d) last += (t.size(d) - 1) * t.stride(d);
   return (last + 1) * static_cast<std::int64_t>(t.element_size());
@@ -112,7 +121,8 @@ struct arena_layout {
 /// Copies `tensors` (host tensors) into chunks that `allocate(bytes)` returns (1-D host tensors
 /// of kByte, at least `bytes` long), as plan_arena places them, chunk by chunk: each chunk is
 /// allocated, filled, and each copy handed to `commit(i, copy)` (a view of the chunk with the
-/// sizes, strides, dtype and values of `tensors[i]`; an empty tensor gets a fresh empty one) while
+/// sizes, strides, dtype and values of `tensors[i]`, contiguous where its elements overlap; an
+/// empty tensor gets a fresh empty one) while
 /// `tensors[i]` is released, so the originals can be freed as their copies land and the host holds
 /// at most one chunk more than the masters at any time. Returns the packing.
 ///
@@ -126,7 +136,7 @@ inline arena_layout pack_into_arena(std::vector<at::Tensor> tensors,
                                     std::int64_t* allocated = nullptr) {
   std::vector<std::int64_t> sizes;
   sizes.reserve(tensors.size());
-  for (const auto& t : tensors) sizes.push_back(extent_bytes(t));
+  for (const auto& t : tensors) sizes.push_back(arena_bytes(t));
   const arena_layout plan = plan_arena(sizes);
   std::vector<std::vector<std::size_t>> members(plan.chunks.size());
   for (std::size_t i = 0; i < tensors.size(); ++i) {
@@ -160,7 +170,8 @@ inline arena_layout pack_into_arena(std::vector<at::Tensor> tensors,
     if (allocated) *allocated += plan.chunks[c];
     for (const std::size_t i : members[c]) {
       at::Tensor& t = tensors[i];
-      at::Tensor copy = chunk.narrow(0, plan.places[i].offset, sizes[i]).view(t.scalar_type()).as_strided(t.sizes(), t.strides());
+      const at::Tensor region = chunk.narrow(0, plan.places[i].offset, sizes[i]).view(t.scalar_type());
+      at::Tensor copy = self_overlapping(t) ? region.view(t.sizes()) : region.as_strided(t.sizes(), t.strides());
       copy.copy_(t);
       t.reset();
       commit(i, std::move(copy));
