@@ -263,7 +263,7 @@ BOOST_AUTO_TEST_CASE(chunks_are_filled_one_at_a_time_and_the_originals_released_
   std::vector<at::Tensor> ts;
   std::vector<c10::weak_intrusive_ptr<c10::StorageImpl>> originals;
   for (int i = 0; i < 3; ++i) {
-    ts.push_back(torch::randn({700 * 256}));
+    ts.push_back(torch::randn({std::int64_t{700} * 256}));
     originals.emplace_back(ts.back().storage().getWeakStorageImpl());
   }
   const std::vector<at::Tensor> values = {ts[0].clone(), ts[1].clone(), ts[2].clone()};

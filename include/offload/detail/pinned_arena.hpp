@@ -137,7 +137,7 @@ inline arena_layout pack_into_arena(std::vector<at::Tensor> tensors,
   std::vector<std::int64_t> sizes;
   sizes.reserve(tensors.size());
   for (const auto& t : tensors) sizes.push_back(arena_bytes(t));
-  const arena_layout plan = plan_arena(sizes);
+  arena_layout plan = plan_arena(sizes);
   std::vector<std::vector<std::size_t>> members(plan.chunks.size());
   for (std::size_t i = 0; i < tensors.size(); ++i) {
     if (sizes[i] > 0) {
