@@ -62,6 +62,9 @@ pipeline random_pipeline(random_source& r, const pipeline_options& o) {
   int stored = 0;
   for (int c = 0; c < n; ++c) {
     offload::component_info info{std::string(1, static_cast<char>('a' + c)), r.mib(64, 8192)};
+    // Half the time its masters take 0-5% more pinned (packed into power-of-two chunks).
+    const auto packed = [&](std::int64_t bytes) { return r.chance(0.5) ? bytes + bytes * r.uniform(0, 5) / 100 : 0; };
+    info.pinned_bytes = packed(info.bytes);
     if (o.blocks && ((c == 0 && o.first_has_blocks) || r.chance(0.5))) {
       // Blocks of equal size taking 50-90% of it, and maybe a host table of up to 10%.
       const int count = r.uniform(o.min_blocks, o.max_blocks);
@@ -73,6 +76,7 @@ pipeline random_pipeline(random_source& r, const pipeline_options& o) {
     if (o.storage && stored < o.max_storage && r.chance(0.35)) {
       ++stored;
       offload::stored_size half{offload::storage_dtype::bf16, info.bytes / 2, std::nullopt, true};
+      half.pinned_bytes = packed(half.bytes);
       if (info.blocks) {
         half.blocks = *info.blocks;
         for (auto& b : half.blocks->block_bytes) b /= 2;
@@ -109,6 +113,7 @@ std::string describe(const pipeline& p) {
     if (c.blocks)
       out += fmt::format("[{}x{} host {}]", c.blocks->count(), c.blocks->block_bytes.front(), c.blocks->host_bytes);
     if (!c.storage.empty()) out += "(bf16)";
+    if (c.pinned_bytes > 0) out += fmt::format("(pinned {})", c.pinned_bytes);
   }
   out += "; stages:";
   for (const auto& s : p.stages) {
@@ -195,10 +200,18 @@ std::int64_t master_bytes(const offload::component_info& c, const offload::place
   return c.stored_as(cp.store)->bytes;
 }
 
-/// Host memory of a policy: every master as stored, plus the largest workspace of the stages on the host.
+/// The host bytes of `c`'s master under the policy: as stored, packed into chunks when pinned.
+std::int64_t held_bytes(const offload::component_info& c, const offload::placement_policy& pol) {
+  const auto& cp = pol.of(c.name);
+  if (cp.memory != offload::host_memory::pinned) return master_bytes(c, pol);
+  return c.pinned_as(cp.execute_on.is_host() ? offload::storage_dtype::native : cp.store);
+}
+
+/// Host memory of a policy: every master as stored (pinned ones packed), plus the largest workspace
+/// of the stages on the host.
 std::int64_t host_peak(const pipeline& p, const offload::placement_policy& pol) {
   std::int64_t masters = 0, ws = 0;
-  for (const auto& c : p.comps) masters += master_bytes(c, pol);
+  for (const auto& c : p.comps) masters += held_bytes(c, pol);
   for (const auto& s : p.stages) {
     std::int64_t here = 0;
     for (const auto& w : s.workspace) here += pol.of(w.component).execute_on.is_host() ? w.bytes : 0;
@@ -207,11 +220,11 @@ std::int64_t host_peak(const pipeline& p, const offload::placement_policy& pol) 
   return masters + ws;
 }
 
-/// Pinned host memory of a policy: the masters it pins, as stored.
+/// Pinned host memory of a policy: the masters it pins, as stored, packed.
 std::int64_t pinned_bytes(const pipeline& p, const offload::placement_policy& pol) {
   std::int64_t n = 0;
   for (const auto& c : p.comps)
-    if (pol.of(c.name).memory == offload::host_memory::pinned) n += master_bytes(c, pol);
+    if (pol.of(c.name).memory == offload::host_memory::pinned) n += held_bytes(c, pol);
   return n;
 }
 
