@@ -93,6 +93,11 @@ std::string table(const bench_report& r) {
   else if (real_pinning)
     out += "peak / reserved: the CUDA caching allocator's peaks (max_memory_allocated / max_memory_reserved); "
            "plan peak: offload's prediction; pinned: host memory the pinned masters take (their chunks)\n";
+  if (real_pinning)
+    for (const auto& p : r.results)
+      if (p.ok && p.pinned_host_bytes != p.predicted_pinned_bytes)
+        out += fmt::format("policy '{}': its pinned masters ({} bytes) take {} bytes pinned, {} predicted\n", p.policy,
+                           p.pinned_master_bytes, p.pinned_host_bytes, p.predicted_pinned_bytes);
   if (std::none_of(r.results.begin(), r.results.end(), [](const policy_result& p) { return p.policy == "resident" && p.ok; }))
     out += "no 'resident' run in this invocation: ratios and hidden fractions need one (--policy resident)\n";
   out += "video: the generated video against the resident run's, 'same' bit for bit, else the largest "
