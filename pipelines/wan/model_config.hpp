@@ -66,4 +66,14 @@ struct DitParameterCounts {
 };
 DitParameterCounts parameter_counts(const WanModelConfig& cfg);
 
+/// One parameter of the model built from a config: its number of elements, and whether it is a
+/// matmul weight or bias (converted by the storage rule).
+struct DitTensor {
+  int64_t numel = 0;
+  bool matmul = false;
+};
+/// Every parameter of WanModel / VaceWanModel built from `cfg` (not the RoPE table `freqs`),
+/// without weights: what parameter_counts sums, and the sizes the preset's pinned bytes pack.
+std::vector<DitTensor> dit_tensors(const WanModelConfig& cfg);
+
 } // namespace wan

@@ -192,37 +192,37 @@ WanModelConfig from_config_json(const std::filesystem::path& path) {
   return c;
 }
 
-DitParameterCounts parameter_counts(const WanModelConfig& cfg) {
+std::vector<DitTensor> dit_tensors(const WanModelConfig& cfg) {
   cfg.validate();
   const int64_t d = cfg.dim;
   const int64_t p = cfg.patch_size[0] * cfg.patch_size[1] * cfg.patch_size[2];
-  DitParameterCounts n;
-  // A Linear / Conv3d: weights and bias; matmul ones are what the storage rule converts.
+  std::vector<DitTensor> n;
+  // A Linear / Conv3d: weight and bias; matmul ones are what the storage rule converts.
   auto lin = [&](int64_t in, int64_t out, bool matmul = true) {
-    n.total += in * out + out;
-    if (matmul) n.matmul += in * out + out;
+    n.push_back({in * out, matmul});
+    n.push_back({out, matmul});
   };
-  auto other = [&](int64_t count) { n.total += count; }; // norms, modulation, emb_pos
+  auto other = [&](int64_t count) { n.push_back({count, false}); }; // one norm weight or bias, modulation, emb_pos
   auto attn = [&] {
     for (int i = 0; i < 4; ++i) lin(d, d);                          // q, k, v, o
-    if (cfg.qk_norm) other(2 * d);                                  // norm_q, norm_k
+    if (cfg.qk_norm) other(d), other(d);                            // norm_q, norm_k
   };
   auto block = [&](bool i2v) {
     attn();                                                         // self_attn
-    if (cfg.cross_attn_norm) other(2 * d);                          // norm3
+    if (cfg.cross_attn_norm) other(d), other(d);                    // norm3
     attn();                                                         // cross_attn
     if (i2v) {
       lin(d, d), lin(d, d);                                         // k_img, v_img
       if (cfg.qk_norm) other(d);                                    // norm_k_img
     }
     lin(d, cfg.ffn_dim), lin(cfg.ffn_dim, d);                       // ffn
-    other(6 * d);                                                   // modulation
+    other(6 * d);                                                   // modulation [1, 6, dim]
   };
   lin(cfg.in_dim * p, d);                                           // patch_embedding (Conv3d)
   lin(cfg.text_dim, d), lin(d, d);                                  // text_embedding
   lin(cfg.freq_dim, d, false), lin(d, d, false);                    // time_embedding
   lin(d, 6 * d, false);                                             // time_projection
-  lin(d, p * cfg.out_dim, false), other(2 * d);                     // head (head.head, modulation)
+  lin(d, p * cfg.out_dim, false), other(2 * d);                     // head (head.head, modulation [1, 2, dim])
   if (cfg.model_type == "vace") {
     const auto layers = cfg.resolved_vace_layers();
     for (int64_t i = 0; i < cfg.num_layers; ++i) block(false);      // blocks (t2v cross-attn)
@@ -234,9 +234,18 @@ DitParameterCounts parameter_counts(const WanModelConfig& cfg) {
     for (int64_t i = 0; i < cfg.num_layers; ++i) block(i2v);
     if (i2v) {
       const int64_t c = cfg.clip_dim;
-      other(2 * c), lin(c, c), lin(c, d), other(2 * d);             // img_emb.proj (LN, Linear, GELU, Linear, LN)
+      other(c), other(c), lin(c, c), lin(c, d), other(d), other(d); // img_emb.proj (LN, Linear, GELU, Linear, LN)
       if (cfg.model_type == "flf2v") other(FIRST_LAST_FRAME_CONTEXT_TOKEN_NUMBER * c); // emb_pos
     }
+  }
+  return n;
+}
+
+DitParameterCounts parameter_counts(const WanModelConfig& cfg) {
+  DitParameterCounts n;
+  for (const auto& t : dit_tensors(cfg)) {
+    n.total += t.numel;
+    if (t.matmul) n.matmul += t.numel;
   }
   return n;
 }

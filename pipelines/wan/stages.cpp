@@ -8,6 +8,7 @@
 #include "wan/vae.hpp"
 
 #include <offload/block_stream.hpp>
+#include <offload/detail/pinned_arena.hpp>
 #include <offload/errors.hpp>
 
 #include <fmt/format.h>
@@ -121,6 +122,10 @@ offload::stored_size dit_stored_size(const WanModelConfig& cfg, offload::storage
   s.exact = dtype != offload::storage_dtype::native && dtype == dit_exact_storage();
   s.bytes = (n.total - n.matmul) * full + n.matmul * narrow + freqs;
   s.blocks = dit_block_layout(cfg, full, narrow);
+  // Pinned, the masters are packed into power-of-two chunks as offloadable packs them.
+  std::vector<std::int64_t> sizes{freqs};
+  for (const auto& t : dit_tensors(cfg)) sizes.push_back(t.numel * (t.matmul ? narrow : full));
+  s.pinned_bytes = offload::detail::plan_arena(sizes).total();
   return s;
 }
 
@@ -137,6 +142,9 @@ std::vector<offload::component_info> preset_components(std::string_view task) {
   const auto t5 = T5Config::umt5_xxl();
   out.push_back({std::string(T5_COMPONENT), bytes_of(parameter_count(t5), cfg.t5_dtype),
                  t5_block_layout(t5, element_bytes(cfg.t5_dtype))});
+  std::vector<std::int64_t> t5_sizes = tensor_numels(t5);
+  for (auto& n : t5_sizes) n *= element_bytes(cfg.t5_dtype);
+  out.back().pinned_bytes = offload::detail::plan_arena(t5_sizes).total();
   if (is_image_task(task))
     out.push_back({std::string(CLIP_COMPONENT),
                    bytes_of(clip::parameter_count(CLIPConfig::clip_xlm_roberta_vit_h_14()),
@@ -144,6 +152,7 @@ std::vector<offload::component_info> preset_components(std::string_view task) {
   const auto dit = model_config(task);
   const auto native = dit_stored_size(dit, offload::storage_dtype::native);
   offload::component_info dit_info{std::string(DIT_COMPONENT), native.bytes, native.blocks};
+  dit_info.pinned_bytes = native.pinned_bytes;
   for (const auto d : {offload::storage_dtype::bf16, offload::storage_dtype::fp16})
     dit_info.storage.push_back(dit_stored_size(dit, d));
   out.push_back(std::move(dit_info));

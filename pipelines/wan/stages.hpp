@@ -106,9 +106,9 @@ offload::block_layout dit_block_layout(const WanModelConfig& cfg, std::int64_t e
 offload::block_layout t5_block_layout(const T5Config& cfg, std::int64_t element_size);
 
 /// The size of a float32 DiT with its matmul weights (the storage rule's tensors) stored as
-/// `dtype`: bytes (its RoPE table `freqs` included) and block layout, equal to the
-/// loaded model's component storage_sizes(). `native`: as built, float32. Exact
-/// (stored_size::exact) for dit_exact_storage().
+/// `dtype`: bytes (its RoPE table `freqs` included), block layout and pinned bytes (packed into
+/// power-of-two chunks), equal to the loaded model's component storage_sizes(). `native`: as
+/// built, float32. Exact (stored_size::exact) for dit_exact_storage().
 offload::stored_size dit_stored_size(const WanModelConfig& cfg, offload::storage_dtype dtype);
 
 /// The storage dtype of the DiT's matmul weights that computes the same bits as float32 storage on

@@ -94,13 +94,18 @@ T5Config T5Config::infer_from_weights(const offload::state_dict& sd) {
 }
 
 std::int64_t parameter_count(const T5Config& c) {
-  const std::int64_t pos = c.num_buckets * c.num_heads;
-  const std::int64_t block = 2 * c.dim                    // norm1, norm2
-                             + 3 * c.dim * c.dim_attn      // q, k, v
-                             + c.dim_attn * c.dim          // o
-                             + 3 * c.dim * c.dim_ffn       // gate.0, fc1, fc2
-                             + (c.shared_pos ? 0 : pos);   // per-block pos_embedding
-  return c.vocab_size * c.dim + (c.shared_pos ? pos : 0) + c.encoder_layers * block + c.dim;
+  std::int64_t n = 0;
+  for (const auto x : tensor_numels(c)) n += x;
+  return n;
+}
+
+std::vector<std::int64_t> tensor_numels(const T5Config& c) {
+  std::vector<std::int64_t> n = {c.vocab_size * c.dim};                 // token_embedding
+  if (c.shared_pos) n.push_back(c.num_buckets * c.num_heads);          // pos_embedding
+  const auto block = block_tensor_numels(c);
+  for (std::int64_t b = 0; b < c.encoder_layers; ++b) n.insert(n.end(), block.begin(), block.end());
+  n.push_back(c.dim);                                                   // norm
+  return n;
 }
 
 std::vector<std::int64_t> block_tensor_numels(const T5Config& c) {

@@ -80,6 +80,11 @@ std::int64_t parameter_count(const T5Config& cfg);
 /// ffn.gate.0/fc1/fc2, and pos_embedding unless shared): what its block list streams.
 std::vector<std::int64_t> block_tensor_numels(const T5Config& cfg);
 
+/// Numbers of elements of every parameter of the T5Encoder built from `cfg` (token_embedding, the
+/// shared pos_embedding, every block's, norm): what parameter_count sums, and the sizes the
+/// preset's pinned bytes pack.
+std::vector<std::int64_t> tensor_numels(const T5Config& cfg);
+
 /// tanh-approximated GELU, written out exactly like t5.py's GELU.
 class GELUImpl : public torch::nn::Module {
 public:

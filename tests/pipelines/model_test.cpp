@@ -7,6 +7,7 @@
 
 #include <boost/test/unit_test.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <fstream>
@@ -233,6 +234,13 @@ BOOST_AUTO_TEST_CASE(parameter_count_equals_construction) {
     BOOST_TEST_CONTEXT(cfg.model_type << " qk_norm=" << cfg.qk_norm << " layers=" << cfg.num_layers) {
       auto m = build(cfg);
       BOOST_TEST(wan::parameter_count(cfg) == numel_sum(*m));
+      // Tensor by tensor (what the pinned size packs): the same sizes as the module's parameters.
+      std::vector<int64_t> listed, built;
+      for (const auto& t : wan::dit_tensors(cfg)) listed.push_back(t.numel);
+      for (const auto& p : m->parameters()) built.push_back(p.numel());
+      std::sort(listed.begin(), listed.end());
+      std::sort(built.begin(), built.end());
+      BOOST_TEST(listed == built, boost::test_tools::per_element());
     }
   }
 }

@@ -7,6 +7,7 @@
 
 #include <boost/test/unit_test.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <map>
@@ -96,6 +97,14 @@ BOOST_AUTO_TEST_CASE(tiny_config_numel_equals_parameter_count) {
   numel = 0;
   for (const auto& p : enc_shared->parameters()) numel += p.numel();
   BOOST_TEST(numel == wan::parameter_count(shared));
+  // Tensor by tensor (what the preset's pinned size packs): the module's parameter sizes.
+  for (const auto& [c, m] : {std::pair{cfg, enc.ptr()}, std::pair{shared, enc_shared.ptr()}}) {
+    std::vector<std::int64_t> listed = wan::tensor_numels(c), built;
+    for (const auto& p : m->parameters()) built.push_back(p.numel());
+    std::sort(listed.begin(), listed.end());
+    std::sort(built.begin(), built.end());
+    BOOST_TEST(listed == built, boost::test_tools::per_element());
+  }
 }
 
 BOOST_AUTO_TEST_CASE(keys_equal_manifest_keys) {
