@@ -97,7 +97,7 @@ struct toy {
   at::Tensor run(const at::Tensor& x) { return torch::matmul(x, proj_t.to(x.dtype())) + model->forward(x).sum(); }
 };
 
-// Every master: its value (cloned) and whether it shares storage with `data` of another.
+// Every master's value (cloned), by path.
 std::map<std::string, at::Tensor> snapshot(const offload::tensor_registry& r) {
   std::map<std::string, at::Tensor> out;
   for (const auto& t : r.tensors()) out[t.path] = r.master(t.path).clone();
