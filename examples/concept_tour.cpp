@@ -2,6 +2,7 @@
 // auxiliary tensors), policies, stages, plans, execution and traces. Every snippet in docs/ is
 // taken from here, so they compile with the build and run as the test example_concept_tour.
 #include <offload/offload.hpp>
+#include <offload/testing/caching_host_allocator.hpp>
 #include <offload/testing/host_memory_probe.hpp>
 #include <offload/testing/mock_device.hpp>
 #include <offload/testing/simulate.hpp>
@@ -241,6 +242,20 @@ int tour() {
     assert(probe.peak() >= static_cast<std::int64_t>(out.nbytes()));
   }
   // [probe]
+
+  // [pinned-cache]
+  // Pinned and unpinned through a stand-in for LibTorch's caching pinned allocator: every chunk
+  // goes back to the system, none stays cached (offload/testing/caching_host_allocator.hpp).
+  {
+    offload::testing::caching_host_allocator pinned;
+    offload::offloadable<torch::nn::Linear> lin("lin", torch::nn::Linear(512, 512));
+    lin.tensors().set_pinned(true, pinned.allocator(), pinned.release());
+    std::cout << "pinned: " << offload::format_bytes(lin.tensors().pinned_host_bytes()) << " in chunks for "
+              << offload::format_bytes(lin.bytes()) << " of masters\n";
+    lin.tensors().set_pinned(false);
+    assert(pinned.reserved() == 0 && pinned.peak_reserved() == lin.tensors().pinned_bytes_as(offload::storage_dtype::native));
+  }
+  // [pinned-cache]
   assert(gpu.bytes_in() > 0);
   return gpu.used() == 0 ? 0 : 1;
 }

@@ -13,6 +13,16 @@
 
 #define OFFLOAD_TORCH_VERSION (TORCH_VERSION_MAJOR * 10000 + TORCH_VERSION_MINOR * 100)
 
+/// LibTorch >= 2.8 has one host-allocator interface for every device type,
+/// at::getHostAllocator(at::kCUDA) (ATen/core/CachingHostAllocator.h, no CUDA header needed), with
+/// empty_cache(). Before, the CUDA one was reached through ATen/cuda headers only.
+#if OFFLOAD_TORCH_VERSION >= 20800
+#define OFFLOAD_HAS_HOST_ALLOCATOR_API 1
+#include <ATen/core/CachingHostAllocator.h>
+#else
+#define OFFLOAD_HAS_HOST_ALLOCATOR_API 0
+#endif
+
 /// LibTorch >= 2.0 has at::scaled_dot_product_attention.
 #if OFFLOAD_TORCH_VERSION >= 20000
 #define OFFLOAD_HAS_SDPA 1
@@ -75,5 +85,17 @@ inline bool cuda_available() { return at::globalContext().hasCUDA(); }
 /// allocator, which rounds a request up to a power of two: pass powers of two). Needs CUDA.
 inline at::Tensor pinned_host_bytes(std::int64_t bytes) {
   return at::empty({bytes}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
+}
+/// Whether release_cached_pinned_memory can return cached pinned memory on this LibTorch.
+inline bool can_release_cached_pinned_memory() { return OFFLOAD_HAS_HOST_ALLOCATOR_API && cuda_available(); }
+/// Returns to the system the pinned blocks LibTorch's caching host allocator keeps for tensors
+/// already freed (a block whose copies are still running stays until they end). That allocator
+/// otherwise keeps every freed block, page-locked, for a later request of the same power of two.
+/// A no-op where this LibTorch offers no way to (before 2.8; see OFFLOAD_HAS_HOST_ALLOCATOR_API)
+/// or has no CUDA.
+inline void release_cached_pinned_memory() {
+#if OFFLOAD_HAS_HOST_ALLOCATOR_API
+  if (cuda_available()) at::getHostAllocator(at::kCUDA)->empty_cache();
+#endif
 }
 } // namespace offload::detail

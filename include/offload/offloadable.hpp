@@ -48,7 +48,7 @@ class offloadable<M> final : public component {
 public:
   /// Wraps `module` (which must be on the host) under `name` and discovers its tensors.
   offloadable(std::string name, M module, offloadable_options options = {})
-      : name_(std::move(name)), module_(std::move(module)), registry_(name_) {
+      : name_(std::move(name)), registry_(name_), module_(std::move(module)) {
     registry_.discover(*detail::module_pointer(module_));
     if (options.dtype) registry_.convert(*options.dtype);
   }
@@ -78,12 +78,15 @@ public:
     registry_.audit(expected, where);
   }
   /// Pins the host masters when LibTorch has CUDA, packed into power-of-two chunks
-  /// (tensor_registry::set_pinned); on a CPU-only build the flag is recorded (mock devices then
-  /// charge pinned bandwidth).
+  /// (tensor_registry::set_pinned), and returns the chunks it lets go of to the system where
+  /// LibTorch allows (detail::release_cached_pinned_memory); on a CPU-only build the flag is
+  /// recorded (mock devices then charge pinned bandwidth).
   void use_pinned_memory(bool pinned) override {
     if (pinned == registry_.pinned()) return;
-    if (detail::cuda_available()) registry_.set_pinned(pinned, detail::pinned_host_bytes);
-    else registry_.set_pinned(pinned);
+    if (!detail::cuda_available()) return registry_.set_pinned(pinned);
+    tensor_registry::cache_release release;
+    if (detail::can_release_cached_pinned_memory()) release = detail::release_cached_pinned_memory;
+    registry_.set_pinned(pinned, detail::pinned_host_bytes, std::move(release));
   }
   /// Declares the module's block list (`blocks.<i>.*`), which policies may then stream. Chainable.
   offloadable& declare_blocks(const std::string& prefix, int count) {
@@ -141,8 +144,8 @@ public:
 
 private:
   std::string name_;
+  tensor_registry registry_; // destroyed after module_: it can then free pinned chunks (~tensor_registry)
   M module_;
-  tensor_registry registry_;
   bool tileable_ = false;
   tile_options tiling_{};
 };

@@ -30,9 +30,12 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <numeric>
 #include <optional>
 #include <string>
+#include <unordered_map>
 #include <unordered_set>
+#include <utility>
 #include <vector>
 
 namespace offload {
@@ -72,6 +75,17 @@ struct tensor_location {
 class tensor_registry {
 public:
   explicit tensor_registry(std::string component) : component_(std::move(component)) {}
+  /// Really pinned, with a cache_release: the masters are dropped and the chunks nothing else
+  /// holds go back to the system, not to the pinned allocator's cache.
+  ~tensor_registry() {
+    if (pinned_host_bytes_ == 0 || !pin_release_) return;
+    entries_.clear();
+    stream_.reset();
+    try {
+      pin_release_();
+    } catch (...) { // NOLINT(bugprone-empty-catch): a destructor must not throw; the memory stays cached
+    }
+  }
   tensor_registry(const tensor_registry&) = delete;
   tensor_registry& operator=(const tensor_registry&) = delete;
 
@@ -269,27 +283,36 @@ public:
   /// A function that returns `bytes` of page-locked host memory as a 1-D kByte tensor
   /// (detail::pinned_host_bytes on a CUDA build; any host allocation in tests).
   using host_allocator = std::function<at::Tensor(std::int64_t bytes)>;
+  /// A function that returns to the system the page-locked memory the allocator keeps cached for
+  /// tensors already freed (detail::release_cached_pinned_memory on a CUDA build). LibTorch's
+  /// pinned allocator keeps every freed block for a later request of the same power of two, so
+  /// without it a chunk the registry lets go of stays page-locked until the process ends.
+  using cache_release = std::function<void()>;
 
   /// Keeps host masters in pinned (page-locked) memory: faster and asynchronous host-to-device
   /// copies. With `allocate`, the masters are copied into a few power-of-two chunks from it
   /// (detail/pinned_arena.hpp: LibTorch's pinned allocator rounds every request up to a power of
   /// two, so pinning tensor by tensor would take about 1.5x the bytes) and each becomes a view of
   /// its chunk, with the same sizes, strides, dtype and values, chunk by chunk (the old masters are
-  /// freed as they go, where nothing else holds them); unpinned, each gets a pageable copy. Without
-  /// `allocate` (a machine without CUDA) the flag is only recorded: mock devices charge pinned
-  /// bandwidth. At home. When a chunk cannot be allocated (capacity_error
-  /// `offload.capacity.pinned_allocation`), the component stays unpinned and every master keeps its
-  /// values: those of the chunks before stay in them (pinned_host_bytes() says how much) until the
-  /// component is pinned or unpinned again.
-  void set_pinned(bool pinned, host_allocator allocate = {}) {
+  /// freed as they go, where nothing else holds them); unpinned, each gets a pageable copy, chunk
+  /// by chunk. `release`, kept while pinned, is called after each chunk the registry lets go of
+  /// (unpinning, repacking after a conversion, destruction), so that the host never holds much
+  /// more than the masters: one chunk beyond them. Without `allocate` (a machine without CUDA) the
+  /// flag is only recorded: mock devices charge pinned bandwidth. At home. When a chunk cannot be
+  /// allocated (capacity_error `offload.capacity.pinned_allocation`), the component stays unpinned
+  /// and every master keeps its values: those of the chunks before stay in them
+  /// (pinned_host_bytes() says how much) until the component is pinned or unpinned again.
+  void set_pinned(bool pinned, host_allocator allocate = {}, cache_release release = {}) {
     require_home("change host memory");
+    if (release) pin_release_ = std::move(release);
     if (pinned && allocate) {
       repin(allocate);
     } else if (pinned_host_bytes_ > 0) {
-      for (auto& e : entries_) set_master(e, e.master.clone()); // a chunk is freed with its last view
+      replace_masters_chunk_by_chunk([](const entry& e) { return e.master.clone(); });
       pinned_host_bytes_ = 0;
     }
     pin_allocator_ = pinned ? std::move(allocate) : host_allocator();
+    if (!pin_allocator_ && pinned_host_bytes_ == 0) pin_release_ = cache_release();
     pinned_ = pinned;
   }
   [[nodiscard]] bool pinned() const noexcept { return pinned_; }
@@ -314,17 +337,17 @@ public:
   /// to `dtype`. Tensors declared `keep` (and integer tensors) keep theirs. Only at home.
   void convert(c10::ScalarType dtype) {
     require_home("convert dtype");
-    for (auto& e : entries_) {
-      if (e.kind == tensor_kind::auxiliary && e.dtype == dtype_rule::keep) continue;
-      if (c10::isComplexType(e.master.scalar_type()) && !c10::isComplexType(dtype))
+    const auto follows = [](const entry& e) { return e.kind != tensor_kind::auxiliary || e.dtype != dtype_rule::keep; };
+    for (const auto& e : entries_)
+      if (follows(e) && c10::isComplexType(e.master.scalar_type()) && !c10::isComplexType(dtype))
         throw placement_error(
             "offload.placement.complex_follows_dtype",
             fmt::format("tensor '{}.{}' is {} and declared to follow the component's dtype, which "
                         "would become {}; declare it with dtype_rule::keep",
                         component_, e.path, c10::toString(e.master.scalar_type()), c10::toString(dtype)));
-      if (!e.master.is_floating_point()) continue;
-      set_master(e, e.master.to(dtype));
-    }
+    replace_masters_chunk_by_chunk([&](const entry& e) {
+      return follows(e) && e.master.is_floating_point() ? e.master.to(dtype) : at::Tensor();
+    });
     if (pin_allocator_) repin(pin_allocator_); // the converted masters are pageable copies
   }
 
@@ -388,13 +411,13 @@ public:
     require_home("change the storage dtype");
     const c10::ScalarType to = dtype == storage_dtype::bf16 ? c10::ScalarType::BFloat16 : c10::ScalarType::Half;
     bool changed = false;
-    for (auto& e : entries_) {
-      if (!converts(e.path, e.master) || e.master.scalar_type() == to) continue;
-      set_master(e, e.master.to(to));
+    replace_masters_chunk_by_chunk([&](const entry& e) {
+      if (!converts(e.path, e.master) || e.master.scalar_type() == to) return at::Tensor();
       changed = true;
-    }
-    // The converted masters are pageable copies: pin them again, packed as they now are (the old
-    // chunks go back to LibTorch's host allocator, which keeps them for later requests).
+      return e.master.to(to);
+    });
+    // The converted masters are pageable copies: pin them again, packed as they now are (each old
+    // chunk went back to the system once its masters were converted, see set_pinned).
     if (changed && pin_allocator_) repin(pin_allocator_);
   }
 
@@ -644,17 +667,51 @@ private:
     e.master = std::move(t);
     e.assign(e.master);
   }
+  /// Replaces each master by `next(entry)` (an undefined tensor keeps it). Really pinned, the
+  /// masters go chunk by chunk: those viewing one chunk, then pin_release_, so that a chunk freed
+  /// with its last view goes back to the system before the next chunk's masters are copied. The
+  /// host then holds the chunks not yet done plus the new masters: one chunk's worth more than
+  /// before, not the whole component twice.
+  template <class F>
+  void replace_masters_chunk_by_chunk(F&& next) {
+    std::vector<std::vector<std::size_t>> groups;
+    if (pinned_host_bytes_ > 0) {
+      std::unordered_map<const c10::StorageImpl*, std::size_t> group_of;
+      for (std::size_t i = 0; i < entries_.size(); ++i) {
+        const auto [it, added] = group_of.try_emplace(entries_[i].master.storage().unsafeGetStorageImpl(), groups.size());
+        if (added) groups.emplace_back();
+        groups[it->second].push_back(i);
+      }
+    } else {
+      groups.emplace_back(entries_.size());
+      std::iota(groups.back().begin(), groups.back().end(), std::size_t{0});
+    }
+    for (const auto& group : groups) {
+      for (const std::size_t i : group)
+        if (at::Tensor t = next(std::as_const(entries_[i])); t.defined()) set_master(entries_[i], std::move(t));
+      if (pinned_host_bytes_ > 0) release_cached_pinned();
+    }
+  }
+  void release_cached_pinned() const {
+    if (pin_release_) pin_release_();
+  }
   /// Copies every master into one arena of chunks from `allocate` (detail::pack_into_arena), chunk
-  /// by chunk. On a failure the masters already copied stay (they hold the same values) and the
-  /// component is left unpinned, so that pinning or unpinning it again starts from a known state.
+  /// by chunk; before each chunk is allocated, the chunks the copies before it freed go back to the
+  /// system (pin_release_). On a failure the masters already copied stay (they hold the same
+  /// values) and the component is left unpinned, so that pinning or unpinning it again starts from
+  /// a known state.
   void repin(const host_allocator& allocate) {
     std::vector<at::Tensor> masters;
     masters.reserve(entries_.size());
     for (const auto& e : entries_) masters.push_back(e.master);
     std::int64_t allocated = 0;
+    const auto allocate_after_release = [&](std::int64_t bytes) {
+      release_cached_pinned();
+      return allocate(bytes);
+    };
     try {
       pinned_host_bytes_ = detail::pack_into_arena(
-                               std::move(masters), allocate,
+                               std::move(masters), allocate_after_release,
                                [this](std::size_t i, at::Tensor t) { set_master(entries_[i], std::move(t)); },
                                component_, &allocated)
                                .total();
@@ -662,8 +719,13 @@ private:
       pinned_host_bytes_ = allocated;
       pin_allocator_ = host_allocator();
       pinned_ = false;
+      try {
+        release_cached_pinned(); // the chunks the copies freed before the failure
+      } catch (...) { // NOLINT(bugprone-empty-catch): the allocation's error is the one to report
+      }
       throw;
     }
+    release_cached_pinned();
   }
   void evict() {
     device& from = *where_;
@@ -696,6 +758,7 @@ private:
   device* where_ = nullptr;
   bool pinned_ = false;
   host_allocator pin_allocator_;      ///< set while the masters are really pinned
+  cache_release pin_release_;         ///< set while some chunk may hold masters
   std::int64_t pinned_host_bytes_ = 0; ///< the chunks holding them
   transfer_event pending_; ///< the last copy of place_on_async until finish_placement()
 };

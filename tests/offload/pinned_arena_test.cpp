@@ -4,7 +4,9 @@
 #include <offload/detail/pinned_arena.hpp>
 #include <offload/offloadable.hpp>
 
+#include <offload/testing/caching_host_allocator.hpp>
 #include <offload/testing/errors.hpp>
+#include <offload/testing/host_memory_probe.hpp>
 #include <offload/testing/mock_device.hpp>
 
 #include <boost/test/unit_test.hpp>
@@ -103,6 +105,19 @@ std::map<std::string, at::Tensor> snapshot(const offload::tensor_registry& r) {
   for (const auto& t : r.tensors()) out[t.path] = r.master(t.path).clone();
   return out;
 }
+
+// Seven 3 MiB and seven 1 MiB float32 weights (28 MiB): they pack into four chunks, 8+8+8+4 MiB,
+// each full. No forward: only the masters matter.
+torch::nn::Sequential fourteen_weights() {
+  torch::nn::Sequential m;
+  for (int i = 0; i < 7; ++i) {
+    m->push_back(torch::nn::Linear(torch::nn::LinearOptions(1024, 768).bias(false)));
+    m->push_back(torch::nn::Linear(torch::nn::LinearOptions(1024, 256).bias(false)));
+  }
+  return m;
+}
+
+std::int64_t largest(const std::vector<std::int64_t>& v) { return *std::max_element(v.begin(), v.end()); }
 
 } // namespace
 
@@ -436,6 +451,132 @@ BOOST_AUTO_TEST_CASE(a_failure_on_a_later_chunk_leaves_the_component_unpinned_wi
   BOOST_TEST(other.tensors().pinned_host_bytes() == 0);
   other.tensors().set_pinned(false);
   BOOST_TEST(other.tensors().master("0.weight").data_ptr() == w);
+}
+
+BOOST_AUTO_TEST_CASE(the_caching_host_allocator_double_rounds_caches_and_releases_like_libtorchs) {
+  offload::testing::host_memory_probe probe;
+  offload::testing::caching_host_allocator pinned;
+  {
+    at::Tensor a = pinned.allocate(3 << 20);
+    BOOST_TEST(a.numel() == 3 << 20);
+    BOOST_TEST(pinned.reserved() == 4 << 20); // rounded up to a power of two
+    BOOST_TEST(probe.current() == 4 << 20);
+    a.fill_(7);
+    a = at::Tensor();
+    BOOST_TEST(pinned.cached() == 4 << 20); // freed: cached, still taken from the system
+    BOOST_TEST(probe.current() == 4 << 20);
+    const at::Tensor b = pinned.allocate((2 << 20) + 1); // the same power of two: the cached block
+    BOOST_TEST(pinned.system_allocations() == 1);
+    BOOST_TEST(pinned.in_use() == 4 << 20);
+    const at::Tensor c = pinned.allocate(1 << 20); // another size: a new block
+    BOOST_TEST(pinned.system_allocations() == 2);
+    BOOST_TEST(pinned.reserved() == 5 << 20);
+  }
+  BOOST_TEST(pinned.cached() == 5 << 20);
+  BOOST_TEST(probe.current() == 5 << 20);
+  pinned.empty_cache();
+  BOOST_TEST(pinned.reserved() == 0);
+  BOOST_TEST(probe.current() == 0);
+  BOOST_TEST(pinned.peak_reserved() == 5 << 20);
+}
+
+BOOST_AUTO_TEST_CASE(unpinning_gives_each_chunk_back_before_copying_the_next_ones_masters) {
+  // The probe starts first, so that the frees of the module's tensors count.
+  offload::testing::host_memory_probe probe;
+  torch::manual_seed(12);
+  offload::offloadable comp("fourteen", fourteen_weights());
+  auto& reg = comp.tensors();
+  std::vector<std::int64_t> sizes;
+  std::int64_t masters_bytes = 0;
+  for (const auto& t : reg.tensors()) {
+    sizes.push_back(t.bytes);
+    masters_bytes += t.bytes;
+  }
+  const auto plan = offload::detail::plan_arena(sizes);
+  BOOST_TEST(plan.chunks == (std::vector<std::int64_t>{8 << 20, 8 << 20, 8 << 20, 4 << 20}),
+             boost::test_tools::per_element());
+  const auto values = snapshot(reg);
+
+  // LibTorch's caching allocator, and the registry told how to empty its cache.
+  offload::testing::caching_host_allocator pinned;
+  reg.set_pinned(true, pinned.allocator(), pinned.release());
+  BOOST_TEST(reg.pinned_host_bytes() == plan.total());
+  BOOST_TEST(pinned.reserved() == plan.total());
+  BOOST_TEST(pinned.cached() == 0);
+  const std::int64_t base = probe.current();
+  probe.reset_peak();
+  reg.set_pinned(false);
+  // The chunks went back to the system, the pageable masters replaced them: nothing stays cached.
+  BOOST_TEST(pinned.reserved() == 0);
+  BOOST_TEST(probe.current() - base == masters_bytes - plan.total());
+  // Never more than one chunk above where it started: not the chunks and the copies at once.
+  BOOST_TEST(probe.peak() - base <= largest(plan.chunks));
+  BOOST_TEST(pinned.releases() >= static_cast<int>(plan.chunks.size()));
+  for (const auto& [path, value] : values) BOOST_TEST(torch::equal(reg.master(path), value), path);
+  BOOST_TEST(comp.module()[0]->as<torch::nn::Linear>()->weight.data_ptr() == reg.master("0.weight").data_ptr());
+
+  // An allocator without a cache (freed chunks go back at once): the same bound.
+  recording_allocator plain;
+  reg.set_pinned(true, plain.fn());
+  BOOST_TEST(plain.requests == plan.chunks, boost::test_tools::per_element());
+  const std::int64_t base2 = probe.current();
+  probe.reset_peak();
+  reg.set_pinned(false);
+  BOOST_TEST(probe.current() - base2 == masters_bytes - plan.total());
+  BOOST_TEST(probe.peak() - base2 <= largest(plan.chunks));
+}
+
+BOOST_AUTO_TEST_CASE(storing_in_bf16_while_pinned_gives_the_old_chunks_back_as_it_converts) {
+  offload::testing::host_memory_probe probe;
+  torch::manual_seed(13);
+  offload::offloadable comp("fourteen", fourteen_weights());
+  comp.declare_storage_rule([](std::string_view) { return true; });
+  auto& reg = comp.tensors();
+  const auto values = snapshot(reg);
+  std::vector<std::int64_t> halves;
+  for (const auto& t : reg.tensors()) halves.push_back(t.bytes / 2);
+  const auto old_plan = offload::detail::plan_arena([&] {
+    std::vector<std::int64_t> v;
+    for (const auto& t : reg.tensors()) v.push_back(t.bytes);
+    return v;
+  }());
+  const auto new_plan = offload::detail::plan_arena(halves);
+
+  offload::testing::caching_host_allocator pinned;
+  reg.set_pinned(true, pinned.allocator(), pinned.release());
+  BOOST_TEST(pinned.reserved() == old_plan.total());
+  const std::int64_t base = probe.current();
+  probe.reset_peak();
+  comp.set_storage(offload::storage_dtype::bf16);
+  // Only the new chunks stay: the old ones went back, and so did the pageable bf16 copies.
+  BOOST_TEST(reg.pinned_host_bytes() == new_plan.total());
+  BOOST_TEST(pinned.reserved() == new_plan.total());
+  BOOST_TEST(pinned.cached() == 0);
+  BOOST_TEST(probe.current() - base == new_plan.total() - old_plan.total());
+  // Converting one chunk's masters at a time: never above one old chunk's worth more (the whole
+  // component converted while the old chunks stayed cached would be 14 MiB, and the new chunks
+  // on top).
+  BOOST_TEST(probe.peak() - base <= largest(old_plan.chunks));
+  for (const auto& [path, value] : values) BOOST_TEST(torch::equal(reg.master(path), value.to(torch::kBFloat16)), path);
+}
+
+BOOST_AUTO_TEST_CASE(a_pinned_component_destroyed_gives_its_chunks_back) {
+  offload::testing::caching_host_allocator pinned;
+  {
+    offload::offloadable comp("fourteen", fourteen_weights());
+    comp.tensors().set_pinned(true, pinned.allocator(), pinned.release());
+    BOOST_TEST(pinned.in_use() == 28 << 20);
+  }
+  BOOST_TEST(pinned.reserved() == 0);
+  // While the module lives on elsewhere, its weights are still the chunks': nothing to give back.
+  auto module = fourteen_weights();
+  {
+    offload::offloadable comp("fourteen", module);
+    comp.tensors().set_pinned(true, pinned.allocator(), pinned.release());
+  }
+  BOOST_TEST(pinned.in_use() == 28 << 20);
+  BOOST_TEST(pinned.reserved() == 28 << 20);
+  BOOST_TEST(module[0]->as<torch::nn::Linear>()->weight.sum().item<float>() != 0.0f);
 }
 
 BOOST_AUTO_TEST_SUITE_END()
