@@ -2,6 +2,7 @@
 #include "bench.hpp"
 
 #include "cuda_stats.hpp"
+#include "host_memory.hpp"
 
 #include "wan/image2video.hpp"
 #include "wan/text2video.hpp"
@@ -226,6 +227,7 @@ policy_result run_policy(const options& o, const built_models& m, const std::str
 
     // Host memory as the policy asks, before the clock starts: storage conversion and pinning are
     // one-time costs of a deployment, like loading. The executor makes the same calls (no-ops then).
+    r.host_peak_reset = reset_host_peak();
     const auto t_prepare = steady::now();
     for (auto* c : m.components->components()) {
       const auto& cp = exec.policy.of(c->name());
@@ -233,6 +235,7 @@ policy_result run_policy(const options& o, const built_models& m, const std::str
       c->use_pinned_memory(cp.memory == offload::host_memory::pinned);
     }
     r.prepare_seconds = seconds_since(t_prepare);
+    if (const auto mem = read_host_memory()) r.host_resident_prepared = mem->resident;
     for (auto* c : m.components->components()) {
       if (exec.policy.of(c->name()).memory != offload::host_memory::pinned) continue;
       r.pinned_master_bytes += c->bytes();
@@ -255,6 +258,7 @@ policy_result run_policy(const options& o, const built_models& m, const std::str
     sync(o);
     r.total_seconds = seconds_since(t0);
     r.output = video.to(torch::kCPU); // untimed; compared with the resident run's
+    if (const auto mem = read_host_memory()) r.host_peak = mem->peak;
 
     r.bytes_to_device = bytes_in() - in0;
     r.bytes_to_host = bytes_out() - out0;

@@ -77,6 +77,9 @@ struct policy_result {
   std::int64_t pinned_master_bytes = 0;    ///< bytes of the masters the policy pins
   std::int64_t predicted_pinned_bytes = 0; ///< what they take pinned, packed (component_info::pinned_bytes)
   std::int64_t pinned_host_bytes = 0;      ///< what they take in pinned memory (0 without CUDA)
+  std::optional<std::int64_t> host_resident_prepared; ///< the process's resident bytes after that step (VmRSS)
+  std::optional<std::int64_t> host_peak;   ///< its peak resident bytes from that step to the end of the run
+  bool host_peak_reset = false;            ///< whether that peak was restarted for this policy (else: since start)
   double total_seconds = 0;            ///< the whole generate() call, from an all-home start
   double setup_seconds = 0;            ///< planning, pinning, initial placement, first stage's onloads
   std::map<std::string, double> stage_seconds; ///< per stage, from its entry to the next stage's entry

@@ -65,10 +65,10 @@ std::string table(const bench_report& r) {
                      rate(r.bandwidth.pageable), r.bandwidth.source);
   const bool real_pinning = o.device.kind == offload::device_kind::cuda;
   out += fmt::format("{:>8} {:>6} {:>6} {:>7} {:>7} {:>7} {:>8} {:>7} {:>6} {:>7} {:>11} {:>6} {:>11} {:>11} {:>11} "
-                     "{:>11} {:>11} {:>6} {:>6} {:>7}  {}\n",
+                     "{:>11} {:>11} {:>11} {:>6} {:>6} {:>7}  {}\n",
                      "total s", "x res", "setup", "text", "clip", "vae_enc", "denoise", "s/step", "x res", "decode",
-                     "peak", "x res", "reserved", "plan peak", "pinned", "to device", "streamed", "hidden", "h.den",
-                     "video", "policy");
+                     "peak", "x res", "reserved", "plan peak", "pinned", "host peak", "to device", "streamed",
+                     "hidden", "h.den", "video", "policy");
   for (const auto& p : r.results) {
     if (!p.ok) {
       out += fmt::format("{:>8}  {}: {}\n", "FAILED", p.policy, p.error);
@@ -77,12 +77,12 @@ std::string table(const bench_report& r) {
     const auto& s = p.stage_seconds;
     out += fmt::format(
         "{:>8.2f} {:>6} {:>6.2f} {:>7} {:>7} {:>7} {:>8} {:>7.3f} {:>6} {:>7} {:>11} {:>6} {:>11} {:>11} {:>11} {:>11} "
-        "{:>11} {:>6} {:>6} {:>7}  {}\n",
+        "{:>11} {:>11} {:>6} {:>6} {:>7}  {}\n",
         p.total_seconds, opt_ratio(p.time_ratio), p.setup_seconds, opt_seconds(s, "text_encode"),
         opt_seconds(s, "clip_encode"), opt_seconds(s, "vae_encode"), opt_seconds(s, "denoise"),
         p.mean_step_seconds(), opt_ratio(p.step_ratio), opt_seconds(s, "decode"), opt_bytes(p.measured_peak()),
         opt_ratio(p.peak_ratio), opt_bytes(p.peak_reserved), opt_bytes(p.predicted_peak),
-        offload::format_bytes(real_pinning ? p.pinned_host_bytes : p.predicted_pinned_bytes),
+        offload::format_bytes(real_pinning ? p.pinned_host_bytes : p.predicted_pinned_bytes), opt_bytes(p.host_peak),
         offload::format_bytes(p.bytes_to_device), offload::format_bytes(p.bytes_streamed),
         opt_ratio(p.hidden_fraction), opt_ratio(p.denoise_hidden_fraction), vs_resident(p), p.policy);
   }
@@ -98,6 +98,11 @@ std::string table(const bench_report& r) {
       if (p.ok && p.pinned_host_bytes != p.predicted_pinned_bytes)
         out += fmt::format("policy '{}': its pinned masters ({} bytes) take {} bytes pinned, {} predicted\n", p.policy,
                            p.pinned_master_bytes, p.pinned_host_bytes, p.predicted_pinned_bytes);
+  out += "host peak: the process's peak resident host memory (VmHWM) from the policy's storage conversion and "
+         "pinning to the end of its run, pageable and pinned alike (with the models of every policy)";
+  out += std::any_of(r.results.begin(), r.results.end(), [](const policy_result& p) { return p.ok && !p.host_peak_reset; })
+             ? "; it could not be restarted per policy here, so it counts from the start of the process\n"
+             : "\n";
   if (std::none_of(r.results.begin(), r.results.end(), [](const policy_result& p) { return p.policy == "resident" && p.ok; }))
     out += "no 'resident' run in this invocation: ratios and hidden fractions need one (--policy resident)\n";
   out += "video: the generated video against the resident run's, 'same' bit for bit, else the largest "
@@ -144,6 +149,9 @@ std::string json(const bench_report& r) {
       e["pinned_master_bytes"] = p.pinned_master_bytes;
       e["predicted_pinned_bytes"] = p.predicted_pinned_bytes;
       e["pinned_host_bytes"] = p.pinned_host_bytes;
+      e["host_resident_prepared_bytes"] = opt(p.host_resident_prepared);
+      e["host_peak_bytes"] = opt(p.host_peak);
+      e["host_peak_since_prepare"] = p.host_peak_reset;
       e["total_seconds"] = p.total_seconds;
       e["setup_seconds"] = p.setup_seconds;
       e["stage_seconds"] = p.stage_seconds;
