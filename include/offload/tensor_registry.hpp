@@ -78,7 +78,7 @@ public:
   /// Really pinned, with a cache_release: the masters are dropped and the chunks nothing else
   /// holds go back to the system, not to the pinned allocator's cache.
   ~tensor_registry() {
-    if (pinned_host_bytes_ == 0 || !pin_release_) return;
+    if (pinned_host_bytes() == 0 || !pin_release_) return;
     entries_.clear();
     stream_.reset();
     try {
@@ -307,18 +307,24 @@ public:
     if (release) pin_release_ = std::move(release);
     if (pinned && allocate) {
       repin(allocate);
-    } else if (pinned_host_bytes_ > 0) {
+    } else if (pinned_host_bytes() > 0) {
       replace_masters_chunk_by_chunk([](const entry& e) { return e.master.clone(); });
-      pinned_host_bytes_ = 0;
     }
     pin_allocator_ = pinned ? std::move(allocate) : host_allocator();
-    if (!pin_allocator_ && pinned_host_bytes_ == 0) pin_release_ = cache_release();
+    if (!pin_allocator_ && pinned_host_bytes() == 0) pin_release_ = cache_release();
     pinned_ = pinned;
   }
   [[nodiscard]] bool pinned() const noexcept { return pinned_; }
   /// Bytes of the chunks that hold the pinned masters (0 unless they are really pinned): the
   /// masters' bytes, each aligned to detail::arena_alignment, and what the power-of-two chunks add.
-  [[nodiscard]] std::int64_t pinned_host_bytes() const noexcept { return pinned_host_bytes_; }
+  /// Counted from the chunks themselves: a chunk still alive after its masters moved out (a view
+  /// of it held elsewhere) is counted until it is freed.
+  [[nodiscard]] std::int64_t pinned_host_bytes() const noexcept {
+    std::int64_t n = 0;
+    for (const auto& c : chunks_)
+      if (!c.storage.expired()) n += c.bytes;
+    return n;
+  }
   /// The bytes set_pinned would pin for the masters stored as `d` (native: as they are now): what
   /// the budget planner counts against the pinned budget.
   [[nodiscard]] std::int64_t pinned_bytes_as(storage_dtype d) const {
@@ -675,7 +681,8 @@ private:
   template <class F>
   void replace_masters_chunk_by_chunk(F&& next) {
     std::vector<std::vector<std::size_t>> groups;
-    if (pinned_host_bytes_ > 0) {
+    const bool chunked = pinned_host_bytes() > 0;
+    if (chunked) {
       std::unordered_map<const c10::StorageImpl*, std::size_t> group_of;
       for (std::size_t i = 0; i < entries_.size(); ++i) {
         const auto [it, added] = group_of.try_emplace(entries_[i].master.storage().unsafeGetStorageImpl(), groups.size());
@@ -689,8 +696,12 @@ private:
     for (const auto& group : groups) {
       for (const std::size_t i : group)
         if (at::Tensor t = next(std::as_const(entries_[i])); t.defined()) set_master(entries_[i], std::move(t));
-      if (pinned_host_bytes_ > 0) release_cached_pinned();
+      if (chunked) release_cached_pinned();
     }
+    forget_freed_chunks();
+  }
+  void forget_freed_chunks() {
+    std::erase_if(chunks_, [](const pinned_chunk& c) { return c.storage.expired(); });
   }
   void release_cached_pinned() const {
     if (pin_release_) pin_release_();
@@ -704,19 +715,18 @@ private:
     std::vector<at::Tensor> masters;
     masters.reserve(entries_.size());
     for (const auto& e : entries_) masters.push_back(e.master);
-    std::int64_t allocated = 0;
     const auto allocate_after_release = [&](std::int64_t bytes) {
       release_cached_pinned();
-      return allocate(bytes);
+      at::Tensor chunk = allocate(bytes);
+      if (chunk.defined()) chunks_.push_back({chunk.storage().getWeakStorageImpl(), bytes});
+      return chunk;
     };
     try {
-      pinned_host_bytes_ = detail::pack_into_arena(
-                               std::move(masters), allocate_after_release,
-                               [this](std::size_t i, at::Tensor t) { set_master(entries_[i], std::move(t)); },
-                               component_, &allocated)
-                               .total();
+      (void)detail::pack_into_arena(
+          std::move(masters), allocate_after_release,
+          [this](std::size_t i, at::Tensor t) { set_master(entries_[i], std::move(t)); }, component_);
     } catch (...) {
-      pinned_host_bytes_ = allocated;
+      forget_freed_chunks(); // the wrong chunk pack_into_arena refused, the old ones emptied
       pin_allocator_ = host_allocator();
       pinned_ = false;
       try {
@@ -726,6 +736,7 @@ private:
       throw;
     }
     release_cached_pinned();
+    forget_freed_chunks();
   }
   void evict() {
     device& from = *where_;
@@ -759,7 +770,11 @@ private:
   bool pinned_ = false;
   host_allocator pin_allocator_;      ///< set while the masters are really pinned
   cache_release pin_release_;         ///< set while some chunk may hold masters
-  std::int64_t pinned_host_bytes_ = 0; ///< the chunks holding them
+  struct pinned_chunk {
+    c10::weak_intrusive_ptr<c10::StorageImpl> storage; ///< expired once freed
+    std::int64_t bytes = 0;
+  };
+  std::vector<pinned_chunk> chunks_; ///< the chunks allocated for the masters and maybe still alive
   transfer_event pending_; ///< the last copy of place_on_async until finish_placement()
 };
 

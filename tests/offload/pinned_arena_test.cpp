@@ -579,4 +579,40 @@ BOOST_AUTO_TEST_CASE(a_pinned_component_destroyed_gives_its_chunks_back) {
   BOOST_TEST(module[0]->as<torch::nn::Linear>()->weight.sum().item<float>() != 0.0f);
 }
 
+BOOST_AUTO_TEST_CASE(pinned_host_bytes_counts_the_chunks_still_alive) {
+  // Three 700 KiB weights; the second of two chunks fails, so the first keeps two of them.
+  torch::nn::Sequential model(torch::nn::Linear(torch::nn::LinearOptions(700, 256).bias(false)),
+                              torch::nn::Linear(torch::nn::LinearOptions(256, 700).bias(false)),
+                              torch::nn::Linear(torch::nn::LinearOptions(700, 256).bias(false)));
+  offload::offloadable comp("three", model);
+  comp.declare_storage_rule([](std::string_view) { return true; });
+  auto& reg = comp.tensors();
+  const auto masters = snapshot(reg);
+  int calls = 0;
+  const offload::tensor_registry::host_allocator second_fails = [&](std::int64_t n) -> at::Tensor {
+    TORCH_CHECK(++calls < 2, "CUDA error: out of memory");
+    return torch::empty({n}, torch::kUInt8);
+  };
+  BOOST_TEST(offload::testing::error_id([&] { reg.set_pinned(true, second_fails); }) ==
+             "offload.capacity.pinned_allocation");
+  BOOST_TEST(reg.pinned_host_bytes() == 2 << 20);
+  // Stored in bf16: the two masters leave the chunk, which is freed, and no longer counted.
+  comp.set_storage(offload::storage_dtype::bf16);
+  BOOST_TEST(reg.pinned_host_bytes() == 0);
+  for (const auto& [path, value] : masters) BOOST_TEST(torch::equal(reg.master(path), value.to(torch::kBFloat16)), path);
+
+  // A view of a master held elsewhere keeps its chunk alive after unpinning: counted until it goes.
+  recording_allocator alloc;
+  reg.set_pinned(true, alloc.fn());
+  const std::int64_t pinned = reg.pinned_host_bytes();
+  BOOST_TEST(pinned == std::accumulate(alloc.requests.begin(), alloc.requests.end(), std::int64_t{0}));
+  at::Tensor held = reg.master("0.weight").flatten();
+  reg.set_pinned(false);
+  BOOST_TEST(reg.pinned_host_bytes() > 0);
+  BOOST_TEST(reg.pinned_host_bytes() <= pinned);
+  BOOST_TEST(held.storage().data() != reg.master("0.weight").storage().data());
+  held.reset();
+  BOOST_TEST(reg.pinned_host_bytes() == 0);
+}
+
 BOOST_AUTO_TEST_SUITE_END()
