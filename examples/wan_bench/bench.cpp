@@ -310,6 +310,51 @@ policy_result run_policy(const options& o, const built_models& m, const std::str
   return r;
 }
 
+std::vector<onload_result> measure_onloads(const options& o, const built_models& m, offload::device_set& devices,
+                                           const bandwidths& bw, int repeats) {
+  std::vector<onload_result> out;
+  if (o.device.is_host()) return out;
+  offload::device& acc = devices.get(o.device);
+  const auto now = [&] {
+    sync(o);
+    return devices.clock().now();
+  };
+  for (auto* c : m.components->components()) {
+    onload_result r;
+    r.component = c->name();
+    try {
+      c->set_streaming({}); // whole
+      const auto t_pin = steady::now();
+      c->use_pinned_memory(true);
+      r.pin_seconds = seconds_since(t_pin);
+      r.onload_seconds = r.evict_seconds = std::numeric_limits<double>::infinity();
+      for (int i = 0; i < repeats; ++i) {
+        const std::int64_t in0 = acc.bytes_in(), out0 = acc.bytes_out();
+        const double t0 = now();
+        c->place_on(acc);
+        const double t1 = now();
+        c->place_on(devices.host());
+        const double t2 = now();
+        r.bytes = acc.bytes_in() - in0;
+        r.bytes_to_host += acc.bytes_out() - out0;
+        r.onload_seconds = std::min(r.onload_seconds, t1 - t0);
+        r.evict_seconds = std::min(r.evict_seconds, t2 - t1);
+      }
+      if (r.onload_seconds > 0) r.bytes_per_second = static_cast<double>(r.bytes) / r.onload_seconds;
+      if (r.bytes_per_second && bw.pinned && *bw.pinned > 0) r.fraction_of_pinned = *r.bytes_per_second / *bw.pinned;
+      r.ok = true;
+    } catch (const std::exception& e) {
+      r.error = first_line(e.what());
+      try {
+        c->place_on(devices.host());
+      } catch (const std::exception&) { // NOLINT(bugprone-empty-catch): the first error is the one reported
+      }
+    }
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
 void compare_with_resident(std::vector<policy_result>& results, bool timed_transfers) {
   const auto res = std::find_if(results.begin(), results.end(),
                                 [](const policy_result& r) { return r.ok && r.policy == "resident"; });

@@ -50,6 +50,7 @@ struct options {
   std::int64_t bandwidth_bytes = std::int64_t{1} << 30;
   int threads = 0;                  ///< host threads (0: LibTorch's default)
   bool check = false;               ///< mock: measured peaks and bytes must equal the plan's
+  bool onload_probe = false;        ///< after the policies: each component's whole onload and eviction, timed
   bool dry_run = false;             ///< check the arguments and policies, build nothing
 };
 
@@ -115,6 +116,21 @@ struct policy_result {
   [[nodiscard]] double mean_step_seconds() const;
 };
 
+/// One component moved whole to the accelerator from pinned masters and back, synchronized and
+/// timed (--onload_probe): what a stage switch costs, against the measured pinned bandwidth.
+struct onload_result {
+  std::string component;
+  bool ok = false;
+  std::string error;               ///< when !ok: the first line of the error (e.g. it does not fit)
+  std::int64_t bytes = 0;          ///< host -> device bytes of one onload (device::bytes_in)
+  double pin_seconds = 0;          ///< packing its masters into pinned chunks (once, not in the onload)
+  double onload_seconds = 0;       ///< place_on(accelerator) to the device's completion, best of the repeats
+  double evict_seconds = 0;        ///< place_on(host) after it, best of the repeats
+  std::int64_t bytes_to_host = 0;  ///< device -> host bytes of the evictions (expected 0: nothing copied back)
+  std::optional<double> bytes_per_second;
+  std::optional<double> fraction_of_pinned; ///< bytes_per_second / the measured pinned bandwidth
+};
+
 /// Everything one invocation measured.
 struct bench_report {
   options opts;
@@ -127,12 +143,19 @@ struct bench_report {
   bool fast_init = false;
   bandwidths bandwidth;
   std::vector<policy_result> results;
+  std::vector<onload_result> onloads; ///< --onload_probe
 };
 
 /// Runs one generation under `policy` and measures it (never throws for a failing policy: the
 /// result says why).
 policy_result run_policy(const options& o, const built_models& models, const std::string& policy,
                          offload::device_set& devices, const bandwidths& bw);
+
+/// --onload_probe: each component of `models`, its masters pinned and not streamed, placed whole
+/// on the accelerator and evicted `repeats` times, each move synchronized; best times. Timed on the
+/// device set's clock (a mock's is virtual: bytes / its bandwidth).
+std::vector<onload_result> measure_onloads(const options& o, const built_models& models, offload::device_set& devices,
+                                           const bandwidths& bw, int repeats = 3);
 
 /// Fills the ratios of every result against the resident run (policy `resident`), if there is one,
 /// the comparison of its video with the resident run's (once: the video is then released), and,

@@ -8,7 +8,8 @@
 # bundled LibTorch with every core, then runs, each part with its own time limit inside one deadline
 # (DEADLINE seconds from the start, default 570) so that a slow or failing part never stops the next:
 #   1. wan_bench T2V-1.3B 832x480x81, STEPS steps (default 2), after a warm-up: resident, offload_model,
-#      offload_model+t5_cpu and the lowest-memory streamed policy (LOW_13B);
+#      offload_model+t5_cpu and the lowest-memory streamed policy (LOW_13B); then each component's
+#      whole onload from pinned masters and its eviction, timed (--onload_probe);
 #   2. the Python reference harness (wan_py_memory.py) with the same model, size, frames and steps;
 #   3. wan_bench T2V-14B 1280x720x81: the streamed policies of POLICIES_14B, then resident;
 #   4. wan_bench T2V-1.3B again with resident and the EXTRA_13B policies (storage and tiling options).
@@ -160,7 +161,8 @@ grep -E "error|Error|CMake Warning" "$OUT/build.log" 2>/dev/null | head -n 20 >>
 
 # ---- the runs -------------------------------------------------------------------------------------
 MAX_PART=$MAX_13B MIN_PART=45
-bench t2v_1_3B t2v_1_3B.json "${POLICIES_13B[@]}" -- --task t2v-1.3B --size 832*480 --frame_num 81 --warmup
+bench t2v_1_3B t2v_1_3B.json "${POLICIES_13B[@]}" -- --task t2v-1.3B --size 832*480 --frame_num 81 --warmup \
+  --onload_probe
 
 if [[ -f $DEV/wanref/wan_py_memory.py ]]; then
   # The harness times T5 on the host once at the end (its t5_cpu runs reuse the resident run's

@@ -114,6 +114,11 @@ int run(const options& o) {
                : "  failed: " + res.error);
   }
 
+  if (o.onload_probe) {
+    say("onload probe: each component's whole onload from pinned masters and its eviction, best of 3");
+    r.onloads = measure_onloads(o, models, devices, r.bandwidth);
+    write_json(r);
+  }
   std::cout << table(r) << std::flush;
   if (!o.json_file.empty()) say(fmt::format("wrote {}", o.json_file));
   if (o.check) {

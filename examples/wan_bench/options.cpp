@@ -112,6 +112,8 @@ std::optional<options> parse_command_line(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--gpu_memory", gpu_memory, "the accelerator's capacity for the plans, e.g. 24GiB (default: unlimited)");
   app.add_flag("--warmup", o.warmup, "run one untimed generation with the first policy first");
+  app.add_flag("--onload_probe", o.onload_probe,
+               "after the policies, time each component's whole onload from pinned masters and its eviction");
   app.add_option("--json", o.json_file, "also write the results as JSON to this file");
   app.add_option("--seed", o.seed, "seed of the random prompt, image and noise")->capture_default_str();
   app.add_option("--prompt_tokens", o.prompt_tokens, "length of the random prompt in tokens")->capture_default_str();

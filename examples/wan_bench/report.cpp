@@ -107,6 +107,22 @@ std::string table(const bench_report& r) {
     out += "no 'resident' run in this invocation: ratios and hidden fractions need one (--policy resident)\n";
   out += "video: the generated video against the resident run's, 'same' bit for bit, else the largest "
          "|difference|\n";
+  if (!r.onloads.empty()) {
+    out += fmt::format("onload probe: each component whole, from pinned masters, best of 3, synchronized; {}\n",
+                       o.device.is_mock() ? "on the mock's virtual clock (bytes / its bandwidth)" : "wall time");
+    out += fmt::format("  {:<8} {:>11} {:>8} {:>9} {:>10} {:>10} {:>9} {:>11}\n", "comp", "bytes", "pin s", "onload s",
+                       "GB/s", "x pinned", "evict s", "to host");
+    for (const auto& l : r.onloads) {
+      if (!l.ok) {
+        out += fmt::format("  {:<8} FAILED: {}\n", l.component, l.error);
+        continue;
+      }
+      out += fmt::format("  {:<8} {:>11} {:>8.2f} {:>9.4f} {:>10} {:>10} {:>9.4f} {:>11}\n", l.component,
+                         offload::format_bytes(l.bytes), l.pin_seconds, l.onload_seconds,
+                         l.bytes_per_second ? fmt::format("{:.1f}", *l.bytes_per_second / 1e9) : std::string("-"),
+                         opt_ratio(l.fraction_of_pinned), l.evict_seconds, offload::format_bytes(l.bytes_to_host));
+    }
+  }
   out += fmt::format("{}\n", hidden_definition);
   return out;
 }
@@ -180,6 +196,21 @@ std::string json(const bench_report& r) {
       e["max_abs_diff_vs_resident"] = opt(p.max_abs_diff_vs_resident);
     }
     j["policies"].push_back(std::move(e));
+  }
+  j["onload_probe"] = nlohmann::json::array();
+  for (const auto& l : r.onloads) {
+    nlohmann::json e;
+    e["component"] = l.component;
+    e["ok"] = l.ok;
+    e["error"] = l.ok ? nlohmann::json(nullptr) : nlohmann::json(l.error);
+    e["bytes"] = l.bytes;
+    e["pin_seconds"] = l.pin_seconds;
+    e["onload_seconds"] = l.onload_seconds;
+    e["evict_seconds"] = l.evict_seconds;
+    e["bytes_to_host"] = l.bytes_to_host;
+    e["bytes_per_second"] = opt(l.bytes_per_second);
+    e["fraction_of_pinned_bandwidth"] = opt(l.fraction_of_pinned);
+    j["onload_probe"].push_back(std::move(e));
   }
   return j.dump(1);
 }
