@@ -151,6 +151,8 @@ int main(int argc, char** argv) {
         cost.pin_bytes_per_second = static_cast<double>(pin_n) / best;
         cost.sources["pin_bytes_per_second"] =
             fmt::format("measured: pinning a fresh {} host tensor (one chunk), best of {}", offload::format_bytes(pin_n), reps);
+        held.clear();
+        offload::detail::release_cached_pinned_memory(); // the chunks back to the system, not kept page-locked
       }
       std::cout << fmt::format("{}: pinned {:.3g} B/s, pageable {:.3g} B/s, to host {:.3g} B/s, bf16 matmul {:.3g} "
                                "FLOP/s; pinning {:.3g} B/s\n",
