@@ -20,12 +20,29 @@
 #include <offload/tensor_registry.hpp>
 
 #include <functional>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
 
 namespace offload {
+
+namespace detail {
+/// Where pinned memory comes from for offloadable::use_pinned_memory.
+struct pinned_memory_source {
+  tensor_registry::host_allocator allocate;
+  tensor_registry::cache_release release;
+};
+/// When set, use_pinned_memory takes pinned memory from here instead of LibTorch's allocator, also
+/// on a machine without CUDA: testing::scoped_pinned_memory sets it to a stand-in
+/// (testing::caching_host_allocator), so that CPU tests run the executor and the pipelines on
+/// packed masters as a CUDA build does. One per process; set it around single-threaded code.
+inline std::optional<pinned_memory_source>& pinned_memory_override() {
+  static std::optional<pinned_memory_source> source;
+  return source;
+}
+} // namespace detail
 
 /// Options of an offloadable component.
 struct offloadable_options {
@@ -80,10 +97,18 @@ public:
   /// Pins the host masters when LibTorch has CUDA, packed into power-of-two chunks
   /// (tensor_registry::set_pinned), and returns the chunks it lets go of to the system where
   /// LibTorch allows (detail::release_cached_pinned_memory); on a CPU-only build the flag is
-  /// recorded (mock devices then charge pinned bandwidth).
+  /// recorded (mock devices then charge pinned bandwidth), unless a test set
+  /// detail::pinned_memory_override. A component flagged pinned without chunks is packed once
+  /// there is memory to pin.
   void use_pinned_memory(bool pinned) override {
-    if (pinned == registry_.pinned()) return;
-    if (!detail::cuda_available()) return registry_.set_pinned(pinned);
+    const auto& source = detail::pinned_memory_override();
+    const bool real = source.has_value() || detail::cuda_available();
+    const std::int64_t chunks = registry_.pinned_host_bytes();
+    if (pinned == registry_.pinned() &&
+        (pinned ? !real || chunks > 0 || registry_.bytes() == 0 : chunks == 0))
+      return;
+    if (source) return registry_.set_pinned(pinned, source->allocate, source->release);
+    if (!real) return registry_.set_pinned(pinned);
     tensor_registry::cache_release release;
     if (detail::can_release_cached_pinned_memory()) release = detail::release_cached_pinned_memory;
     registry_.set_pinned(pinned, detail::pinned_host_bytes, std::move(release));

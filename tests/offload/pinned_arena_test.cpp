@@ -510,6 +510,7 @@ BOOST_AUTO_TEST_CASE(unpinning_gives_each_chunk_back_before_copying_the_next_one
   BOOST_TEST(pinned.reserved() == 0);
   BOOST_TEST(probe.current() - base == masters_bytes - plan.total());
   // Never more than one chunk above where it started: not the chunks and the copies at once.
+  BOOST_TEST_MESSAGE("unpinning 28 MiB in 4 chunks: host peak " << (probe.peak() - base) << " bytes above the start");
   BOOST_TEST(probe.peak() - base <= largest(plan.chunks));
   BOOST_TEST(pinned.releases() >= static_cast<int>(plan.chunks.size()));
   for (const auto& [path, value] : values) BOOST_TEST(torch::equal(reg.master(path), value), path);
@@ -556,6 +557,7 @@ BOOST_AUTO_TEST_CASE(storing_in_bf16_while_pinned_gives_the_old_chunks_back_as_i
   // Converting one chunk's masters at a time: never above one old chunk's worth more (the whole
   // component converted while the old chunks stayed cached would be 14 MiB, and the new chunks
   // on top).
+  BOOST_TEST_MESSAGE("store=bf16 while pinned: host peak " << (probe.peak() - base) << " bytes above the start");
   BOOST_TEST(probe.peak() - base <= largest(old_plan.chunks));
   for (const auto& [path, value] : values) BOOST_TEST(torch::equal(reg.master(path), value.to(torch::kBFloat16)), path);
 }

@@ -15,6 +15,7 @@
 
 #include <offload/errors.hpp>
 #include <offload/offloadable.hpp>
+#include <offload/testing/caching_host_allocator.hpp>
 #include <offload/testing/mock_device.hpp>
 
 #include <fmt/format.h>
@@ -225,6 +226,61 @@ BOOST_AUTO_TEST_CASE(i2v_every_preset_matches_the_host_run) { run_all_presets("i
 BOOST_AUTO_TEST_CASE(flf2v_every_preset_matches_the_host_run) { run_all_presets("flf2v"); }
 
 BOOST_AUTO_TEST_CASE(vace_every_preset_matches_the_host_run) { run_all_presets("vace"); }
+
+// On a CUDA build `:pinned` packs the masters into chunks and every copy reads a view of one; here
+// a stand-in for LibTorch's pinned allocator does the same on the host (scoped_pinned_memory), so
+// the executor, its prefetches, the block streams and store= run on packed masters: the videos must
+// be those of the same policies with the masters left as they are, each pinned component's chunks
+// exactly what the planner counts, and nothing kept cached once a policy lets them go.
+BOOST_AUTO_TEST_CASE(packed_pinned_masters_give_the_same_videos_and_their_chunks_go_back) {
+  const std::vector<std::string> policies = {
+      "offload_model+vae_cpu,pinned,prefetch",
+      "t5=cuda:on_demand:stream=1:pinned,dit=cuda:on_demand:stream=2:pinned,vae=cuda:on_demand:pinned,prefetch",
+      "t5=cpu,dit=cuda:on_demand:stream=2:store=bf16:pinned,vae=cuda:on_demand:pinned", // last: one-way
+  };
+  for (const std::string kind : {"t2v", "i2v", "vace"}) {
+    // Fresh components: store= converts them for good.
+    const auto plain = wt::load_tiny_components(kind);
+    const auto packed = wt::load_tiny_components(kind);
+    offload::testing::caching_host_allocator pinned;
+    for (const auto& text : policies) {
+      BOOST_TEST_CONTEXT(kind << " under '" << text << "'") {
+        const auto policy = offload::parse_policy(text);
+        offload::device_set plain_devices, packed_devices;
+        offload::testing::add_mock(plain_devices, 0);
+        auto& mock = offload::testing::add_mock(packed_devices, 0);
+        const auto expected = wt::tiny_generate(kind, {&plain_devices, gpu, policy}, {}, plain);
+        torch::Tensor video;
+        {
+          offload::testing::scoped_pinned_memory source(pinned);
+          video = wt::tiny_generate(kind, {&packed_devices, gpu, policy}, {}, packed);
+        }
+        BOOST_TEST(torch::equal(video, expected), "the video differs from the run on unpacked masters");
+        check_home(*packed);
+        BOOST_TEST(mock.used() == 0);
+        std::int64_t chunks = 0;
+        for (auto* c : packed->components()) {
+          const bool pins = policy.of(c->name()).memory == offload::host_memory::pinned;
+          BOOST_TEST(c->pinned_host_bytes() == (pins ? offload::info_of(*c).pinned_bytes : 0), c->name());
+          BOOST_TEST(plain->get(c->name()).pinned_host_bytes() == 0, c->name()); // the flag alone
+          chunks += c->pinned_host_bytes();
+        }
+        BOOST_TEST(chunks > 0);
+        BOOST_TEST(pinned.in_use() == chunks);
+        BOOST_TEST(pinned.cached() == 0); // chunks let go of (store=, a component no longer pinned) went back
+      }
+    }
+    // A policy that pins nothing: every chunk goes back to the system.
+    offload::device_set devices;
+    offload::testing::add_mock(devices, 0);
+    {
+      offload::testing::scoped_pinned_memory source(pinned);
+      (void)wt::tiny_generate(kind, {&devices, gpu, offload::parse_policy("resident")}, {}, packed);
+    }
+    BOOST_TEST(pinned.reserved() == 0, kind);
+    BOOST_TEST(pinned.peak_reserved() > 0, kind);
+  }
+}
 
 BOOST_AUTO_TEST_CASE(audit_catches_an_aux_tensor_replaced_by_hand) {
   expect_tamper_caught("t2v", "vae.mean", [](wan::WanComponents& c) { c.vae->mean = c.vae->mean.clone(); });

@@ -16,6 +16,7 @@
 /// assert(pinned.reserved() == 0); // every chunk went back to the system
 /// \endcode
 
+#include <offload/offloadable.hpp>
 #include <offload/tensor_registry.hpp>
 
 #include <ATen/ATen.h>
@@ -25,6 +26,8 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
+#include <utility>
 #include <vector>
 
 namespace offload::testing {
@@ -93,6 +96,31 @@ private:
     int requests = 0, system_allocations = 0, releases = 0;
   };
   std::shared_ptr<state> state_ = std::make_shared<state>(); ///< shared with the blocks' deleters
+};
+
+/// While alive, offloadable::use_pinned_memory (what the executor calls for a policy's `:pinned`)
+/// takes its chunks from `allocator` and empties its cache, as a CUDA build does with LibTorch's:
+/// the executor, the block streams and the pipelines then run on packed masters in a CPU test.
+/// Restores what was set before. One at a time, around single-threaded code.
+///
+/// \code
+/// offload::testing::caching_host_allocator pinned;
+/// {
+///   offload::testing::scoped_pinned_memory source(pinned);
+///   pipeline.generate(...); // a policy with ':pinned': its components' masters in chunks
+/// }
+/// \endcode
+class scoped_pinned_memory {
+public:
+  explicit scoped_pinned_memory(const caching_host_allocator& allocator)
+      : previous_(std::exchange(detail::pinned_memory_override(),
+                                detail::pinned_memory_source{allocator.allocator(), allocator.release()})) {}
+  ~scoped_pinned_memory() { detail::pinned_memory_override() = std::move(previous_); }
+  scoped_pinned_memory(const scoped_pinned_memory&) = delete;
+  scoped_pinned_memory& operator=(const scoped_pinned_memory&) = delete;
+
+private:
+  std::optional<detail::pinned_memory_source> previous_;
 };
 
 } // namespace offload::testing
