@@ -117,6 +117,21 @@ torch::nn::Sequential fourteen_weights() {
   return m;
 }
 
+// Three 700 KiB float32 weights: they pack into two chunks, 2 MiB (two of them) and 1 MiB.
+torch::nn::Sequential three_weights() {
+  return torch::nn::Sequential(torch::nn::Linear(torch::nn::LinearOptions(700, 256).bias(false)),
+                               torch::nn::Linear(torch::nn::LinearOptions(256, 700).bias(false)),
+                               torch::nn::Linear(torch::nn::LinearOptions(700, 256).bias(false)));
+}
+
+// A host allocation whose call number `k` and later fail as an out-of-memory CUDA allocation would.
+offload::tensor_registry::host_allocator failing_from_call(int k) {
+  return [calls = std::make_shared<int>(0), k](std::int64_t n) -> at::Tensor {
+    TORCH_CHECK(++*calls < k, "CUDA error: out of memory");
+    return torch::empty({n}, torch::kUInt8);
+  };
+}
+
 std::int64_t largest(const std::vector<std::int64_t>& v) { return *std::max_element(v.begin(), v.end()); }
 
 } // namespace
@@ -404,17 +419,11 @@ BOOST_AUTO_TEST_CASE(a_failed_or_wrong_allocation_leaves_the_masters_as_they_wer
 
 BOOST_AUTO_TEST_CASE(a_failure_on_a_later_chunk_leaves_the_component_unpinned_with_its_values) {
   // A module of three 700 KiB weights: two chunks (see above); the second allocation fails.
-  torch::nn::Sequential model(torch::nn::Linear(torch::nn::LinearOptions(700, 256).bias(false)),
-                              torch::nn::Linear(torch::nn::LinearOptions(256, 700).bias(false)),
-                              torch::nn::Linear(torch::nn::LinearOptions(700, 256).bias(false)));
+  torch::nn::Sequential model = three_weights();
   offload::offloadable comp("three", model);
   auto& reg = comp.tensors();
   const auto masters = snapshot(reg);
-  int calls = 0;
-  const offload::tensor_registry::host_allocator second_fails = [&](std::int64_t n) -> at::Tensor {
-    TORCH_CHECK(++calls < 2, "CUDA error: out of memory");
-    return torch::empty({n}, torch::kUInt8);
-  };
+  const auto second_fails = failing_from_call(2);
   const auto msg = offload::testing::error_message([&] { reg.set_pinned(true, second_fails); });
   BOOST_TEST(msg.find("chunk 2 of 2 (1048576 bytes, 3145728 in all)") != std::string::npos, msg);
   BOOST_TEST(msg.find("the masters of the chunks before it stay pinned, the others pageable") != std::string::npos, msg);
@@ -583,18 +592,12 @@ BOOST_AUTO_TEST_CASE(a_pinned_component_destroyed_gives_its_chunks_back) {
 
 BOOST_AUTO_TEST_CASE(pinned_host_bytes_counts_the_chunks_still_alive) {
   // Three 700 KiB weights; the second of two chunks fails, so the first keeps two of them.
-  torch::nn::Sequential model(torch::nn::Linear(torch::nn::LinearOptions(700, 256).bias(false)),
-                              torch::nn::Linear(torch::nn::LinearOptions(256, 700).bias(false)),
-                              torch::nn::Linear(torch::nn::LinearOptions(700, 256).bias(false)));
+  torch::nn::Sequential model = three_weights();
   offload::offloadable comp("three", model);
   comp.declare_storage_rule([](std::string_view) { return true; });
   auto& reg = comp.tensors();
   const auto masters = snapshot(reg);
-  int calls = 0;
-  const offload::tensor_registry::host_allocator second_fails = [&](std::int64_t n) -> at::Tensor {
-    TORCH_CHECK(++calls < 2, "CUDA error: out of memory");
-    return torch::empty({n}, torch::kUInt8);
-  };
+  const auto second_fails = failing_from_call(2);
   BOOST_TEST(offload::testing::error_id([&] { reg.set_pinned(true, second_fails); }) ==
              "offload.capacity.pinned_allocation");
   BOOST_TEST(reg.pinned_host_bytes() == 2 << 20);
