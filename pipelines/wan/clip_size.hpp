@@ -9,6 +9,7 @@
 // checkpoint holds and the loader loads although CLIPModel::visual does not run them.
 
 #include <cstdint>
+#include <vector>
 
 #include "wan/clip.hpp"
 
@@ -27,6 +28,10 @@ namespace wan::clip {
 /// Throws offload::config_error for what the port cannot build (pool other than 'token', an
 /// activation other than 'gelu'/'quick_gelu', no layers, non-positive sizes).
 std::int64_t parameter_count(const CLIPConfig& cfg);
+
+/// Numbers of elements of every parameter of XLMRobertaCLIP(cfg), without building it: what
+/// parameter_count sums, and the sizes the preset's pinned bytes pack. Throws as parameter_count.
+std::vector<std::int64_t> tensor_numels(const CLIPConfig& cfg);
 
 } // namespace wan::clip
 

@@ -129,6 +129,37 @@ offload::stored_size dit_stored_size(const WanModelConfig& cfg, offload::storage
   return s;
 }
 
+namespace {
+
+/// A component of tensors of `numels` elements of `element_size` bytes: their bytes, and packed
+/// into power-of-two chunks as offloadable packs its masters once pinned.
+offload::component_info packed_info(std::string_view name, const std::vector<std::int64_t>& numels,
+                                    std::int64_t element_size) {
+  offload::component_info info{std::string(name), 0};
+  std::vector<std::int64_t> sizes;
+  sizes.reserve(numels.size());
+  for (const auto n : numels) {
+    sizes.push_back(n * element_size);
+    info.bytes += n * element_size;
+  }
+  info.pinned_bytes = offload::detail::plan_arena(sizes).total();
+  return info;
+}
+
+} // namespace
+
+offload::component_info vae_component_info(const WanVAEConfig& cfg, c10::ScalarType dtype) {
+  auto numels = tensor_numels(cfg);
+  numels.insert(numels.end(), {cfg.z_dim, cfg.z_dim}); // mean, std (auxiliary tensors)
+  auto info = packed_info(VAE_COMPONENT, numels, element_bytes(dtype));
+  info.tileable = true;
+  return info;
+}
+
+offload::component_info clip_component_info(const CLIPConfig& cfg, c10::ScalarType dtype) {
+  return packed_info(CLIP_COMPONENT, clip::tensor_numels(cfg), element_bytes(dtype));
+}
+
 offload::storage_dtype dit_exact_storage() {
   const auto dtype = configs::wan_shared_cfg().param_dtype;
   if (dtype == c10::ScalarType::BFloat16) return offload::storage_dtype::bf16;
@@ -146,9 +177,8 @@ std::vector<offload::component_info> preset_components(std::string_view task) {
   for (auto& n : t5_sizes) n *= element_bytes(cfg.t5_dtype);
   out.back().pinned_bytes = offload::detail::plan_arena(t5_sizes).total();
   if (is_image_task(task))
-    out.push_back({std::string(CLIP_COMPONENT),
-                   bytes_of(clip::parameter_count(CLIPConfig::clip_xlm_roberta_vit_h_14()),
-                            cfg.clip_dtype.value_or(c10::ScalarType::Half))});
+    out.push_back(clip_component_info(CLIPConfig::clip_xlm_roberta_vit_h_14(),
+                                      cfg.clip_dtype.value_or(c10::ScalarType::Half)));
   const auto dit = model_config(task);
   const auto native = dit_stored_size(dit, offload::storage_dtype::native);
   offload::component_info dit_info{std::string(DIT_COMPONENT), native.bytes, native.blocks};
@@ -156,10 +186,7 @@ std::vector<offload::component_info> preset_components(std::string_view task) {
   for (const auto d : {offload::storage_dtype::bf16, offload::storage_dtype::fp16})
     dit_info.storage.push_back(dit_stored_size(dit, d));
   out.push_back(std::move(dit_info));
-  offload::component_info vae{std::string(VAE_COMPONENT),
-                              bytes_of(parameter_count(WanVAEConfig::video_vae()), c10::ScalarType::Float)};
-  vae.tileable = true;
-  out.push_back(std::move(vae));
+  out.push_back(vae_component_info(WanVAEConfig::video_vae(), c10::ScalarType::Float));
   return out;
 }
 

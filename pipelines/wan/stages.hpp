@@ -11,7 +11,8 @@
 /// ## Component sizes (preset_components)
 /// Parameter counts are analytic (the ports' parameter_count), times the bytes per element the
 /// reference stores them in: T5 bfloat16 (t5_dtype), DiT float32 (WanModel.from_pretrained's
-/// default), VAE float32, CLIP visual tower float16 (clip_dtype).
+/// default), VAE float32, CLIP visual tower float16 (clip_dtype). Pinned bytes pack the ports'
+/// analytic tensor lists as offloadable packs loaded masters (detail/pinned_arena.hpp).
 ///
 /// ## Workspace models (pipeline_stages), and how each was derived
 /// Calibrated on the official Python reference on an H100 (torch 2.11, T2V-1.3B, 832x480, 81
@@ -49,6 +50,8 @@
 
 #include <offload/stage.hpp>
 
+#include <c10/core/ScalarType.h>
+
 #include "wan/vae_tiling.hpp"
 
 #include <cstdint>
@@ -62,6 +65,10 @@ namespace wan {
 
 struct WanModelConfig;
 struct T5Config;
+struct WanVAEConfig;
+namespace clip {
+struct CLIPConfig;
+}
 
 /// Component names of the Wan pipelines; policies and presets use them.
 inline constexpr std::string_view T5_COMPONENT = "t5";
@@ -110,6 +117,16 @@ offload::block_layout t5_block_layout(const T5Config& cfg, std::int64_t element_
 /// power-of-two chunks), equal to the loaded model's component storage_sizes(). `native`: as
 /// built, float32. Exact (stored_size::exact) for dit_exact_storage().
 offload::stored_size dit_stored_size(const WanModelConfig& cfg, offload::storage_dtype dtype);
+
+/// The `vae` component of WanVAE_(cfg) stored as `dtype`, without weights: its bytes (the
+/// parameters and the latent statistics `mean` and `std`, z_dim each) and pinned bytes (the same
+/// tensors packed into power-of-two chunks), equal to the loaded component's (offload::info_of).
+/// Tileable.
+offload::component_info vae_component_info(const WanVAEConfig& cfg, c10::ScalarType dtype);
+
+/// The `clip` component of XLMRobertaCLIP(cfg) (the visual tower) stored as `dtype`, without
+/// weights: bytes and pinned bytes, equal to the loaded component's (offload::info_of).
+offload::component_info clip_component_info(const clip::CLIPConfig& cfg, c10::ScalarType dtype);
 
 /// The storage dtype of the DiT's matmul weights that computes the same bits as float32 storage on
 /// CUDA: the pipelines run the DiT under autocast(param_dtype) there (dit_autocast), which casts

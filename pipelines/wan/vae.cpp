@@ -564,71 +564,86 @@ WanVAEConfig WanVAEConfig::infer_from_weights(const offload::state_dict& sd) {
   return cfg;
 }
 
-int64_t parameter_count(const WanVAEConfig& cfg) {
-  auto conv3d = [](int64_t in, int64_t out, int64_t k) { return out * in * k + out; };
-  auto conv2d = [](int64_t in, int64_t out, int64_t k) { return out * in * k + out; };
-  auto residual = [&](int64_t in, int64_t out) {
-    return in + conv3d(in, out, 27) + out + conv3d(out, out, 27) +
-           (in != out ? conv3d(in, out, 1) : 0);
+std::vector<int64_t> tensor_numels(const WanVAEConfig& cfg) {
+  std::vector<int64_t> t;
+  auto conv = [&](int64_t in, int64_t out, int64_t k) { // weight, bias (Conv2d or CausalConv3d)
+    t.push_back(out * in * k);
+    t.push_back(out);
   };
-  auto attention = [&](int64_t d) { return d + conv2d(d, 3 * d, 1) + conv2d(d, d, 1); };
+  auto norm = [&](int64_t d) { t.push_back(d); }; // RMS_norm.gamma
+  auto residual = [&](int64_t in, int64_t out) {
+    norm(in), conv(in, out, 27), norm(out), conv(out, out, 27);
+    if (in != out) conv(in, out, 1);
+  };
+  auto attention = [&](int64_t d) { norm(d), conv(d, 3 * d, 1), conv(d, d, 1); };
   auto contains_scale = [&](double s) { return contains(cfg.attn_scales, s); };
   const auto n = static_cast<int64_t>(cfg.dim_mult.size());
   const int64_t dim = cfg.dim;
 
   // Encoder3d(dim, 2 * z_dim)
-  int64_t enc = 0;
   {
     std::vector<int64_t> dims{dim};
     for (int64_t u : cfg.dim_mult) {
       dims.push_back(dim * u);
     }
     double scale = 1.0;
-    enc += conv3d(3, dims[0], 27);
+    conv(3, dims[0], 27);
     int64_t out = dims[0];
     for (int64_t i = 0; i < n; ++i) {
       int64_t in = dims[i];
       out = dims[i + 1];
       for (int64_t r = 0; r < cfg.num_res_blocks; ++r) {
-        enc += residual(in, out) + (contains_scale(scale) ? attention(out) : 0);
+        residual(in, out);
+        if (contains_scale(scale)) attention(out);
         in = out;
       }
       if (i != n - 1) {
-        enc += conv2d(out, out, 9) + (cfg.temperal_downsample.at(i) ? conv3d(out, out, 3) : 0);
+        conv(out, out, 9);
+        if (cfg.temperal_downsample.at(i)) conv(out, out, 3);
         scale /= 2.0;
       }
     }
-    enc += 2 * residual(out, out) + attention(out) + out + conv3d(out, 2 * cfg.z_dim, 27);
+    residual(out, out), attention(out), residual(out, out); // middle
+    norm(out), conv(out, 2 * cfg.z_dim, 27);                 // head
   }
+  const int64_t z2 = 2 * cfg.z_dim;
+  conv(z2, z2, 1);                 // conv1
+  conv(cfg.z_dim, cfg.z_dim, 1);   // conv2
   // Decoder3d(dim, z_dim)
-  int64_t dec = 0;
   {
     std::vector<int64_t> dims{dim * cfg.dim_mult.back()};
     for (auto it = cfg.dim_mult.rbegin(); it != cfg.dim_mult.rend(); ++it) {
       dims.push_back(dim * *it);
     }
     double scale = 1.0 / std::pow(2.0, static_cast<double>(n) - 2.0);
-    dec += conv3d(cfg.z_dim, dims[0], 27);
-    dec += 2 * residual(dims[0], dims[0]) + attention(dims[0]);
+    conv(cfg.z_dim, dims[0], 27);
+    residual(dims[0], dims[0]), attention(dims[0]), residual(dims[0], dims[0]); // middle
     int64_t out = dims[0];
     for (int64_t i = 0; i < n; ++i) {
       int64_t in = (i == 1 || i == 2 || i == 3) ? dims[i] / 2 : dims[i];
       out = dims[i + 1];
       for (int64_t r = 0; r < cfg.num_res_blocks + 1; ++r) {
-        dec += residual(in, out) + (contains_scale(scale) ? attention(out) : 0);
+        residual(in, out);
+        if (contains_scale(scale)) attention(out);
         in = out;
       }
       if (i != n - 1) {
         // temperal_upsample = temperal_downsample reversed
         const bool temporal = cfg.temperal_downsample.at(static_cast<std::size_t>(n - 2 - i));
-        dec += conv2d(out, out / 2, 9) + (temporal ? conv3d(out, 2 * out, 3) : 0);
+        conv(out, out / 2, 9);
+        if (temporal) conv(out, 2 * out, 3);
         scale *= 2.0;
       }
     }
-    dec += out + conv3d(out, 3, 27);
+    norm(out), conv(out, 3, 27); // head
   }
-  const int64_t z2 = 2 * cfg.z_dim;
-  return enc + conv3d(z2, z2, 1) + conv3d(cfg.z_dim, cfg.z_dim, 1) + dec;
+  return t;
+}
+
+int64_t parameter_count(const WanVAEConfig& cfg) {
+  int64_t n = 0;
+  for (const auto x : tensor_numels(cfg)) n += x;
+  return n;
 }
 
 // --- WanVAE_ ---------------------------------------------------------------------------------

@@ -259,8 +259,13 @@ struct WanVAEConfig {
 };
 
 /// Parameter count of WanVAE_(cfg), computed without building it
-/// (126,892,531 for WanVAEConfig::video_vae()).
+/// (126,892,531 for WanVAEConfig::video_vae()): the sum of tensor_numels(cfg).
 int64_t parameter_count(const WanVAEConfig& cfg);
+
+/// Numbers of elements of every parameter of WanVAE_(cfg) (each CausalConv3d's and Conv2d's weight
+/// and bias, each RMS_norm's gamma), without building it: what parameter_count sums, and the sizes
+/// the preset's pinned bytes pack (194 tensors for WanVAEConfig::video_vae()).
+std::vector<int64_t> tensor_numels(const WanVAEConfig& cfg);
 
 class WanVAE_Impl : public torch::nn::Cloneable<WanVAE_Impl> {
 public:

@@ -27,6 +27,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <functional>
 #include <map>
 #include <set>
@@ -273,10 +274,18 @@ BOOST_AUTO_TEST_CASE(clip_visual) {
 }
 
 BOOST_AUTO_TEST_CASE(clip_parameter_count) {
+  // Tensor by tensor too (what the preset's pinned bytes pack): the built module's parameter sizes.
   auto numel = [](const wan::CLIPConfig& cfg) {
     wan::XLMRobertaCLIP m(cfg);
     std::int64_t n = 0;
-    for (const auto& p : m->parameters()) n += p.numel();
+    std::vector<std::int64_t> built, listed = wan::clip::tensor_numels(cfg);
+    for (const auto& p : m->parameters()) {
+      n += p.numel();
+      built.push_back(p.numel());
+    }
+    std::sort(built.begin(), built.end());
+    std::sort(listed.begin(), listed.end());
+    BOOST_TEST(listed == built, boost::test_tools::per_element());
     return n;
   };
   // the tiny golden config, also against the checkpoint's visual.* shapes in the manifest
@@ -314,6 +323,7 @@ BOOST_AUTO_TEST_CASE(clip_parameter_count) {
   wan::CLIPConfig bad = tiny;
   bad.vision_pool = "attn_pool";
   BOOST_CHECK_THROW((void)wan::parameter_count(bad), offload::config_error);
+  BOOST_CHECK_THROW((void)wan::clip::tensor_numels(bad), offload::config_error);
 }
 
 BOOST_AUTO_TEST_SUITE_END()

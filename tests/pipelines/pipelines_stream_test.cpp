@@ -21,6 +21,8 @@
 #include <offload/stage_scheduler.hpp>
 #include <offload/units.hpp>
 
+#include <algorithm>
+
 namespace wt = wan::testing;
 using offload::device_id;
 
@@ -265,6 +267,46 @@ BOOST_AUTO_TEST_CASE(dit_storage_sizes_match_the_analytic_model) {
     }
 }
 
+
+BOOST_AUTO_TEST_CASE(vae_and_clip_sizes_match_the_analytic_model) {
+  // What preset_components gives the planner for the VAE and CLIP (bytes, and pinned bytes packed
+  // from the analytic tensor lists) is what their loaded components hold and pin.
+  for (const std::string kind : {"t2v", "i2v"}) {
+    BOOST_TEST_CONTEXT(kind) {
+      auto comps = wt::tiny_components(kind);
+      const auto vae = wan::vae_component_info(comps->vae->model->cfg, comps->vae->dtype);
+      const auto vae_loaded = offload::info_of(*comps->vae_component);
+      BOOST_TEST(vae.bytes == vae_loaded.bytes);
+      BOOST_TEST(vae.pinned_bytes == vae_loaded.pinned_bytes);
+      BOOST_TEST(vae.tileable == vae_loaded.tileable);
+      BOOST_TEST(vae.name == vae_loaded.name);
+      BOOST_TEST(comps->clip_component.operator bool() == (kind == "i2v"));
+      if (!comps->clip_component) continue;
+      const auto clip = wan::clip_component_info(comps->clip->model->config, comps->clip->dtype);
+      const auto clip_loaded = offload::info_of(*comps->clip_component);
+      BOOST_TEST(clip.bytes == clip_loaded.bytes);
+      BOOST_TEST(clip.pinned_bytes == clip_loaded.pinned_bytes);
+      BOOST_TEST(clip.name == clip_loaded.name);
+    }
+  }
+  // The presets: the official VAE (float32) and CLIP visual tower (float16, clip_dtype), packed.
+  const auto comps = wan::preset_components("i2v-14B");
+  auto find = [&](std::string_view name) {
+    const auto it = std::find_if(comps.begin(), comps.end(), [&](const auto& c) { return c.name == name; });
+    BOOST_REQUIRE(it != comps.end());
+    return *it;
+  };
+  const auto vae = find(wan::VAE_COMPONENT);
+  BOOST_TEST(vae.bytes == (126'892'531LL + 2 * 16) * 4);
+  BOOST_TEST(vae.pinned_bytes == wan::vae_component_info(wan::WanVAEConfig::video_vae(), torch::kFloat).pinned_bytes);
+  BOOST_TEST(vae.pinned_bytes >= vae.bytes);
+  BOOST_TEST(vae.tileable);
+  const auto clip = find(wan::CLIP_COMPONENT);
+  BOOST_TEST(clip.bytes == 632'076'800LL * 2);
+  BOOST_TEST(clip.pinned_bytes ==
+             wan::clip_component_info(wan::CLIPConfig::clip_xlm_roberta_vit_h_14(), torch::kHalf).pinned_bytes);
+  BOOST_TEST(clip.pinned_bytes >= clip.bytes);
+}
 BOOST_AUTO_TEST_CASE(bf16_storage_equals_autocast_bit_for_bit) {
   // Fresh components: the bf16 run converts the DiT's masters for good.
   auto comps = wt::load_tiny_components("t2v");

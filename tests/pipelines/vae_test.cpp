@@ -8,6 +8,7 @@
 
 #include <boost/test/unit_test.hpp>
 
+#include <algorithm>
 #include <map>
 #include <string>
 #include <vector>
@@ -47,6 +48,16 @@ std::int64_t numel(torch::nn::Module& m) {
   std::int64_t n = 0;
   for (const auto& p : m.parameters()) n += p.numel();
   return n;
+}
+
+/// The built module's parameter sizes against tensor_numels (what the preset's pinned bytes
+/// pack), as sorted lists.
+void check_tensor_numels(torch::nn::Module& m, const wan::WanVAEConfig& cfg) {
+  std::vector<std::int64_t> built, listed = wan::tensor_numels(cfg);
+  for (const auto& p : m.parameters()) built.push_back(p.numel());
+  std::sort(built.begin(), built.end());
+  std::sort(listed.begin(), listed.end());
+  BOOST_TEST(listed == built, boost::test_tools::per_element());
 }
 
 template <class F>
@@ -94,6 +105,7 @@ BOOST_AUTO_TEST_CASE(video_vae_preset_and_parameter_count) {
   BOOST_TEST((c.temperal_downsample == std::vector<bool>{false, true, true}));
   BOOST_TEST(c.dropout == 0.0);
   BOOST_TEST(wan::parameter_count(c) == 126'892'531LL);
+  BOOST_TEST(wan::tensor_numels(c).size() == 194u); // 71 convolutions (weight, bias), 52 norms
   const auto& o = wt::manifest_entry(kCheckpoint).at("official_config");
   BOOST_TEST(o.at("dim").get<std::int64_t>() == c.dim);
   BOOST_TEST(o.at("z_dim").get<std::int64_t>() == c.z_dim);
@@ -104,6 +116,7 @@ BOOST_AUTO_TEST_CASE(parameter_count_equals_constructed_numel) {
   const auto tiny = tiny_config();
   wan::WanVAE_ m(tiny);
   BOOST_TEST(numel(*m) == wan::parameter_count(tiny));
+  check_tensor_numels(*m, tiny);
   BOOST_TEST(numel(*m) == wt::manifest_entry(kCheckpoint).at("num_params").get<std::int64_t>());
   // other layouts: attention in the down/up paths, one residual block, no temporal resampling
   auto other = tiny;
@@ -114,6 +127,7 @@ BOOST_AUTO_TEST_CASE(parameter_count_equals_constructed_numel) {
   other.temperal_downsample = {true, false, true};
   wan::WanVAE_ m2(other);
   BOOST_TEST(numel(*m2) == wan::parameter_count(other));
+  check_tensor_numels(*m2, other);
 }
 
 BOOST_AUTO_TEST_CASE(keys_equal_manifest_keys) {
