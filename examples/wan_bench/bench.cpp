@@ -340,8 +340,29 @@ std::vector<onload_result> measure_onloads(const options& o, const built_models&
         r.onload_seconds = std::min(r.onload_seconds, t1 - t0);
         r.evict_seconds = std::min(r.evict_seconds, t2 - t1);
       }
-      if (r.onload_seconds > 0) r.bytes_per_second = static_cast<double>(r.bytes) / r.onload_seconds;
-      if (r.bytes_per_second && bw.pinned && *bw.pinned > 0) r.fraction_of_pinned = *r.bytes_per_second / *bw.pinned;
+      r.prefetch_seconds = std::numeric_limits<double>::infinity();
+      for (int i = 0; i < repeats; ++i) {
+        const std::int64_t in0 = acc.bytes_in(), out0 = acc.bytes_out();
+        const double t0 = now();
+        c->prefetch_onto(acc);
+        c->finish_placement();
+        const double t1 = now();
+        c->place_on(devices.host());
+        if (acc.bytes_in() - in0 != r.bytes)
+          throw offload::placement_error(
+              "offload.wan_bench.prefetch_bytes",
+              fmt::format("prefetching '{}' to {} copied {} bytes, expected {} (what its synchronous onload "
+                          "copied); the two onload paths disagree: report it",
+                          r.component, o.device.str(), acc.bytes_in() - in0, r.bytes));
+        r.bytes_to_host += acc.bytes_out() - out0;
+        r.prefetch_seconds = std::min(r.prefetch_seconds, t1 - t0);
+      }
+      const auto rate = [&](double seconds, std::optional<double>& per_second, std::optional<double>& fraction) {
+        if (seconds > 0) per_second = static_cast<double>(r.bytes) / seconds;
+        if (per_second && bw.pinned && *bw.pinned > 0) fraction = *per_second / *bw.pinned;
+      };
+      rate(r.onload_seconds, r.bytes_per_second, r.fraction_of_pinned);
+      rate(r.prefetch_seconds, r.prefetch_bytes_per_second, r.prefetch_fraction_of_pinned);
       r.ok = true;
     } catch (const std::exception& e) {
       r.error = first_line(e.what());

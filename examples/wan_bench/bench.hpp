@@ -129,6 +129,11 @@ struct onload_result {
   std::int64_t bytes_to_host = 0;  ///< device -> host bytes of the evictions (expected 0: nothing copied back)
   std::optional<double> bytes_per_second;
   std::optional<double> fraction_of_pinned; ///< bytes_per_second / the measured pinned bandwidth
+  /// The same onload as a cross-stage prefetch makes it (prefetch_onto: copies on the transfer
+  /// stream, an event per copy; then finish_placement), to the device's completion, best of the repeats.
+  double prefetch_seconds = 0;
+  std::optional<double> prefetch_bytes_per_second;
+  std::optional<double> prefetch_fraction_of_pinned;
 };
 
 /// Everything one invocation measured.
@@ -152,8 +157,9 @@ policy_result run_policy(const options& o, const built_models& models, const std
                          offload::device_set& devices, const bandwidths& bw);
 
 /// --onload_probe: each component of `models`, its masters pinned and not streamed, placed whole
-/// on the accelerator and evicted `repeats` times, each move synchronized; best times. Timed on the
-/// device set's clock (a mock's is virtual: bytes / its bandwidth).
+/// on the accelerator and evicted `repeats` times, each move synchronized, then as many times
+/// prefetched (prefetch_onto, finish_placement) and evicted; best times. Timed on the device set's
+/// clock (a mock's is virtual: bytes / its bandwidth).
 std::vector<onload_result> measure_onloads(const options& o, const built_models& models, offload::device_set& devices,
                                            const bandwidths& bw, int repeats = 3);
 

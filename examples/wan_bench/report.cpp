@@ -110,17 +110,18 @@ std::string table(const bench_report& r) {
   if (!r.onloads.empty()) {
     out += fmt::format("onload probe: each component whole, from pinned masters, best of 3, synchronized; {}\n",
                        o.device.is_mock() ? "on the mock's virtual clock (bytes / its bandwidth)" : "wall time");
-    out += fmt::format("  {:<8} {:>11} {:>8} {:>9} {:>10} {:>10} {:>9} {:>11}\n", "comp", "bytes", "pin s", "onload s",
-                       "GB/s", "x pinned", "evict s", "to host");
+    out += fmt::format("  {:<8} {:>11} {:>8} {:>9} {:>10} {:>10} {:>11} {:>10} {:>9} {:>11}\n", "comp", "bytes",
+                       "pin s", "onload s", "GB/s", "x pinned", "prefetch s", "x pinned", "evict s", "to host");
     for (const auto& l : r.onloads) {
       if (!l.ok) {
         out += fmt::format("  {:<8} FAILED: {}\n", l.component, l.error);
         continue;
       }
-      out += fmt::format("  {:<8} {:>11} {:>8.2f} {:>9.4f} {:>10} {:>10} {:>9.4f} {:>11}\n", l.component,
-                         offload::format_bytes(l.bytes), l.pin_seconds, l.onload_seconds,
+      out += fmt::format("  {:<8} {:>11} {:>8.2f} {:>9.4f} {:>10} {:>10} {:>11.4f} {:>10} {:>9.4f} {:>11}\n",
+                         l.component, offload::format_bytes(l.bytes), l.pin_seconds, l.onload_seconds,
                          l.bytes_per_second ? fmt::format("{:.1f}", *l.bytes_per_second / 1e9) : std::string("-"),
-                         opt_ratio(l.fraction_of_pinned), l.evict_seconds, offload::format_bytes(l.bytes_to_host));
+                         opt_ratio(l.fraction_of_pinned), l.prefetch_seconds, opt_ratio(l.prefetch_fraction_of_pinned),
+                         l.evict_seconds, offload::format_bytes(l.bytes_to_host));
     }
   }
   out += fmt::format("{}\n", hidden_definition);
@@ -210,6 +211,9 @@ std::string json(const bench_report& r) {
     e["bytes_to_host"] = l.bytes_to_host;
     e["bytes_per_second"] = opt(l.bytes_per_second);
     e["fraction_of_pinned_bandwidth"] = opt(l.fraction_of_pinned);
+    e["prefetch_seconds"] = l.prefetch_seconds;
+    e["prefetch_bytes_per_second"] = opt(l.prefetch_bytes_per_second);
+    e["prefetch_fraction_of_pinned_bandwidth"] = opt(l.prefetch_fraction_of_pinned);
     j["onload_probe"].push_back(std::move(e));
   }
   return j.dump(1);

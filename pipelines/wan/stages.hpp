@@ -93,11 +93,11 @@ struct generation_shape {
   bool reference_activations = false;
 };
 
-/// Component sizes of a task's preset models as the reference stores them, without weights. The
-/// DiT of t2v / i2v / flf2v and T5 carry their block layouts (they can be streamed:
-/// `dit=cuda:stream=K`, `t5=cuda:stream=K`);
-/// every DiT offers bf16 and fp16 storage of its matmul weights (`dit=cuda:store=bf16`); the VAE
-/// runs tiled (`vae=cuda:tile=32`).
+/// Component sizes of a task's preset models as the reference stores them, without weights, with
+/// their pinned (packed) bytes. Every DiT (VACE's: its `vace_blocks` and `blocks` in block order)
+/// and T5 carry their block layouts (they can be streamed: `dit=cuda:stream=K`,
+/// `t5=cuda:stream=K`); every DiT offers bf16 and fp16 storage of its matmul weights
+/// (`dit=cuda:store=bf16`); the VAE runs tiled (`vae=cuda:tile=32`).
 std::vector<offload::component_info> preset_components(std::string_view task);
 
 /// The layout of a DiT's `blocks` stored with `element_size` bytes per element, its matmul weights
