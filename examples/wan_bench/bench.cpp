@@ -291,6 +291,12 @@ policy_result run_policy(const options& o, const built_models& m, const std::str
     }
   }
 
+  if (r.denoise_step_seconds.size() >= 2 && o.project_steps.value_or(0) > 0) {
+    const auto& d = r.denoise_step_seconds;
+    r.steady_step_seconds = std::accumulate(d.begin(), d.end() - 1, 0.0) / static_cast<double>(d.size() - 1);
+    r.projected_seconds = r.total_seconds + (*o.project_steps - o.steps) * *r.steady_step_seconds;
+  }
+
   if (plan) {
     if (acc) r.predicted_peak = plan->peak_of(o.device);
     r.predicted_bytes_to_device = plan->bytes_to_devices;
@@ -385,6 +391,8 @@ void compare_with_resident(std::vector<policy_result>& results, bool timed_trans
     if (!r.ok) continue;
     if (base.total_seconds > 0) r.time_ratio = r.total_seconds / base.total_seconds;
     if (base.mean_step_seconds() > 0) r.step_ratio = r.mean_step_seconds() / base.mean_step_seconds();
+    if (r.projected_seconds && base.projected_seconds && *base.projected_seconds > 0)
+      r.projected_time_ratio = *r.projected_seconds / *base.projected_seconds;
     if (const auto p = r.measured_peak(), b = base.measured_peak(); p && b && *b > 0)
       r.peak_ratio = static_cast<double>(*p) / static_cast<double>(*b);
     // Each video is compared once (this runs after every policy), then released unless it is the

@@ -38,6 +38,9 @@ struct options {
   int width = 0, height = 0;
   int frame_num = 81;
   int steps = 2;
+  /// The steps of the generation the times are projected to (policy_result::projected_seconds):
+  /// the task's default sampling steps (50; 40 for i2v) unless given; 0: no projection.
+  std::optional<int> project_steps;
   std::vector<std::string> policies; ///< as given (default: resident)
   std::string device_text = "cuda:0";
   offload::device_id device = offload::device_id::cuda(0);
@@ -102,6 +105,14 @@ struct policy_result {
   std::optional<double> denoise_hidden_fraction;
 
   std::optional<double> time_ratio, peak_ratio, step_ratio; ///< against the resident run
+
+  /// A generation of options::project_steps steps, from this run of fewer: every step but the last
+  /// (which runs into decode: the DiT's eviction, the VAE's onload) repeats the same compute and the
+  /// same copies, so total_seconds + (project_steps - steps) x their mean (steady_step_seconds;
+  /// needs two steps or more). What the "total time" targets are about: a 2-step run
+  /// weighs the fixed costs (text encode, onloads, decode) 25 times more than a 50-step one.
+  std::optional<double> steady_step_seconds, projected_seconds;
+  std::optional<double> projected_time_ratio; ///< projected_seconds against the resident run's
 
   /// The generated video, on the host (not reported: compared with the resident run's).
   at::Tensor output;

@@ -49,6 +49,9 @@ void validate(options& o) {
   if (o.frame_num < 1 || (o.frame_num - 1) % 4 != 0)
     throw usage_error(fmt::format("--frame_num {}: expected 4n+1 frames (1, 5, 9, ..., 81)", o.frame_num));
   if (o.steps < 1) throw usage_error(fmt::format("--steps {}: expected at least 1", o.steps));
+  if (!o.project_steps) o.project_steps = pipeline_kind(o.task) == "i2v" ? 40 : 50; // generate.py's sample_steps
+  if (*o.project_steps < 0)
+    throw usage_error(fmt::format("--project_steps {}: expected 0 (no projection) or more", *o.project_steps));
   if (o.prompt_tokens < 1 || o.neg_prompt_tokens < 1)
     throw usage_error("--prompt_tokens / --neg_prompt_tokens: expected at least 1 token each");
   if (o.policies.empty()) o.policies.push_back("resident");
@@ -106,6 +109,9 @@ std::optional<options> parse_command_line(int argc, char** argv) {
   app.add_option("--size", o.size, "width*height (default: 1280*720 where the task supports it, else 832*480)");
   app.add_option("--frame_num", o.frame_num, "frames, 4n+1")->capture_default_str();
   app.add_option("--steps", o.steps, "denoising steps per generation")->capture_default_str();
+  app.add_option("--project_steps", o.project_steps,
+                 "project each time to a generation of this many steps (default: the task's sampling steps, 50; "
+                 "40 for i2v; 0: none)");
   app.add_option("--policy", o.policies,
                  "a placement policy (docs/policies.md); repeat for several (default: resident)");
   app.add_option("--device", o.device_text, "cuda:N, mock:N (simulated, runs on the host) or cpu")

@@ -64,9 +64,10 @@ std::string table(const bench_report& r) {
   out += fmt::format("host -> device bandwidth: pinned {}, pageable {} ({})\n", rate(r.bandwidth.pinned),
                      rate(r.bandwidth.pageable), r.bandwidth.source);
   const bool real_pinning = o.device.kind == offload::device_kind::cuda;
-  out += fmt::format("{:>8} {:>6} {:>6} {:>7} {:>7} {:>7} {:>8} {:>7} {:>6} {:>7} {:>11} {:>6} {:>11} {:>11} {:>11} "
-                     "{:>11} {:>11} {:>11} {:>6} {:>6} {:>7}  {}\n",
-                     "total s", "x res", "setup", "text", "clip", "vae_enc", "denoise", "s/step", "x res", "decode",
+  const std::string projected = o.project_steps.value_or(0) > 0 ? fmt::format("x@{}", *o.project_steps) : "x@-";
+  out += fmt::format("{:>8} {:>6} {:>6} {:>6} {:>7} {:>7} {:>7} {:>8} {:>7} {:>6} {:>7} {:>11} {:>6} {:>11} {:>11} "
+                     "{:>11} {:>11} {:>11} {:>11} {:>6} {:>6} {:>7}  {}\n",
+                     "total s", "x res", projected, "setup", "text", "clip", "vae_enc", "denoise", "s/step", "x res", "decode",
                      "peak", "x res", "reserved", "plan peak", "pinned", "host peak", "to device", "streamed",
                      "hidden", "h.den", "video", "policy");
   for (const auto& p : r.results) {
@@ -76,9 +77,9 @@ std::string table(const bench_report& r) {
     }
     const auto& s = p.stage_seconds;
     out += fmt::format(
-        "{:>8.2f} {:>6} {:>6.2f} {:>7} {:>7} {:>7} {:>8} {:>7.3f} {:>6} {:>7} {:>11} {:>6} {:>11} {:>11} {:>11} {:>11} "
-        "{:>11} {:>11} {:>6} {:>6} {:>7}  {}\n",
-        p.total_seconds, opt_ratio(p.time_ratio), p.setup_seconds, opt_seconds(s, "text_encode"),
+        "{:>8.2f} {:>6} {:>6} {:>6.2f} {:>7} {:>7} {:>7} {:>8} {:>7.3f} {:>6} {:>7} {:>11} {:>6} {:>11} {:>11} {:>11} "
+        "{:>11} {:>11} {:>11} {:>6} {:>6} {:>7}  {}\n",
+        p.total_seconds, opt_ratio(p.time_ratio), opt_ratio(p.projected_time_ratio), p.setup_seconds, opt_seconds(s, "text_encode"),
         opt_seconds(s, "clip_encode"), opt_seconds(s, "vae_encode"), opt_seconds(s, "denoise"),
         p.mean_step_seconds(), opt_ratio(p.step_ratio), opt_seconds(s, "decode"), opt_bytes(p.measured_peak()),
         opt_ratio(p.peak_ratio), opt_bytes(p.peak_reserved), opt_bytes(p.predicted_peak),
@@ -107,6 +108,11 @@ std::string table(const bench_report& r) {
     out += "no 'resident' run in this invocation: ratios and hidden fractions need one (--policy resident)\n";
   out += "video: the generated video against the resident run's, 'same' bit for bit, else the largest "
          "|difference|\n";
+  if (o.project_steps.value_or(0) > 0)
+    out += fmt::format("x@{0}: the time ratio of a {0}-step generation, projected from this one: every step but "
+                       "the last repeats (total + ({0} - {1}) x the mean of the steps before the last; '-' with fewer "
+                       "than 2 steps)\n",
+                       *o.project_steps, o.steps);
   if (!r.onloads.empty()) {
     out += fmt::format("onload probe: each component whole, from pinned masters, best of 3, synchronized; {}\n",
                        o.device.is_mock() ? "on the mock's virtual clock (bytes / its bandwidth)" : "wall time");
@@ -141,6 +147,7 @@ std::string json(const bench_report& r) {
   j["size"] = {o.width, o.height};
   j["frame_num"] = o.frame_num;
   j["steps"] = o.steps;
+  j["project_steps"] = o.project_steps.value_or(0);
   j["dit_tokens"] = r.dit_tokens;
   j["prompt_tokens"] = o.prompt_tokens;
   j["neg_prompt_tokens"] = o.neg_prompt_tokens;
@@ -191,6 +198,9 @@ std::string json(const bench_report& r) {
       e["denoise_transfer_seconds"] = p.denoise_transfer_seconds;
       e["denoise_hidden_fraction"] = opt(p.denoise_hidden_fraction);
       e["time_ratio"] = opt(p.time_ratio);
+      e["steady_step_seconds"] = opt(p.steady_step_seconds);
+      e["projected_seconds"] = opt(p.projected_seconds);
+      e["projected_time_ratio"] = opt(p.projected_time_ratio);
       e["step_ratio"] = opt(p.step_ratio);
       e["peak_ratio"] = opt(p.peak_ratio);
       e["identical_to_resident"] = opt(p.identical_to_resident);
