@@ -13,6 +13,9 @@
 #   2. the Python reference harness (wan_py_memory.py) with the same model, size, frames and steps;
 #   3. wan_bench T2V-14B 1280x720x81: the streamed policies of POLICIES_14B, then resident;
 #   4. wan_bench T2V-1.3B again with resident and the EXTRA_13B policies (storage and tiling options).
+# PARTS (default "t2v_1_3B python t2v_14B t2v_1_3B_extra") picks which of 1-4 run, in that order: a
+# second call on the still-warm machine (its build-device/ kept, so the build is a no-op) can run what
+# the first one's deadline cut, e.g. PARTS=t2v_14B.
 # Policies this wan_bench's grammar does not accept are left out (wan_bench --dry_run checks each).
 # Results in $OUT (at most 8 files come back): summary.txt (what ran, how long, the tables), build.log,
 # runs.log (every run's output), t2v_1_3B.json, t2v_1_3B_extra.json, t2v_14B.json, wan_py_memory.json.
@@ -21,6 +24,7 @@ set -euo pipefail
 
 START=$SECONDS
 DEADLINE=${DEADLINE:-570}
+PARTS=${PARTS:-t2v_1_3B python t2v_14B t2v_1_3B_extra}
 STEPS=${STEPS:-2}
 MAX_13B=${MAX_13B:-200} # seconds one T2V-1.3B invocation may take (models, warm-up, every policy)
 MAX_14B=${MAX_14B:-330} # the same for T2V-14B
@@ -65,6 +69,12 @@ POLICIES_14B=(
 # <<< EXTRA POLICIES
 
 elapsed() { echo $((SECONDS - START)); }
+# want NAME: whether PARTS names it (the others are noted as not asked for).
+want() {
+  [[ " $PARTS " == *" $1 "* ]] && return 0
+  note "$(printf '%-22s not in PARTS' "$1")"
+  return 1
+}
 note() { echo "$*" | tee -a "$SUMMARY"; }
 
 # part NAME MAX_SECONDS MIN_SECONDS CMD...: runs CMD with a time limit of MAX_SECONDS or what is left
@@ -161,10 +171,13 @@ grep -E "error|Error|CMake Warning" "$OUT/build.log" 2>/dev/null | head -n 20 >>
 
 # ---- the runs -------------------------------------------------------------------------------------
 MAX_PART=$MAX_13B MIN_PART=45
-bench t2v_1_3B t2v_1_3B.json "${POLICIES_13B[@]}" -- --task t2v-1.3B --size 832*480 --frame_num 81 --warmup \
-  --onload_probe
+want t2v_1_3B &&
+  bench t2v_1_3B t2v_1_3B.json "${POLICIES_13B[@]}" -- --task t2v-1.3B --size 832*480 --frame_num 81 --warmup \
+    --onload_probe
 
-if [[ -f $DEV/wanref/wan_py_memory.py ]]; then
+if ! want python; then
+  :
+elif [[ -f $DEV/wanref/wan_py_memory.py ]]; then
   # The harness times T5 on the host once at the end (its t5_cpu runs reuse the resident run's
   # context): that figure goes with our t5=cpu text_encode.
   PYTHONUNBUFFERED=1 WAN_REF=$DEV/wanref STEPS=$STEPS FRAMES=81 \
@@ -176,10 +189,11 @@ else
 fi
 
 MAX_PART=$MAX_14B MIN_PART=120
-bench t2v_14B t2v_14B.json "${POLICIES_14B[@]}" -- --task t2v-14B --size 1280*720 --frame_num 81
+want t2v_14B && bench t2v_14B t2v_14B.json "${POLICIES_14B[@]}" -- --task t2v-14B --size 1280*720 --frame_num 81
 
 MAX_PART=$MAX_13B MIN_PART=45
-bench t2v_1_3B_extra t2v_1_3B_extra.json resident "${EXTRA_13B[@]}" -- --task t2v-1.3B --size 832*480 --frame_num 81
+want t2v_1_3B_extra &&
+  bench t2v_1_3B_extra t2v_1_3B_extra.json resident "${EXTRA_13B[@]}" -- --task t2v-1.3B --size 832*480 --frame_num 81
 
 note "done in $(elapsed)s; files in $OUT: $(cd "$OUT" && ls | tr '\n' ' ')"
 cat "$SUMMARY"
