@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Builds wan_bench (or TARGETS) against a CUDA-enabled LibTorch 2.x without a GPU: Debian trixie's
+# contrib package libtorch-cuda-dev (LibTorch 2.6 built for CUDA 12.4, whose toolkit comes from
+# non-free), in a debootstrap'ed root. It goes through what the first build on the GPU machine goes
+# through and a CPU-only LibTorch never does (docs/building.md):
+#   - find_package(Torch) with its CUDA parts (the toolkit's discovery, the CUDA targets);
+#   - the CUDA branches of offload/compat.hpp (OFFLOAD_HAS_CUDA_ALLOCATOR_STATS: the caching
+#     allocator's statistics in wan_bench's cuda_stats.cpp, with the real c10/cuda headers);
+#   - linking against libtorch_cuda.
+# Then it runs the CPU tests named by TESTS, if any (CUDA LibTorch without a GPU: no device found).
+# Not part of CI (it downloads about 2 GB). Needs root, debootstrap and deb.debian.org. The root is
+# kept for the next run; the tree is cloned from the last commit.
+#
+#   tests/compat/debian_torch_cuda.sh [ROOT]        ROOT: /var/tmp/offload-trixie-cuda
+#   TARGETS="wan_bench offload_tests" ...           build these targets (default: wan_bench)
+#   TESTS=regex ...                                 then run the CTest tests matching it (default: none)
+#
+# Two packages are replaced by empty stand-ins in the root: nvidia-cudnn (its installer downloads
+# cuDNN from NVIDIA, which a build does not need) and libcuda1 (the driver's library, which only a
+# machine with a GPU has).
+set -euo pipefail
+root=${1:-/var/tmp/offload-trixie-cuda}
+src=$(cd "$(dirname "$0")/../.." && pwd)
+packages=g++,cmake,ninja-build,ccache,libfmt-dev,librange-v3-dev,libboost-test-dev,nlohmann-json3-dev
+packages+=,libsentencepiece-dev,libcli11-dev,libstb-dev,libopenblas0-pthread,ffmpeg,ca-certificates
+if [[ ! -x $root/usr/bin/cmake ]]; then
+  debootstrap --variant=minbase --include="$packages" trixie "$root" http://deb.debian.org/debian
+fi
+mounted=()
+for m in proc dev; do
+  if ! mountpoint -q "$root/$m"; then
+    if [[ $m == proc ]]; then mount -t proc proc "$root/proc"; else mount --bind /dev "$root/dev"; fi
+    mounted+=("$root/$m")
+  fi
+done
+trap 'for m in "${mounted[@]}"; do umount "$m" || true; done' EXIT
+echo "deb http://deb.debian.org/debian trixie main contrib non-free" > "$root/etc/apt/sources.list"
+rm -rf "$root/src"
+git clone -q "$src" "$root/src"
+chroot "$root" env TARGETS="${TARGETS:-wan_bench}" TESTS="${TESTS:-}" OPENBLAS_NUM_THREADS=1 bash -euo pipefail -c '
+  export DEBIAN_FRONTEND=noninteractive
+  # Empty stand-ins: Package, Version, Provides.
+  stand_in() {
+    local d=/tmp/stand-in/$1
+    mkdir -p "$d/DEBIAN"
+    printf "Package: %s\nVersion: %s\nArchitecture: amd64\nMaintainer: offload tests <none@example.org>\nDescription: empty stand-in for a build without a GPU\n%s" \
+      "$1" "$2" "${3:+Provides: $3
+}" > "$d/DEBIAN/control"
+    dpkg-deb -b "$d" "/tmp/stand-in/$1.deb" > /dev/null
+    dpkg -i "/tmp/stand-in/$1.deb" > /dev/null
+  }
+  if ! dpkg-query -W libtorch-cuda-dev > /dev/null 2>&1; then
+    apt-get update -q
+    stand_in nvidia-cudnn 9.99
+    stand_in libcuda1 999 "libcuda.so.1 (= 999)"
+    apt-get install -y -q --no-install-recommends libtorch-cuda-dev nvidia-cuda-toolkit
+  fi
+  dpkg-query -W libtorch-cuda-dev nvidia-cuda-toolkit g++ cmake
+  cd /src
+  cmake -S . -B build -G Ninja
+  grep -E "^OFFLOAD_HAS|CUDA" build/CMakeCache.txt | grep -iE "found|version|has_" | head -n 20 || true
+  cmake --build build --target $TARGETS
+  if [[ -n $TESTS ]]; then ctest --test-dir build -j "$(nproc)" --output-on-failure -R "$TESTS"; fi'
