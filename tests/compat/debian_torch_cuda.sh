@@ -49,7 +49,8 @@ chroot "$root" env TARGETS="${TARGETS:-wan_bench}" TESTS="${TESTS:-}" OPENBLAS_N
     dpkg-deb -b "$d" "/tmp/stand-in/$1.deb" > /dev/null
     dpkg -i "/tmp/stand-in/$1.deb" > /dev/null
   }
-  if ! dpkg-query -W libtorch-cuda-dev > /dev/null 2>&1; then
+  installed() { [[ $(dpkg-query -W -f="\${Status}" "$1" 2> /dev/null) == "install ok installed" ]]; }
+  if ! installed libtorch-cuda-dev || ! installed nvidia-cuda-toolkit; then
     apt-get update -q
     stand_in nvidia-cudnn 9.99
     stand_in libcuda1 999 "libcuda.so.1 (= 999)"
