@@ -14,21 +14,9 @@ set -euo pipefail
 suite=${1:-trixie}
 root=${2:-/tmp/offload-$suite}
 src=$(cd "$(dirname "$0")/../.." && pwd)
-packages=g++,cmake,ninja-build,ccache,libtorch-dev,libfmt-dev,librange-v3-dev,libboost-test-dev,nlohmann-json3-dev
-packages+=,libsentencepiece-dev,libcli11-dev,libstb-dev,libopenblas0-pthread,ffmpeg,ca-certificates
-if [[ ! -x $root/usr/bin/cmake ]]; then
-  debootstrap --variant=minbase --include="$packages" "$suite" "$root" http://deb.debian.org/debian
-fi
-mounted=()
-for m in proc dev; do
-  if ! mountpoint -q "$root/$m"; then
-    if [[ $m == proc ]]; then mount -t proc proc "$root/proc"; else mount --bind /dev "$root/dev"; fi
-    mounted+=("$root/$m")
-  fi
-done
-trap 'for m in "${mounted[@]}"; do umount "$m" || true; done' EXIT
-rm -rf "$root/src"
-git clone -q "$src" "$root/src"
+# shellcheck source=tests/compat/debian_root.sh
+source "$(dirname "$0")/debian_root.sh"
+prepare_root "$suite" "$root" "$src" libtorch-dev
 chroot "$root" env TARGETS="${TARGETS:-}" TESTS="${TESTS:-}" OPENBLAS_NUM_THREADS="${OPENBLAS_NUM_THREADS:-1}" bash -euo pipefail -c '
   cd /src
   dpkg-query -W libtorch-dev g++ libfmt-dev libboost-test-dev

@@ -23,22 +23,10 @@
 set -euo pipefail
 root=${1:-/var/tmp/offload-trixie-cuda}
 src=$(cd "$(dirname "$0")/../.." && pwd)
-packages=g++,cmake,ninja-build,ccache,libfmt-dev,librange-v3-dev,libboost-test-dev,nlohmann-json3-dev
-packages+=,libsentencepiece-dev,libcli11-dev,libstb-dev,libopenblas0-pthread,ffmpeg,ca-certificates
-if [[ ! -x $root/usr/bin/cmake ]]; then
-  debootstrap --variant=minbase --include="$packages" trixie "$root" http://deb.debian.org/debian
-fi
-mounted=()
-for m in proc dev; do
-  if ! mountpoint -q "$root/$m"; then
-    if [[ $m == proc ]]; then mount -t proc proc "$root/proc"; else mount --bind /dev "$root/dev"; fi
-    mounted+=("$root/$m")
-  fi
-done
-trap 'for m in "${mounted[@]}"; do umount "$m" || true; done' EXIT
+# shellcheck source=tests/compat/debian_root.sh
+source "$(dirname "$0")/debian_root.sh"
+prepare_root trixie "$root" "$src"
 echo "deb http://deb.debian.org/debian trixie main contrib non-free" > "$root/etc/apt/sources.list"
-rm -rf "$root/src"
-git clone -q "$src" "$root/src"
 chroot "$root" env TARGETS="${TARGETS:-wan_bench}" TESTS="${TESTS:-}" OPENBLAS_NUM_THREADS=1 bash -euo pipefail -c '
   export DEBIAN_FRONTEND=noninteractive
   # Empty stand-ins: Package, Version, Provides.
