@@ -297,7 +297,7 @@ BOOST_AUTO_TEST_CASE(vae_and_clip_sizes_match_the_analytic_model) {
     return *it;
   };
   const auto vae = find(wan::VAE_COMPONENT);
-  BOOST_TEST(vae.bytes == (126'892'531LL + 2 * 16) * 4);
+  BOOST_TEST(vae.bytes == (126'892'531LL + 2LL * 16) * 4);
   BOOST_TEST(vae.pinned_bytes == wan::vae_component_info(wan::WanVAEConfig::video_vae(), torch::kFloat).pinned_bytes);
   BOOST_TEST(vae.pinned_bytes >= vae.bytes);
   BOOST_TEST(vae.tileable);

@@ -43,7 +43,7 @@ BOOST_AUTO_TEST_CASE(preset_component_sizes_equal_the_reference_storage) {
   const std::int64_t freqs = std::int64_t{1024} * 64 * 16;
   BOOST_TEST(bytes_of(t2v, "dit") == 1'418'996'800LL * 4 + freqs);
   // fp32, plus the latent statistics `mean` and `std` (16 channels each) the component moves with it.
-  BOOST_TEST(bytes_of(t2v, "vae") == (126'892'531LL + 2 * 16) * 4);
+  BOOST_TEST(bytes_of(t2v, "vae") == (126'892'531LL + 2LL * 16) * 4);
   BOOST_TEST(std::abs(gib(bytes_of(t2v, "t5")) - 10.58) < 0.01);
   BOOST_TEST(std::abs(gib(bytes_of(t2v, "dit")) - 5.29) < 0.01);
   BOOST_TEST(std::abs(gib(bytes_of(t2v, "vae")) - 0.47) < 0.01);
