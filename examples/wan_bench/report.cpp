@@ -67,8 +67,8 @@ std::string table(const bench_report& r) {
   const std::string projected = o.project_steps.value_or(0) > 0 ? fmt::format("x@{}", *o.project_steps) : "x@-";
   out += fmt::format("{:>8} {:>6} {:>6} {:>6} {:>7} {:>7} {:>7} {:>8} {:>7} {:>6} {:>7} {:>11} {:>6} {:>11} {:>11} "
                      "{:>11} {:>11} {:>11} {:>11} {:>6} {:>6} {:>7}  {}\n",
-                     "total s", "x res", projected, "setup", "text", "clip", "vae_enc", "denoise", "s/step", "x res", "decode",
-                     "peak", "x res", "reserved", "plan peak", "pinned", "host peak", "to device", "streamed",
+                     "total s", "x res", projected, "setup", "text", "clip", "vae_enc", "denoise", "s/step", "x res",
+                     "decode", "peak", "x res", "reserved", "plan peak", "pinned", "host peak", "to device", "streamed",
                      "hidden", "h.den", "video", "policy");
   for (const auto& p : r.results) {
     if (!p.ok) {
@@ -79,10 +79,10 @@ std::string table(const bench_report& r) {
     out += fmt::format(
         "{:>8.2f} {:>6} {:>6} {:>6.2f} {:>7} {:>7} {:>7} {:>8} {:>7.3f} {:>6} {:>7} {:>11} {:>6} {:>11} {:>11} {:>11} "
         "{:>11} {:>11} {:>11} {:>6} {:>6} {:>7}  {}\n",
-        p.total_seconds, opt_ratio(p.time_ratio), opt_ratio(p.projected_time_ratio), p.setup_seconds, opt_seconds(s, "text_encode"),
-        opt_seconds(s, "clip_encode"), opt_seconds(s, "vae_encode"), opt_seconds(s, "denoise"),
-        p.mean_step_seconds(), opt_ratio(p.step_ratio), opt_seconds(s, "decode"), opt_bytes(p.measured_peak()),
-        opt_ratio(p.peak_ratio), opt_bytes(p.peak_reserved), opt_bytes(p.predicted_peak),
+        p.total_seconds, opt_ratio(p.time_ratio), opt_ratio(p.projected_time_ratio), p.setup_seconds,
+        opt_seconds(s, "text_encode"), opt_seconds(s, "clip_encode"), opt_seconds(s, "vae_encode"),
+        opt_seconds(s, "denoise"), p.mean_step_seconds(), opt_ratio(p.step_ratio), opt_seconds(s, "decode"),
+        opt_bytes(p.measured_peak()), opt_ratio(p.peak_ratio), opt_bytes(p.peak_reserved), opt_bytes(p.predicted_peak),
         offload::format_bytes(real_pinning ? p.pinned_host_bytes : p.predicted_pinned_bytes), opt_bytes(p.host_peak),
         offload::format_bytes(p.bytes_to_device), offload::format_bytes(p.bytes_streamed),
         opt_ratio(p.hidden_fraction), opt_ratio(p.denoise_hidden_fraction), vs_resident(p), p.policy);
