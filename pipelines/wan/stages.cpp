@@ -28,8 +28,6 @@ bool is_vace_task(std::string_view task) { return task.starts_with("vace"); }
 /// Bytes of one element of `t`.
 std::int64_t element_bytes(c10::ScalarType t) { return static_cast<std::int64_t>(c10::elementSize(t)); }
 
-std::int64_t bytes_of(std::int64_t params, c10::ScalarType t) { return params * element_bytes(t); }
-
 } // namespace
 
 // Measured ratio rounded up (tests/pipelines/activation_memory_test.cpp checks it bounds the
@@ -171,11 +169,8 @@ std::vector<offload::component_info> preset_components(std::string_view task) {
   const auto& cfg = configs::wan_config(task); // throws config_error for an unknown task
   std::vector<offload::component_info> out;
   const auto t5 = T5Config::umt5_xxl();
-  out.push_back({std::string(T5_COMPONENT), bytes_of(parameter_count(t5), cfg.t5_dtype),
-                 t5_block_layout(t5, element_bytes(cfg.t5_dtype))});
-  std::vector<std::int64_t> t5_sizes = tensor_numels(t5);
-  for (auto& n : t5_sizes) n *= element_bytes(cfg.t5_dtype);
-  out.back().pinned_bytes = offload::detail::plan_arena(t5_sizes).total();
+  out.push_back(packed_info(T5_COMPONENT, tensor_numels(t5), element_bytes(cfg.t5_dtype)));
+  out.back().blocks = t5_block_layout(t5, element_bytes(cfg.t5_dtype));
   if (is_image_task(task))
     out.push_back(clip_component_info(CLIPConfig::clip_xlm_roberta_vit_h_14(),
                                       cfg.clip_dtype.value_or(c10::ScalarType::Half)));

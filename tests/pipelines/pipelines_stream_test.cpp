@@ -267,7 +267,6 @@ BOOST_AUTO_TEST_CASE(dit_storage_sizes_match_the_analytic_model) {
     }
 }
 
-
 BOOST_AUTO_TEST_CASE(vae_and_clip_sizes_match_the_analytic_model) {
   // What preset_components gives the planner for the VAE and CLIP (bytes, and pinned bytes packed
   // from the analytic tensor lists) is what their loaded components hold and pin.
@@ -298,7 +297,8 @@ BOOST_AUTO_TEST_CASE(vae_and_clip_sizes_match_the_analytic_model) {
   };
   const auto vae = find(wan::VAE_COMPONENT);
   BOOST_TEST(vae.bytes == (126'892'531LL + 2LL * 16) * 4);
-  BOOST_TEST(vae.pinned_bytes == wan::vae_component_info(wan::WanVAEConfig::video_vae(), torch::kFloat).pinned_bytes);
+  BOOST_TEST(vae.pinned_bytes ==
+             wan::vae_component_info(wan::WanVAEConfig::video_vae(), torch::kFloat).pinned_bytes);
   BOOST_TEST(vae.pinned_bytes >= vae.bytes);
   BOOST_TEST(vae.tileable);
   const auto clip = find(wan::CLIP_COMPONENT);
@@ -307,6 +307,7 @@ BOOST_AUTO_TEST_CASE(vae_and_clip_sizes_match_the_analytic_model) {
              wan::clip_component_info(wan::CLIPConfig::clip_xlm_roberta_vit_h_14(), torch::kHalf).pinned_bytes);
   BOOST_TEST(clip.pinned_bytes >= clip.bytes);
 }
+
 BOOST_AUTO_TEST_CASE(bf16_storage_equals_autocast_bit_for_bit) {
   // Fresh components: the bf16 run converts the DiT's masters for good.
   auto comps = wt::load_tiny_components("t2v");
