@@ -4,16 +4,18 @@
 #   examples/wan_bench/make_carry.sh      # here, first: fills .device/ (headers, reference sources)
 #   run(command="bash examples/wan_bench/device_run.sh", carry=[".device"], timeout_s=600)
 #
-# It configures and builds only wan_bench (and the offload_wan library it links) against PyTorch's
-# bundled LibTorch with every core, then runs, each part with its own time limit inside one deadline
-# (DEADLINE seconds from the start, default 570) so that a slow or failing part never stops the next:
+# It configures and builds only wan_bench (and the offload_wan library it links) and offload_cuda_tests
+# against PyTorch's bundled LibTorch with every core, then runs, each part with its own time limit
+# inside one deadline (DEADLINE seconds from the start, default 570) so that a slow or failing part
+# never stops the next:
+#   0. offload_cuda_tests (tests/cuda): offload's CUDA paths on the card, outputs bit-identical;
 #   1. wan_bench T2V-1.3B 832x480x81, STEPS steps (default 2), after a warm-up: resident, offload_model,
 #      offload_model+t5_cpu and the lowest-memory streamed policy (LOW_13B); then each component's
 #      whole onload from pinned masters and its eviction, timed (--onload_probe);
 #   2. the Python reference harness (wan_py_memory.py) with the same model, size, frames and steps;
 #   3. wan_bench T2V-14B 1280x720x81: the streamed policies of POLICIES_14B, then resident;
 #   4. wan_bench T2V-1.3B again with resident and the EXTRA_13B policies (storage and tiling options).
-# PARTS (default "t2v_1_3B python t2v_14B t2v_1_3B_extra") picks which of 1-4 run, in that order: a
+# PARTS (default "cuda_tests t2v_1_3B python t2v_14B t2v_1_3B_extra") picks which of 0-4 run, in order: a
 # second call on the still-warm machine (its build-device/ kept, so the build is a no-op) can run what
 # the first one's deadline cut, e.g. PARTS=t2v_14B.
 # Policies this wan_bench's grammar does not accept are left out (wan_bench --dry_run checks each).
@@ -24,7 +26,7 @@ set -euo pipefail
 
 START=$SECONDS
 DEADLINE=${DEADLINE:-570}
-PARTS=${PARTS:-t2v_1_3B python t2v_14B t2v_1_3B_extra}
+PARTS=${PARTS:-cuda_tests t2v_1_3B python t2v_14B t2v_1_3B_extra}
 STEPS=${STEPS:-2}
 MAX_13B=${MAX_13B:-200} # seconds one T2V-1.3B invocation may take (models, warm-up, every policy)
 MAX_14B=${MAX_14B:-330} # the same for T2V-14B
@@ -154,7 +156,7 @@ cmake_args=(
   -Dfmt_DIR="$DEV/cmake/fmt" -Drange-v3_DIR="$DEV/cmake/range-v3"
   -Dnlohmann_json_DIR="$DEV/cmake/nlohmann_json" -DCLI11_DIR="$DEV/cmake/CLI11"
   -DWAN_GENERATE_STB_DIR="$DEV/include/stb"
-  -DOFFLOAD_BUILD_TESTS=OFF -DOFFLOAD_INSTALL=OFF
+  -DOFFLOAD_BUILD_TESTS=OFF -DOFFLOAD_BUILD_CUDA_TESTS=ON -DOFFLOAD_INSTALL=OFF
   # Before LibTorch's own include folder (which may hold a newer fmt): -I precedes -isystem.
   -DCMAKE_CXX_FLAGS="-I$DEV/include"
   -DCMAKE_EXE_LINKER_FLAGS="${NV_LIBS:+-Wl,-rpath-link,$NV_LIBS}"
@@ -164,12 +166,27 @@ cmake_args=(
 # <prefix>/cuda/bin.
 [[ -n $NVCC ]] && cmake_args+=(-DCMAKE_CUDA_COMPILER="$NVCC" -DCUDAToolkit_ROOT="$(dirname "$(dirname "$NVCC")")"
                                -DCUDA_TOOLKIT_ROOT_DIR="$(dirname "$(dirname "$NVCC")")")
+CUDA_TESTS=$BUILD/tests/cuda/offload_cuda_tests
 if part configure 120 20 cmake "${cmake_args[@]}"; then
-  part build 300 60 cmake --build "$BUILD" --target wan_bench -j "$JOBS" || true
+  # offload_cuda_tests only where Boost.Test's headers were found; -k 0: a failure in one target
+  # leaves the other built.
+  targets=(wan_bench)
+  grep -q "offload_cuda_tests" "$BUILD/build.ninja" && targets+=(offload_cuda_tests)
+  part build 300 60 cmake --build "$BUILD" --target "${targets[@]}" -j "$JOBS" -- -k 0 || true
 fi
 grep -E "error|Error|CMake Warning" "$OUT/build.log" 2>/dev/null | head -n 20 >> "$SUMMARY" || true
 
 # ---- the runs -------------------------------------------------------------------------------------
+if want cuda_tests; then
+  if [[ -x $CUDA_TESTS ]]; then
+    mark=$(wc -l < "$RUNS")
+    part cuda_tests 120 20 "$CUDA_TESTS" --color_output=no || true
+    tail -n +"$((mark + 1))" "$RUNS" | grep -E "^offload_cuda_tests|error|skipped|failure|No errors" | head -n 30 >> "$SUMMARY" || true
+  else
+    note "cuda_tests             skipped: offload_cuda_tests was not built (Boost.Test's headers? see build.log)"
+  fi
+fi
+
 MAX_PART=$MAX_13B MIN_PART=45
 want t2v_1_3B &&
   bench t2v_1_3B t2v_1_3B.json "${POLICIES_13B[@]}" -- --task t2v-1.3B --size 832*480 --frame_num 81 --warmup \

@@ -301,8 +301,9 @@ protected:
     try {
       return device::do_allocate_buffer(bytes);
     } catch (const c10::Error& e) {
-      throw cuda_error(fmt::format("allocating a buffer of {} on {} ({} accounted in use)", format_bytes(bytes),
-                                  id().str(), format_bytes(used())),
+      // allocate_buffer accounted the buffer before asking for it: what was in use before is less.
+      throw cuda_error(fmt::format("allocating a buffer of {} on {} ({} accounted in use before it)",
+                                  format_bytes(bytes), id().str(), format_bytes(used() - bytes)),
                        e, "plan for less of this device (its capacity) or stream through fewer slots");
     }
   }

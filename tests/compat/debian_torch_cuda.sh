@@ -14,12 +14,22 @@
 #   tests/compat/debian_torch_cuda.sh [ROOT]        ROOT: /var/tmp/offload-trixie-cuda
 #   TARGETS="wan_bench offload_tests" ...           build these targets (default: wan_bench)
 #   TESTS=regex ...                                 then run the CTest tests matching it (default: none)
+#   FAKE_CUDA=1 ...                                 then run offload_cuda_tests and wan_bench's CUDA paths
+#                                                   on a fake CUDA runtime (see below)
 #
 # Two packages are replaced by empty stand-ins in the root: nvidia-cudnn (its installer downloads
 # cuDNN from NVIDIA's site, out of reach here) and libcuda1 (the driver's library, which only a
 # machine with a GPU has). So the link allows libtorch_cuda's cuDNN symbols undefined
 # (--allow-shlib-undefined), and the programs run with a stand-in libcudnn.so.9 whose functions
 # abort (built here from libtorch_cuda's list; nothing calls them without a GPU).
+#
+# FAKE_CUDA=1 builds offload_cuda_tests and wan_bench (whatever TARGETS says) and runs them on the
+# fake CUDA runtime of tests/compat/fake_cudart (libcudart.so.12, libcuda.so.1, libnvidia-ml.so.1):
+# device memory is host memory, streams run in order at once, kernels do nothing. So LibTorch's CUDA
+# device, its caching allocators and streams and events work, and offload's CUDA paths run with real
+# copies: offload_cuda_tests' cases that need no kernel, and wan_bench's onload probe (pinning, both
+# onload paths, evictions, the allocator's statistics) on the tiny models. Anything that computes
+# (a policy's run) stops at the first cuBLAS call, which the fake does not reach.
 set -euo pipefail
 root=${1:-/var/tmp/offload-trixie-cuda}
 src=$(cd "$(dirname "$0")/../.." && pwd)
@@ -27,7 +37,9 @@ src=$(cd "$(dirname "$0")/../.." && pwd)
 source "$(dirname "$0")/debian_root.sh"
 prepare_root trixie "$root" "$src"
 echo "deb http://deb.debian.org/debian trixie main contrib non-free" > "$root/etc/apt/sources.list"
-chroot "$root" env TARGETS="${TARGETS:-wan_bench}" TESTS="${TESTS:-}" OPENBLAS_NUM_THREADS=1 bash -euo pipefail -c '
+targets=${TARGETS:-wan_bench}
+[[ -n ${FAKE_CUDA:-} ]] && targets="$targets offload_cuda_tests wan_bench"
+chroot "$root" env TARGETS="$targets" TESTS="${TESTS:-}" FAKE_CUDA="${FAKE_CUDA:-}" OPENBLAS_NUM_THREADS=1 bash -euo pipefail -c '
   export DEBIAN_FRONTEND=noninteractive
   # Empty stand-ins: Package, Version, Provides.
   stand_in() {
@@ -60,4 +72,13 @@ chroot "$root" env TARGETS="${TARGETS:-wan_bench}" TESTS="${TESTS:-}" OPENBLAS_N
   cmake -S . -B build -G Ninja -DCMAKE_EXE_LINKER_FLAGS=-Wl,--allow-shlib-undefined
   grep -E "^OFFLOAD_HAS|CUDA" build/CMakeCache.txt | grep -iE "found|version|has_" | head -n 20 || true
   cmake --build build --target $TARGETS
-  if [[ -n $TESTS ]]; then ctest --test-dir build -j "$(nproc)" --output-on-failure -R "$TESTS"; fi'
+  if [[ -n $TESTS ]]; then ctest --test-dir build -j "$(nproc)" --output-on-failure -R "$TESTS"; fi
+  if [[ -n $FAKE_CUDA ]]; then
+    bash tests/compat/fake_cudart/build.sh /opt/fake
+    export LD_LIBRARY_PATH=/opt/fake:/opt/stand-in
+    build/tests/cuda/offload_cuda_tests --color_output=no --log_level=test_suite
+    # The policies fail at their first cuBLAS or cuDNN call (exit 2); the probes are checked.
+    build/examples/wan_bench/wan_bench --scale tiny --device cuda:0 --steps 2 --onload_probe --policy resident \
+      --policy "t5=cpu,dit=cuda:on_demand:stream=2:pinned,vae=cuda:on_demand:pinned" --json /tmp/fake_cuda.json || true
+    cmake -DJSON_FILE=/tmp/fake_cuda.json -P tests/compat/fake_cudart/check_probe.cmake
+  fi'
