@@ -24,12 +24,12 @@
 # abort (built here from libtorch_cuda's list; nothing calls them without a GPU).
 #
 # FAKE_CUDA=1 builds offload_cuda_tests and wan_bench (whatever TARGETS says) and runs them on the
-# fake CUDA runtime of tests/compat/fake_cudart (libcudart.so.12, libcuda.so.1, libnvidia-ml.so.1):
-# device memory is host memory, streams run in order at once, kernels do nothing. So LibTorch's CUDA
-# device, its caching allocators and streams and events work, and offload's CUDA paths run with real
-# copies: offload_cuda_tests' cases that need no kernel, and wan_bench's onload probe (pinning, both
-# onload paths, evictions, the allocator's statistics) on the tiny models. Anything that computes
-# (a policy's run) stops at the first cuBLAS call, which the fake does not reach.
+# fake CUDA runtime of tests/compat/fake_cudart (CUDA runtime, driver, NVML, cuBLAS and cuDNN
+# stand-ins; build.sh there): device memory is host memory, streams run in order at once, kernels do
+# nothing. So LibTorch's CUDA device, its caching allocators, streams and events work, and offload's
+# CUDA paths run with real allocations and copies: offload_cuda_tests' cases that need no kernel's
+# result, and wan_bench on the tiny models (three policies on cuda:0 and the onload probe), whose
+# bytes copied, pinned bytes and allocator peaks check_run.cmake compares with the plans.
 set -euo pipefail
 root=${1:-/var/tmp/offload-trixie-cuda}
 src=$(cd "$(dirname "$0")/../.." && pwd)
@@ -77,8 +77,9 @@ chroot "$root" env TARGETS="$targets" TESTS="${TESTS:-}" FAKE_CUDA="${FAKE_CUDA:
     bash tests/compat/fake_cudart/build.sh /opt/fake
     export LD_LIBRARY_PATH=/opt/fake:/opt/stand-in
     build/tests/cuda/offload_cuda_tests --color_output=no --log_level=test_suite
-    # The policies fail at their first cuBLAS or cuDNN call (exit 2); the probes are checked.
-    build/examples/wan_bench/wan_bench --scale tiny --device cuda:0 --steps 2 --onload_probe --policy resident \
-      --policy "t5=cpu,dit=cuda:on_demand:stream=2:pinned,vae=cuda:on_demand:pinned" --json /tmp/fake_cuda.json || true
-    cmake -DJSON_FILE=/tmp/fake_cuda.json -P tests/compat/fake_cudart/check_probe.cmake
+    LD_PRELOAD=/opt/fake/no_cudnn.so build/examples/wan_bench/wan_bench --scale tiny --device cuda:0 --steps 2 \
+      --onload_probe --policy resident --policy offload_model+t5_cpu \
+      --policy "t5=cuda:on_demand:stream=2:pinned,dit=cuda:on_demand:stream=2:pinned,vae=cuda:on_demand:tile=32:pinned" \
+      --json /tmp/fake_cuda.json
+    cmake -DJSON_FILE=/tmp/fake_cuda.json -P tests/compat/fake_cudart/check_run.cmake
   fi'

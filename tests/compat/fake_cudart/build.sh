@@ -5,9 +5,15 @@
 #   libcudart.so.12    the runtime (fake_cudart.cpp): device memory is host memory, kernels do nothing;
 #   libcuda.so.1       the driver functions LibTorch reaches (fake_cuda_driver.c);
 #   libnvidia-ml.so.1  NVML, for the allocator's out-of-memory report (fake_nvml.c);
-#   libcudnn.so.9      every function LIBTORCH_CUDA imports from cuDNN answers "not supported", so
-#                      that a convolution fails with an error (generated here from its symbols).
-# Needs the CUDA runtime's headers (cuda_runtime_api.h), g++, gcc and objdump.
+#   libcudnn.so.9      every function LIBTORCH_CUDA imports from cuDNN answers "not supported";
+#   libcublas.so.12, libcublasLt.so.12
+#                      every function LIBTORCH_CUDA imports succeeds and does nothing (a handle or
+#                      descriptor is a placeholder, the heuristic offers one algorithm);
+#   no_cudnn.so        to preload (LD_PRELOAD): turns cuDNN off in LibTorch, so that convolutions
+#                      run LibTorch's own kernels (no-ops here) instead of failing.
+# The cuDNN and cuBLAS libraries are generated here from LIBTORCH_CUDA's imports. With all of them a
+# whole generation runs: every allocation and copy real, every kernel skipped.
+# Needs the CUDA runtime's headers (cuda_runtime_api.h), LibTorch's headers, g++, gcc and objdump.
 #   build.sh [DIR] [LIBTORCH_CUDA]     LIBTORCH_CUDA: /usr/lib/x86_64-linux-gnu/libtorch_cuda.so
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -30,4 +36,26 @@ objdump -T "$libtorch_cuda" | awk '/libcudnn.so.9/ {print $NF}' | sort -u | awk 
 echo "libcudnn.so.9 { global: *; };" > "$out/libcudnn.map"
 gcc -std=c17 "${flags[@]}" -Wno-unused-parameter -o "$out/libcudnn.so.9" "$out/fake_cudnn.c" -Wl,-soname,libcudnn.so.9 \
   -Wl,--version-script="$out/libcudnn.map"
-echo "fake CUDA runtime in $out: $(cd "$out" && ls ./*.so.* | tr '\n' ' ')"
+for lib in cublas cublasLt; do
+  objdump -T "$libtorch_cuda" | awk -v v="(lib$lib.so.12)" '$0 ~ v {print $NF}' | sort -u | awk '
+    BEGIN { print "#include <string.h>\nstatic int placeholder;" }
+    $0 == "cublasCreate_v2" || $0 ~ /^cublasLt.*Create$/ { print "int " $0 "(void** h) { *h = &placeholder; return 0; }"; next }
+    $0 == "cublasGetMathMode" || $0 == "cublasGetPointerMode_v2" { print "int " $0 "(void* h, int* m) { (void)h; *m = 0; return 0; }"; next }
+    $0 == "cublasLtMatmulAlgoGetHeuristic" {
+      # (handle, op, A, B, C, D, preference, requested, results, returned): one zeroed result
+      # (cublasLtMatmulHeuristicResult_t is 96 bytes: algorithm, workspace size, state, waves).
+      print "int " $0 "(void* h, void* op, void* a, void* b, void* c, void* d, void* p, int n, void* r, int* count) {"
+      print "  (void)h, (void)op, (void)a, (void)b, (void)c, (void)d, (void)p;"
+      print "  if (n > 0) memset(r, 0, 96);"
+      print "  *count = n > 0;"
+      print "  return 0;"
+      print "}"
+      next }
+    { print "int " $0 "() { return 0; }" }' > "$out/fake_$lib.c"
+  echo "lib$lib.so.12 { global: *; };" > "$out/lib$lib.map"
+  gcc -std=c17 "${flags[@]}" -o "$out/lib$lib.so.12" "$out/fake_$lib.c" -Wl,-soname,lib$lib.so.12 \
+    -Wl,--version-script="$out/lib$lib.map"
+done
+g++ -std=c++17 "${flags[@]}" -o "$out/no_cudnn.so" "$here/no_cudnn.cpp" -ltorch_cpu -lc10
+
+echo "fake CUDA runtime in $out: $(cd "$out" && ls ./*.so* | tr '\n' ' ')"
