@@ -4,8 +4,8 @@
 // capacity_error, and the executor under random policies with the planned bytes and peak.
 //
 // Values are checked by copying what is on the device back to the host, so every case runs on the
-// fake CUDA runtime of tests/compat/fake_cuda.sh too (no GPU: device memory is host memory, kernels
-// do nothing). Where kernels run (a real GPU), the cases also compute: streamed, prefetched and
+// fake CUDA runtime of tests/compat/fake_cudart too (`FAKE_CUDA=1 tests/compat/debian_torch_cuda.sh`;
+// no GPU: device memory is host memory, kernels do nothing). Where kernels run (a real GPU), the cases also compute: streamed, prefetched and
 // offloaded outputs are bit-identical to the all-resident run on the device, and close to the host's.
 #include <offload/block_stream.hpp>
 #include <offload/compat.hpp>
@@ -25,7 +25,11 @@
 
 #include <array>
 #include <cstdio>
-#include <optional>
+#include <functional>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "../offload/random_cases.hpp"
 
