@@ -23,7 +23,6 @@
 
 #include <dlfcn.h>
 
-#include <array>
 #include <cstdio>
 #include <functional>
 #include <map>
@@ -131,12 +130,7 @@ std::vector<at::Tensor> inputs() {
   return {torch::randn({6, 24}), torch::randn({6, 24})};
 }
 
-bool identical(const std::vector<at::Tensor>& a, const std::vector<at::Tensor>& b) {
-  if (a.size() != b.size()) return false;
-  for (std::size_t i = 0; i < a.size(); ++i)
-    if (!torch::equal(a[i], b[i])) return false;
-  return true;
-}
+using offload_test::identical;
 
 } // namespace
 
@@ -356,19 +350,8 @@ BOOST_AUTO_TEST_CASE(random_policies_run_as_planned) {
 
   int ran = 0;
   for (int i = 0; i < offload_test::cases(40); ++i) {
-    offload::placement_policy pol = policy_of([&](const offload::component_info& c) {
-      offload::component_policy cp;
-      cp.execute_on = r.uniform(0, 4) == 0 ? offload::target::host() : offload::target::accelerator();
-      cp.load = r.uniform(0, 1) ? offload::load_rule::init : offload::load_rule::first_use;
-      cp.evict = std::array{offload::evict_rule::never, offload::evict_rule::after_use,
-                            offload::evict_rule::when_idle}[static_cast<std::size_t>(r.uniform(0, 2))];
-      cp.memory = r.uniform(0, 1) ? offload::host_memory::pinned : offload::host_memory::pageable;
-      if (c.blocks && r.uniform(0, 1)) {
-        cp.stream.slots = r.uniform(1, 3);
-        cp.stream.prefetch = r.uniform(0, cp.stream.slots - 1);
-      }
-      return cp;
-    });
+    offload::placement_policy pol =
+        policy_of([&](const offload::component_info& c) { return offload_test::random_component_policy(r, c); });
     pol.evict_on_demand = r.uniform(0, 2) == 0;
     pol.prefetch = r.uniform(0, 1) == 1;
     pol.set_label(pol.str());

@@ -14,7 +14,6 @@
 #include <boost/test/unit_test.hpp>
 #include <torch/torch.h>
 
-#include <array>
 #include <cmath>
 #include <optional>
 
@@ -80,12 +79,7 @@ std::vector<at::Tensor> inputs() {
   return {torch::randn({5, 8}), torch::randn({5, 8})};
 }
 
-bool identical(const std::vector<at::Tensor>& a, const std::vector<at::Tensor>& b) {
-  if (a.size() != b.size()) return false;
-  for (std::size_t i = 0; i < a.size(); ++i)
-    if (!torch::equal(a[i], b[i])) return false;
-  return true;
-}
+using offload_test::identical;
 
 
 } // namespace
@@ -417,19 +411,7 @@ BOOST_AUTO_TEST_CASE(random_policies_run_real_tensors_bit_identically_as_planned
     const std::vector<offload::component_info> infos = {offload::info_of(c_enc), offload::info_of(f.comp),
                                                         offload::info_of(c_dec)};
     offload::placement_policy pol;
-    for (const auto& c : infos) {
-      offload::component_policy cp;
-      if (r.uniform(0, 4) == 0) cp.execute_on = offload::target::host();
-      cp.load = r.uniform(0, 1) ? offload::load_rule::init : offload::load_rule::first_use;
-      cp.evict = std::array{offload::evict_rule::never, offload::evict_rule::after_use,
-                            offload::evict_rule::when_idle}[static_cast<std::size_t>(r.uniform(0, 2))];
-      cp.memory = r.uniform(0, 1) ? offload::host_memory::pinned : offload::host_memory::pageable;
-      if (c.blocks && r.uniform(0, 1)) {
-        cp.stream.slots = r.uniform(1, 3);
-        cp.stream.prefetch = r.uniform(0, cp.stream.slots - 1);
-      }
-      pol.components[c.name] = cp;
-    }
+    for (const auto& c : infos) pol.components[c.name] = offload_test::random_component_policy(r, c);
     pol.evict_on_demand = r.uniform(0, 2) == 0;
     pol.prefetch = r.uniform(0, 1) == 1;
     pol.set_label(pol.str());

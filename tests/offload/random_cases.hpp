@@ -1,15 +1,21 @@
 #pragma once
-// Random test cases shared by the property tests (plan_properties_test.cpp, block_stream_test.cpp):
-// fixed seeds so that a failure reproduces, scaled by hand through the environment
-// (docs/robustness.md): OFFLOAD_PROPERTY_CASES=N multiplies the number of cases,
+// Random test cases shared by the property tests (plan_properties_test.cpp, block_stream_test.cpp,
+// tests/cuda/cuda_device_test.cpp): fixed seeds so that a failure reproduces, scaled by hand through
+// the environment (docs/robustness.md): OFFLOAD_PROPERTY_CASES=N multiplies the number of cases,
 // OFFLOAD_PROPERTY_SEED=S changes the seed.
+#include <offload/placement_policy.hpp>
+#include <offload/stage.hpp>
 #include <offload/units.hpp>
 
+#include <ATen/core/Tensor.h>
+
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <random>
+#include <vector>
 
 namespace offload_test {
 
@@ -40,5 +46,31 @@ public:
 private:
   std::mt19937_64 rng_;
 };
+
+/// A random policy for component `c`: executed on the host one time in five, else on the
+/// accelerator; loaded at init or first use; evicted never, after use or when idle; pinned or
+/// pageable; when it declares blocks, streamed half the time through 1-3 slots with a random
+/// prefetch depth below the slots.
+inline offload::component_policy random_component_policy(random_source& r, const offload::component_info& c) {
+  offload::component_policy cp;
+  if (r.uniform(0, 4) == 0) cp.execute_on = offload::target::host();
+  cp.load = r.uniform(0, 1) ? offload::load_rule::init : offload::load_rule::first_use;
+  cp.evict = std::array{offload::evict_rule::never, offload::evict_rule::after_use,
+                        offload::evict_rule::when_idle}[static_cast<std::size_t>(r.uniform(0, 2))];
+  cp.memory = r.uniform(0, 1) ? offload::host_memory::pinned : offload::host_memory::pageable;
+  if (c.blocks && r.uniform(0, 1)) {
+    cp.stream.slots = r.uniform(1, 3);
+    cp.stream.prefetch = r.uniform(0, cp.stream.slots - 1);
+  }
+  return cp;
+}
+
+/// Whether two lists of tensors are equal, element for element and bit for bit.
+inline bool identical(const std::vector<at::Tensor>& a, const std::vector<at::Tensor>& b) {
+  if (a.size() != b.size()) return false;
+  for (std::size_t i = 0; i < a.size(); ++i)
+    if (!a[i].equal(b[i])) return false;
+  return true;
+}
 
 } // namespace offload_test
