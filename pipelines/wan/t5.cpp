@@ -274,19 +274,23 @@ torch::Tensor T5SelfAttentionImpl::forward(const torch::Tensor& x_in, const torc
   return x;
 }
 
-T5EncoderImpl::T5EncoderImpl(const T5Config& cfg) : config(cfg) {
-  token_embedding = register_module("token_embedding", torch::nn::Embedding(cfg.vocab_size, cfg.dim));
+T5EncoderImpl::T5EncoderImpl(const T5Config& cfg, torch::Dtype dtype) : config(cfg) {
+  const auto in_dtype = [dtype](auto part) {
+    part->to(dtype);
+    return part;
+  };
+  token_embedding = register_module("token_embedding", in_dtype(torch::nn::Embedding(cfg.vocab_size, cfg.dim)));
   if (cfg.shared_pos) {
     pos_embedding = register_module(
-        "pos_embedding", T5RelativeEmbedding(cfg.num_buckets, cfg.num_heads, /*bidirectional=*/true));
+        "pos_embedding", in_dtype(T5RelativeEmbedding(cfg.num_buckets, cfg.num_heads, /*bidirectional=*/true)));
   }
   dropout = register_module("dropout", torch::nn::Dropout(cfg.dropout));
   blocks = register_module("blocks", torch::nn::ModuleList());
   for (std::int64_t i = 0; i < cfg.encoder_layers; ++i) {
-    blocks->push_back(T5SelfAttention(cfg.dim, cfg.dim_attn, cfg.dim_ffn, cfg.num_heads,
-                                      cfg.num_buckets, cfg.shared_pos, cfg.dropout));
+    blocks->push_back(in_dtype(T5SelfAttention(cfg.dim, cfg.dim_attn, cfg.dim_ffn, cfg.num_heads,
+                                               cfg.num_buckets, cfg.shared_pos, cfg.dropout)));
   }
-  norm = register_module("norm", T5LayerNorm(cfg.dim));
+  norm = register_module("norm", in_dtype(T5LayerNorm(cfg.dim)));
 }
 
 torch::Tensor T5EncoderImpl::forward(const torch::Tensor& ids, const torch::Tensor& mask) {
@@ -326,8 +330,7 @@ T5EncoderModel::T5EncoderModel(std::int64_t text_len_, torch::Dtype dtype_,
       tokenizer_path(tokenizer_path_) {
   const offload::state_dict sd = offload::load_checkpoint(checkpoint_path);
   const T5Config cfg = config ? *config : T5Config::infer_from_weights(sd);
-  model = T5Encoder(cfg);
-  model->to(dtype);
+  model = T5Encoder(cfg, dtype);
   offload::load_options opts;
   opts.source = checkpoint_path.string();
   offload::load_state(*model, sd, opts);
@@ -342,8 +345,7 @@ T5EncoderModel::T5EncoderModel(std::int64_t text_len_, torch::Dtype dtype_,
 T5EncoderModel::T5EncoderModel(std::int64_t text_len_, torch::Dtype dtype_, torch::Device device_,
                                const T5Config& config)
     : text_len(text_len_), dtype(dtype_), device(device_) {
-  model = T5Encoder(config);
-  model->to(dtype);
+  model = T5Encoder(config, dtype);
   model->eval();
   for (auto& p : model->parameters()) p.set_requires_grad(false);
   model->to(device);

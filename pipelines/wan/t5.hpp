@@ -174,7 +174,11 @@ TORCH_MODULE(T5SelfAttention);
 /// The umT5 text encoder: token embedding, encoder blocks, final T5LayerNorm.
 class T5EncoderImpl : public torch::nn::Module {
 public:
-  explicit T5EncoderImpl(const T5Config& cfg);
+  /// Built part by part in `dtype`: each part is created (float32, as LibTorch initialises) and
+  /// converted before the next, so the host never holds the whole encoder in float32. umT5-XXL's
+  /// is 21.2 GiB in float32 and 10.6 in bf16; built whole and then converted (as t5.py's `_t5`
+  /// does), the host would hold both at once. The values are those of the whole build converted.
+  explicit T5EncoderImpl(const T5Config& cfg, torch::Dtype dtype = torch::kFloat32);
   /// ids: int64 [B, L]; mask: int [B, L] (1 = valid) or undefined. Returns [B, L, dim].
   torch::Tensor forward(const torch::Tensor& ids, const torch::Tensor& mask = {});
   /// forward() of each (ids, mask), block-major (see the file comment): the same results.

@@ -17,6 +17,7 @@
 
 #include <offload/errors.hpp>
 #include <offload/state_dict.hpp>
+#include <offload/testing/host_memory_probe.hpp>
 
 #include "parity_harness.hpp"
 
@@ -104,6 +105,47 @@ BOOST_AUTO_TEST_CASE(tiny_config_numel_equals_parameter_count) {
     std::sort(listed.begin(), listed.end());
     std::sort(built.begin(), built.end());
     BOOST_TEST(listed == built, boost::test_tools::per_element());
+  }
+}
+
+BOOST_AUTO_TEST_CASE(built_in_bf16_part_by_part_never_holding_the_float32_encoder) {
+  // 8 blocks, a table as large as one block: built whole in float32 and then converted, the host
+  // holds the float32 encoder and more at once; part by part it holds the bf16 encoder and one
+  // part in float32. Same values either way.
+  wan::T5Config cfg = tiny_config();
+  cfg.vocab_size = 1024;
+  cfg.dim = cfg.dim_attn = 128;
+  cfg.dim_ffn = 256;
+  cfg.num_heads = 4;
+  cfg.encoder_layers = 8;
+  cfg.shared_pos = false;
+  const std::int64_t numel = wan::parameter_count(cfg);
+  const std::vector<std::int64_t> sizes = wan::tensor_numels(cfg);
+  const std::int64_t largest = *std::max_element(sizes.begin(), sizes.end());
+  torch::manual_seed(3);
+  offload::testing::host_memory_probe whole_probe;
+  wan::T5Encoder whole(cfg);
+  whole->to(torch::kBFloat16);
+  const std::int64_t whole_peak = whole_probe.peak();
+  torch::manual_seed(3);
+  std::int64_t parts_peak = 0;
+  wan::T5Encoder parts{nullptr};
+  {
+    offload::testing::host_memory_probe probe;
+    parts = wan::T5Encoder(cfg, torch::kBFloat16);
+    parts_peak = probe.peak();
+  }
+  BOOST_TEST(whole_peak >= numel * 4);
+  // One block in float32: its attention, feed-forward, norms and relative embedding.
+  const std::int64_t block = (4 * cfg.dim * cfg.dim_attn + 3 * cfg.dim * cfg.dim_ffn + 2 * cfg.dim +
+                              cfg.num_buckets * cfg.num_heads) * 4;
+  BOOST_TEST(parts_peak <= numel * 2 + std::max(block, largest * 4));
+  BOOST_TEST(parts_peak < numel * 4);
+  const auto a = whole->named_parameters(), b = parts->named_parameters();
+  BOOST_REQUIRE(a.size() == b.size());
+  for (const auto& p : a) {
+    BOOST_TEST(b[p.key()].scalar_type() == torch::kBFloat16, p.key());
+    BOOST_TEST(torch::equal(p.value(), b[p.key()]), p.key());
   }
 }
 
