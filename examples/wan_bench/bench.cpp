@@ -246,6 +246,32 @@ policy_result run_policy(const options& o, const built_models& m, const std::str
     sync(o);
     if (is_cuda(o)) reset_cuda_peaks(o.device.index);
     if (acc) acc->reset_peak();
+    // Peaks per stage: each stage's interval runs from just before its entry (its onloads) to just
+    // before the next one's (its evictions after use); the whole run's peak is the largest of them.
+    // The allocator knows its bytes when it hands them out: no synchronization is needed to read them.
+    std::string in_stage = "init"; // before the first stage: the initial placement (the plan's `init` step)
+    std::optional<cuda_memory_peaks> cuda_peak;
+    std::int64_t accounted_peak = 0;
+    const auto close_interval = [&] {
+      std::optional<std::int64_t> measured;
+      if (acc) {
+        accounted_peak = std::max(accounted_peak, acc->peak());
+        measured = acc->peak();
+        acc->reset_peak();
+      }
+      if (is_cuda(o))
+        if (const auto p = read_cuda_peaks(o.device.index)) {
+          cuda_peak = cuda_memory_peaks{std::max(cuda_peak ? cuda_peak->allocated : 0, p->allocated),
+                                        std::max(cuda_peak ? cuda_peak->reserved : 0, p->reserved)};
+          measured = p->allocated;
+          restart_cuda_peaks(o.device.index);
+        }
+      if (measured) r.stage_peak[in_stage] = std::max(r.stage_peak[in_stage], *measured);
+    };
+    exec.before_stage = [&](std::string_view next) {
+      close_interval();
+      in_stage = std::string(next);
+    };
     const std::int64_t in0 = bytes_in(), out0 = bytes_out();
     const byte_counts streamed0 = streamed();
     const auto t0 = steady::now();
@@ -257,6 +283,7 @@ policy_result run_policy(const options& o, const built_models& m, const std::str
     const torch::Tensor video = generate(o, m, in, exec, observer);
     sync(o);
     r.total_seconds = seconds_since(t0);
+    close_interval();
     r.output = video.to(torch::kCPU); // untimed; compared with the resident run's
     if (const auto mem = read_host_memory()) r.host_peak = mem->peak;
 
@@ -265,12 +292,11 @@ policy_result run_policy(const options& o, const built_models& m, const std::str
     streamed_end = streamed();
     r.streamed_by_component = minus(streamed_end, streamed0);
     r.bytes_streamed = sum(r.streamed_by_component);
-    if (acc) r.accounted_peak = acc->peak();
-    if (is_cuda(o))
-      if (const auto peaks = read_cuda_peaks(o.device.index)) {
-        r.peak_allocated = peaks->allocated;
-        r.peak_reserved = peaks->reserved;
-      }
+    if (acc) r.accounted_peak = accounted_peak;
+    if (cuda_peak) {
+      r.peak_allocated = cuda_peak->allocated;
+      r.peak_reserved = cuda_peak->reserved;
+    }
     r.ok = true;
   } catch (const std::exception& e) {
     r.error = first_line(e.what());
@@ -299,6 +325,9 @@ policy_result run_policy(const options& o, const built_models& m, const std::str
 
   if (plan) {
     if (acc) r.predicted_peak = plan->peak_of(o.device);
+    for (const auto& s : plan->steps)
+      if (const auto it = s.peak_bytes.find(o.device); acc && it != s.peak_bytes.end())
+        r.predicted_stage_peak[s.stage] = std::max(r.predicted_stage_peak[s.stage], it->second);
     r.predicted_bytes_to_device = plan->bytes_to_devices;
     r.predicted_bytes_to_host = plan->bytes_to_host;
     for (const auto& s : plan->steps)

@@ -93,6 +93,10 @@ struct policy_result {
   std::optional<std::int64_t> peak_reserved;
   std::optional<std::int64_t> accounted_peak; ///< offload's ledger of the accelerator (mock: its peak)
   std::optional<std::int64_t> predicted_peak; ///< the plan's peak on the accelerator
+  /// Per stage, the measured peak (as measured_peak(): the allocator's on CUDA, the mock's on mock)
+  /// from the stage's entry, its onloads included, to the end of its scope, its evictions
+  /// included; the largest over its repetitions. And the plan's peak of its steps.
+  std::map<std::string, std::int64_t> stage_peak, predicted_stage_peak;
 
   std::int64_t bytes_to_device = 0, predicted_bytes_to_device = 0;
   std::int64_t bytes_streamed = 0, predicted_bytes_streamed = 0; ///< block streams, all components

@@ -21,6 +21,10 @@ void reset_cuda_peaks(int index) {
   alloc::resetPeakStats(static_cast<c10::DeviceIndex>(index));
 }
 
+void restart_cuda_peaks(int index) {
+  c10::cuda::CUDACachingAllocator::resetPeakStats(static_cast<c10::DeviceIndex>(index));
+}
+
 std::optional<cuda_memory_peaks> read_cuda_peaks(int index) {
   namespace alloc = c10::cuda::CUDACachingAllocator;
   const auto stats = alloc::getDeviceStats(static_cast<c10::DeviceIndex>(index));
@@ -39,6 +43,7 @@ std::string cuda_device_name(int index) {
 
 bool cuda_stats_available() { return false; }
 void reset_cuda_peaks(int /*index*/) {}
+void restart_cuda_peaks(int /*index*/) {}
 std::optional<cuda_memory_peaks> read_cuda_peaks(int /*index*/) { return std::nullopt; }
 std::string cuda_device_name(int /*index*/) { return {}; }
 

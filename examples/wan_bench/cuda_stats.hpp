@@ -22,6 +22,8 @@ struct cuda_memory_peaks {
 bool cuda_stats_available();
 /// Returns cached blocks to the driver and resets the peaks of device `index` (no-op when unavailable).
 void reset_cuda_peaks(int index);
+/// Restarts the peaks of device `index` at the current bytes, keeping the cache (between stages).
+void restart_cuda_peaks(int index);
 /// The peaks of device `index` since the last reset; nullopt when unavailable.
 std::optional<cuda_memory_peaks> read_cuda_peaks(int index);
 /// cudaGetDeviceProperties(index).name, or "" when unavailable.

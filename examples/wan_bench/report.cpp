@@ -94,6 +94,19 @@ std::string table(const bench_report& r) {
   else if (real_pinning)
     out += "peak / reserved: the CUDA caching allocator's peaks (max_memory_allocated / max_memory_reserved); "
            "plan peak: offload's prediction; pinned: host memory the pinned masters take (their chunks)\n";
+  if (std::any_of(r.results.begin(), r.results.end(), [](const policy_result& p) { return !p.stage_peak.empty(); })) {
+    out += "peak by stage, measured / planned (from each stage's onloads to its evictions after use):\n";
+    for (const auto& p : r.results) {
+      if (!p.ok || p.stage_peak.empty()) continue;
+      std::string line;
+      for (const auto& [stage, bytes] : p.stage_peak) {
+        const auto planned = p.predicted_stage_peak.find(stage);
+        line += fmt::format("{}{} {} / {}", line.empty() ? "" : ", ", stage, offload::format_bytes(bytes),
+                            planned == p.predicted_stage_peak.end() ? "-" : offload::format_bytes(planned->second));
+      }
+      out += fmt::format("  {}: {}\n", p.policy, line);
+    }
+  }
   if (real_pinning)
     for (const auto& p : r.results)
       if (p.ok && p.pinned_host_bytes != p.predicted_pinned_bytes)
@@ -179,6 +192,8 @@ std::string json(const bench_report& r) {
       e["total_seconds"] = p.total_seconds;
       e["setup_seconds"] = p.setup_seconds;
       e["stage_seconds"] = p.stage_seconds;
+      e["stage_peak_bytes"] = p.stage_peak;
+      e["predicted_stage_peak_bytes"] = p.predicted_stage_peak;
       e["denoise_step_seconds"] = p.denoise_step_seconds;
       e["mean_step_seconds"] = p.mean_step_seconds();
       e["peak_allocated_bytes"] = opt(p.peak_allocated);
@@ -245,6 +260,10 @@ std::vector<std::string> check_against_plan(const bench_report& r) {
     expect("bytes to the device", p.bytes_to_device, p.predicted_bytes_to_device);
     expect("bytes streamed", p.bytes_streamed, p.predicted_bytes_streamed);
     expect("bytes back to the host", p.bytes_to_host, p.predicted_bytes_to_host);
+    for (const auto& [stage, planned] : p.predicted_stage_peak) {
+      const auto it = p.stage_peak.find(stage);
+      expect(fmt::format("peak of stage '{}'", stage), it == p.stage_peak.end() ? -1 : it->second, planned);
+    }
   }
   return bad;
 }

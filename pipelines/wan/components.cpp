@@ -234,7 +234,7 @@ std::optional<torch::Dtype> dit_autocast(const execution& exec, const configs::W
 
 offload_run::offload_run(const std::vector<offload::stage>& stages, const WanComponents& components,
                          const execution& exec, stage_observer observer)
-    : observer_(std::move(observer)), on_finish_(exec.on_finish) {
+    : observer_(std::move(observer)), on_finish_(exec.on_finish), before_stage_(exec.before_stage) {
   if (exec.devices == nullptr)
     throw offload::config_error("offload.config.no_devices",
                                 "wan pipeline: execution.devices is null; pass the device_set that holds "
@@ -259,6 +259,7 @@ offload_run::~offload_run() {
 }
 
 offload::stage_scope offload_run::enter(std::string_view stage) {
+  if (before_stage_) before_stage_(stage);
   auto scope = executor_->enter(stage);
   repetition_ = current_ == stage ? repetition_ + 1 : 1;
   current_ = std::string(stage);

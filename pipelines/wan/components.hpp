@@ -158,6 +158,10 @@ struct execution {
   offload::placement_policy policy = offload::parse_policy("resident");
   /// Optional: told when each run finished (tools write the complete trace from it).
   finish_observer on_finish;
+  /// Optional: told before each stage is entered, with its name: the previous stage's scope is
+  /// closed and this one's actions are not applied yet (tools that sample memory per stage read
+  /// and restart their peaks here).
+  std::function<void(std::string_view stage)> before_stage;
   /// The DiT's autocast dtype (wan::autocast_guard around the denoising loop). Unset: the
   /// reference's — config.param_dtype (bf16) when the DiT executes on a CUDA device, none elsewhere
   /// (float32, the golden parity setting). kFloat32: none.
@@ -202,6 +206,7 @@ private:
   std::unique_ptr<offload::executor> executor_;
   stage_observer observer_;
   finish_observer on_finish_;
+  std::function<void(std::string_view)> before_stage_;
   std::string current_;
   int repetition_ = 0;
   bool finished_ = false;
