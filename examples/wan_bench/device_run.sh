@@ -47,7 +47,9 @@ RUNS=$OUT/runs.log
 # block slots (its token embedding stays on the host), the DiT streamed in bf16 (the same bits under
 # autocast), the VAE tiled and brought in for its stage only. Last: store= converts the masters.
 LOW_13B='t5=cuda:on_demand:stream=2:pinned,dit=cuda:on_demand:stream=2:store=bf16:pinned,vae=cuda:on_demand:tile=32:pinned'
-POLICIES_13B=(resident offload_model offload_model+t5_cpu "$LOW_13B")
+# The same with tiles of 16: on the fake CUDA runtime (LibTorch's own convolutions, no cuDNN) the
+# tiled decode at 32 peaked at 4.54 GiB against 2.19 planned, at 16 at 1.81 (docs/benchmark.md).
+POLICIES_13B=(resident offload_model offload_model+t5_cpu "$LOW_13B" "${LOW_13B/tile=32/tile=16}")
 # >>> EXTRA POLICIES: storage (:store=bf16) and tiling (:tile=N[:overlap=M]) options of the policy
 # grammar. They run in a separate invocation (with its own resident run), so that a wan_bench whose
 # grammar lacks an option still runs the other parts. Extend this list as options land. store=

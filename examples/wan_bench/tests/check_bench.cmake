@@ -2,7 +2,8 @@
 # test cli_wan_bench_tiny_mock (examples/wan_bench/CMakeLists.txt):
 #   cmake -DEXE=<wan_bench> -DJSON_FILE=<file> -DSTEPS=<n> -DPOLICIES=<p1@@p2@@...>
 #         [-DSTREAMED_POLICY=<index of the policy that streams the DiT>] -P check_bench.cmake
-# Checks: exit code 0 (the program's --check passed: the mock's peaks and bytes equal the plans'),
+# Checks: exit code 0 (the program's --check passed: the mock's peaks, overall and by stage, and bytes
+# equal the plans'),
 # the JSON's fields, the same equalities read back from the JSON, one time per denoising step, the
 # streamed policy streams bytes, the resident run's ratios are 1, and every policy's video is bit for
 # bit the resident run's (on a mock device every kernel runs on the host in the same dtypes: only the
@@ -88,6 +89,12 @@ else()
     endforeach()
     foreach(_stage text_encode denoise decode)
       get(_v policies ${i} stage_seconds ${_stage})
+      # Peaks by stage: on a mock the ledger's, each equal to the plan's for that stage.
+      get(_measured policies ${i} stage_peak_bytes ${_stage})
+      get(_planned policies ${i} predicted_stage_peak_bytes ${_stage})
+      if(NOT _measured STREQUAL _planned)
+        fail("policy '${_given}': stage_peak_bytes.${_stage} ${_measured} differs from the plan's ${_planned}")
+      endif()
     endforeach()
     string(JSON _steps ERROR_VARIABLE _e LENGTH "${_json}" policies ${i} denoise_step_seconds)
     if(NOT _steps EQUAL STEPS)
