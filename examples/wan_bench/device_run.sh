@@ -10,7 +10,8 @@
 # never stops the next:
 #   0. offload_cuda_tests (tests/cuda): offload's CUDA paths on the card, outputs bit-identical;
 #   1. wan_bench T2V-1.3B 832x480x81, STEPS steps (default 2), after a warm-up: resident, offload_model,
-#      offload_model+t5_cpu and the lowest-memory streamed policy (LOW_13B); then each component's
+#      offload_model+t5_cpu and the lowest-memory streamed policy (LOW_13B, with VAE tiles of 32 and
+#      of 16); then each component's
 #      whole onload from pinned masters and its eviction, timed (--onload_probe);
 #   2. the Python reference harness (wan_py_memory.py) with the same model, size, frames and steps;
 #   3. wan_bench T2V-14B 1280x720x81: the streamed policies of POLICIES_14B, then resident;
