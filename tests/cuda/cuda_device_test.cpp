@@ -348,7 +348,6 @@ BOOST_AUTO_TEST_CASE(random_policies_run_as_planned) {
     ex.reset();
   }
 
-  int ran = 0;
   for (int i = 0; i < offload_test::cases(40); ++i) {
     offload::placement_policy pol =
         policy_of([&](const offload::component_info& c) { return offload_test::random_component_policy(r, c); });
@@ -362,7 +361,6 @@ BOOST_AUTO_TEST_CASE(random_policies_run_as_planned) {
       auto& gpu = devices.emplace<offload::cuda_device>(0);
       offload::executor ex(plan, devices, components);
       const auto out = run(ex);
-      ++ran;
       if (compute) {
         bool all_on_device = true;
         for (const auto& [name, cp] : pol.components) all_on_device &= cp.execute_on.k != offload::target::kind::host;
@@ -382,7 +380,6 @@ BOOST_AUTO_TEST_CASE(random_policies_run_as_planned) {
       for (const auto* c : components) BOOST_TEST((c->location() == device_id::cpu()), c->name());
     }
   }
-  BOOST_TEST(ran == offload_test::cases(40));
 }
 
 BOOST_AUTO_TEST_SUITE_END()
