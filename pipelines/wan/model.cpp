@@ -706,6 +706,11 @@ WanModelImpl::forward_branches(std::vector<torch::Tensor> x, const torch::Tensor
     ctx.push_back(c);
     h.push_back(emb.x);
   }
+  // The branches' residual streams are the only references to the embedding: the reference
+  // rebinds x in its block loop, so the embedding goes with the first block's output (holding it
+  // here would keep one more float32 [B, seq_len, dim] through every block).
+  emb.x = torch::Tensor();
+  x.clear(); // the inputs (with y concatenated, for i2v and flf2v) are embedded
 
   // blocks, block-major: a streamed block is loaded once for every branch
   for (size_t i = 0; i < block_list.size(); ++i) {

@@ -193,13 +193,13 @@ std::vector<std::vector<torch::Tensor>> VaceWanModelImpl::forward_branches(
   // time embeddings
   auto [e, e0] = embed_time(t);
 
-  // VACE embeddings: forward_vace's c before its first block
-  const auto c0 = patchify(vace_patch_embedding, vace_context, seq_len, "vace_patch_embedding").x; // [B, seq_len, dim]
-
   // context, per branch
   torch::Tensor context_lens; // None
   const size_t branches = contexts.size();
-  std::vector<torch::Tensor> ctx, h, c(branches, c0);
+  // VACE embeddings, forward_vace's c before its first block [B, seq_len, dim]: the branches'
+  // control streams are its only references, so it goes with the first VACE block's outputs.
+  std::vector<torch::Tensor> ctx, h,
+      c(branches, patchify(vace_patch_embedding, vace_context, seq_len, "vace_patch_embedding").x);
   std::vector<std::vector<torch::Tensor>> hints(branches, std::vector<torch::Tensor>(vace_layers.size()));
   for (const auto& context : contexts) {
     ctx.push_back(embed_text(context));
@@ -231,6 +231,10 @@ std::vector<std::vector<torch::Tensor>> VaceWanModelImpl::forward_branches(
       if (const auto& id = base_block_list[i]->block_id) hints[b][static_cast<size_t>(*id)] = torch::Tensor();
     }
     if (one) record(fmt::format("block.{}", i), h[0]);
+    // The embedding is read by the VACE block with block_id 0 only (before_proj(c) + x), which
+    // runs before main block 0; after that the residual streams replace it (the reference rebinds
+    // x in its block loop).
+    if (i == 0) emb.x = torch::Tensor();
   }
 
   return head_branches(std::move(h), e, emb.grid_sizes, one);

@@ -7,8 +7,13 @@
 //     out below, each value released where Python's reference counting releases it) while holding
 //     less. The measured ratio of the two peaks bounds the one the stage workspace model applies
 //     to the reference's calibrated activations (wan::workspace_constants::dit_activation_ratio).
+//   * a whole forward with two guidance branches holds one block's activations plus the tensors
+//     the stage model adds to them: the other branch's residual stream, and for VACE each
+//     branch's control stream and hint in flight; nothing else of [L, dim] (the embeddings go
+//     with the first blocks' outputs, as the reference's rebinding frees them).
 #include "wan/attention.hpp"
 #include "wan/model.hpp"
+#include "wan/vace_model.hpp"
 #include "wan/stages.hpp"
 
 #include <offload/testing/errors.hpp>
@@ -166,6 +171,49 @@ measured measure(F&& f) {
   return m;
 }
 
+
+/// A DiT at a width where [L, dim] tensors dominate, on the CPU: dim 512, one head (the CPU
+/// attention's L x L scores stay small), 3 blocks, 16 text tokens, latents of 16 x 1 x 32 x 32
+/// (256 tokens); random weights and inputs, float32.
+struct dit_case {
+  static constexpr int64_t tokens = 256;
+  wan::WanModelConfig cfg;
+  std::vector<torch::Tensor> x, vace_context;
+  torch::Tensor t;
+  std::vector<std::vector<torch::Tensor>> contexts; // two branches: cond, uncond
+
+  explicit dit_case(std::string model_type) {
+    cfg.model_type = std::move(model_type);
+    cfg.dim = 512;
+    cfg.ffn_dim = 1024;
+    cfg.num_heads = 1;
+    cfg.num_layers = 3;
+    cfg.text_len = 16;
+    cfg.text_dim = 64;
+    cfg.freq_dim = 32;
+    if (cfg.model_type == "vace") cfg.vace_layers = std::vector<int64_t>{0, 1};
+    torch::manual_seed(8);
+    x = {torch::randn({16, 1, 32, 32})};
+    if (cfg.model_type == "vace") vace_context = {torch::randn({cfg.resolved_vace_in_dim(), 1, 32, 32})};
+    t = torch::tensor({500}, torch::kLong);
+    contexts = {{torch::randn({12, cfg.text_dim})}, {torch::randn({16, cfg.text_dim})}};
+  }
+  /// One float32 [1, L, dim] tensor: a residual stream, a control stream, a hint.
+  [[nodiscard]] std::int64_t stream_bytes() const { return tokens * cfg.dim * 4; }
+  /// The embedded text contexts of both branches and the time embeddings, held through the blocks.
+  [[nodiscard]] std::int64_t held_small_bytes() const { return 2 * cfg.text_len * cfg.dim * 4 + 7 * cfg.dim * 4; }
+  /// What a block unit reads besides its input, allocated before a probe: e0, seq_lens,
+  /// grid_sizes, the embedded context.
+  struct unit_inputs {
+    torch::Tensor e0, seq_lens, grid_sizes, context;
+  };
+  [[nodiscard]] unit_inputs inputs() const {
+    return {torch::randn({1, 6, cfg.dim}) * 0.1, torch::tensor({tokens}, torch::kLong),
+            torch::tensor(std::vector<int64_t>{1, 16, 16}, torch::kLong).view({1, 3}),
+            torch::randn({1, cfg.text_len, cfg.dim})};
+  }
+  [[nodiscard]] torch::Tensor stream() const { return torch::randn({1, tokens, cfg.dim}); }
+};
 } // namespace
 
 BOOST_AUTO_TEST_SUITE(dit_activation_memory)
@@ -244,6 +292,83 @@ BOOST_AUTO_TEST_CASE(block_forward_matches_the_reference_order_and_holds_less) {
       }
     }
   }
+}
+
+BOOST_AUTO_TEST_CASE(forward_branches_holds_one_block_and_the_other_residual_stream) {
+  // The stage model: one block's activations (the reference's calibrated k_dit, which includes the
+  // block's input) plus the other guidance branch's residual stream. Measured: block 1 of the
+  // forward runs with both residual streams live; the embedded input is gone.
+  dit_case c("t2v");
+  wan::WanModel model(c.cfg);
+  model->eval();
+  torch::NoGradGuard g;
+  const auto in = c.inputs();
+  auto& blk = *model->blocks->ptr<wan::WanAttentionBlockImpl>(1);
+  const auto block_input = c.stream();
+  const auto unit = measure([&] {
+    return blk.forward(block_input, in.e0, in.seq_lens, in.grid_sizes, model->freqs, in.context, {});
+  });
+  const auto forward = measure([&] {
+    auto out = model->forward_branches(c.x, c.t, c.contexts, c.tokens);
+    return out[0][0];
+  });
+  const std::int64_t r = c.stream_bytes();
+  BOOST_TEST_MESSAGE("WanModel forward, 2 branches: peak " << forward.peak << " B; one block " << unit.peak
+                                                           << " B; [L, dim] float32 " << r << " B");
+  // Both residual streams: the running branch's (the block's input) and the other's.
+  BOOST_TEST(forward.peak >= unit.peak + 2 * r);
+  // Nothing else of [L, dim]: one more stream (the embedding held through the blocks) fails this.
+  BOOST_TEST(forward.peak <= unit.peak + 2 * r + c.held_small_bytes() + r / 4);
+}
+
+BOOST_AUTO_TEST_CASE(vace_forward_branches_holds_one_block_and_the_branches_streams) {
+  // The stage model for VACE adds, per branch, its control stream c and the hint in flight to the
+  // plain model's (workspace_constants::vace_bytes_per_token_dim): at a main block that adds a
+  // hint, six streams beside the block's activations. Measured per block unit (its input and what
+  // it reads allocated before the probe), with the streams the forward holds while it runs, at
+  // the worst branch:
+  //   - VACE block 0, branch 1: the embedding (both residual streams, which it reads), the VACE
+  //     embedding (its input), branch 0's new control stream and hint: 4;
+  //   - VACE block n >= 1, branch 1: both residual streams, both control streams (one its input),
+  //     branch 0's hint: 5;
+  //   - main block with a hint, branch 0: both residual streams (one its input), both control
+  //     streams, both hints: 6;
+  //   - main block without a hint: both residual and both control streams: 4.
+  dit_case c("vace");
+  wan::VaceWanModel model(c.cfg);
+  model->eval();
+  torch::NoGradGuard g;
+  const auto in = c.inputs();
+  const std::int64_t r = c.stream_bytes();
+  auto& vace0 = *model->vace_blocks->ptr<wan::VaceWanAttentionBlockImpl>(0);
+  auto& vace1 = *model->vace_blocks->ptr<wan::VaceWanAttentionBlockImpl>(1);
+  auto& hinted = *model->blocks->ptr<wan::BaseWanAttentionBlockImpl>(1);
+  auto& plain = *model->blocks->ptr<wan::BaseWanAttentionBlockImpl>(2);
+  BOOST_REQUIRE(vace0.before_proj);
+  BOOST_REQUIRE(!vace1.before_proj);
+  BOOST_REQUIRE(hinted.block_id.has_value());
+  BOOST_REQUIRE(!plain.block_id.has_value());
+  const auto x = c.stream(), ci = c.stream();
+  const std::vector<torch::Tensor> hints{c.stream(), c.stream()};
+  const auto vace_unit = [&](wan::VaceWanAttentionBlockImpl& blk) {
+    return measure([&] { return blk.forward(ci, x, in.e0, in.seq_lens, in.grid_sizes, model->freqs, in.context, {}).second; });
+  };
+  const auto main_unit = [&](wan::BaseWanAttentionBlockImpl& blk) {
+    return measure([&] { return blk.forward(x, hints, 1.0, in.e0, in.seq_lens, in.grid_sizes, model->freqs, in.context, {}); });
+  };
+  const auto v0 = vace_unit(vace0), v1 = vace_unit(vace1), hinted_unit = main_unit(hinted), plain_unit = main_unit(plain);
+  const auto forward = measure([&] {
+    auto out = model->forward_branches(c.x, c.t, c.vace_context, c.contexts, c.tokens);
+    return out[0][0];
+  });
+  const std::int64_t bound = std::max({v0.peak + 4 * r, v1.peak + 5 * r, hinted_unit.peak + 6 * r, plain_unit.peak + 4 * r});
+  BOOST_TEST_MESSAGE("VaceWanModel forward, 2 branches: peak " << forward.peak << " B; VACE blocks " << v0.peak << ", "
+                                                               << v1.peak << " B, main block with a hint "
+                                                               << hinted_unit.peak << " B, without " << plain_unit.peak
+                                                               << " B; [L, dim] float32 " << r << " B");
+  BOOST_TEST(forward.peak >= hinted_unit.peak + 6 * r);
+  // The embedding or the VACE embedding held through the blocks (one more stream) fails this.
+  BOOST_TEST(forward.peak <= bound + c.held_small_bytes() + r / 4);
 }
 
 BOOST_AUTO_TEST_SUITE_END()
