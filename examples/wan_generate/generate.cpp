@@ -283,6 +283,9 @@ int generate(const options& given) {
   const auto t_load = steady::now();
   wan::component_options copts;
   if (accelerator.kind == offload::device_kind::cuda) copts.dtypes = wan::component_dtypes::reference(cfg);
+  // A policy that stores the DiT's matmul weights in bf16 gets them so from the load on: the host
+  // never holds the float32 DiT (the plan's host peak counts the stored masters).
+  copts.dit_matmul_storage = wan::dit_matmul_storage_of(o.policy);
   const auto components =
       wan::WanComponents::load(kind, wan::component_paths::official(o.ckpt_dir, cfg), copts);
   std::string sizes;

@@ -81,10 +81,10 @@ std::shared_ptr<WanComponents> WanComponents::load(std::string_view kind, const 
 
   // DiT first: its config.json gives T5's text_len.
   if (kind == "vace") {
-    c->vace_model = load_vace_wan_model(paths.dit_dir);
+    c->vace_model = load_vace_wan_model(paths.dit_dir, options.dit_matmul_storage);
     c->model = WanModel(std::static_pointer_cast<WanModelImpl>(c->vace_model.ptr()));
   } else {
-    c->model = load_wan_model(paths.dit_dir);
+    c->model = load_wan_model(paths.dit_dir, options.dit_matmul_storage);
     if (c->model->model_type != (kind == "t2v" ? std::string("t2v") : std::string(kind)))
       throw offload::config_error(
           "offload.wan.components.model_type",
@@ -220,6 +220,15 @@ std::optional<VaeTiling> vae_tiling_of(const offload::tile_options& tile) {
 
 std::optional<VaeTiling> vae_tiling_of(const offload::placement_policy& policy) {
   return vae_tiling_of(policy.of(VAE_COMPONENT).tile);
+}
+
+std::optional<torch::Dtype> dit_matmul_storage_of(const offload::placement_policy& policy) {
+  switch (policy.of(DIT_COMPONENT).store) {
+    case offload::storage_dtype::bf16: return torch::kBFloat16;
+    case offload::storage_dtype::fp16: return torch::kFloat16;
+    case offload::storage_dtype::native: break;
+  }
+  return std::nullopt;
 }
 
 std::optional<torch::Dtype> dit_autocast(const execution& exec, const configs::WanConfig& config,

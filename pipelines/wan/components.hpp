@@ -84,6 +84,13 @@ struct component_options {
   component_dtypes dtypes;
   /// CLIP's attention heads: the one hyper-parameter its weights do not hold (official: 16).
   int64_t clip_vision_heads = 16;
+  /// load(): build and load the DiT with its matmul weights (its storage rule's tensors) in this
+  /// dtype, bf16 or fp16, as a policy's `dit=...:store=bf16` stores them, converting the
+  /// checkpoint's values as they are copied in (load_wan_model(dir, dtype)): the host never holds
+  /// the float32 DiT, whose peak the plan's host memory does not count. The same bits as loading in
+  /// float32 and converting. Unset: float32 (a `store` policy converts the masters later).
+  /// dit_matmul_storage_of(policy) gives the one a policy asks for.
+  std::optional<torch::Dtype> dit_matmul_storage;
 };
 
 /// The loaded models of one pipeline kind, each wrapped as an offloadable component.
@@ -174,6 +181,9 @@ std::optional<VaeTiling> vae_tiling_of(const offload::tile_options& tile);
 /// The VaeTiling a policy asks of the `vae` component; pipelines put it in their
 /// generation_shape (vae_tiling) so the plan carries the tiled decode workspace.
 std::optional<VaeTiling> vae_tiling_of(const offload::placement_policy& policy);
+/// The dtype a policy stores the DiT's matmul weights in (`dit=...:store=bf16` -> kBFloat16,
+/// `store=fp16` -> kFloat16), or nullopt (native): component_options::dit_matmul_storage.
+std::optional<torch::Dtype> dit_matmul_storage_of(const offload::placement_policy& policy);
 
 /// The dtype the DiT computes its matmuls in for `exec` (see execution::autocast), or nullopt.
 std::optional<torch::Dtype> dit_autocast(const execution& exec, const configs::WanConfig& config,

@@ -58,6 +58,19 @@ void store_matmul_weights(torch::nn::Module& model, torch::Dtype dtype) {
     if (paths.count(item.key())) item.value().set_data(item.value().to(dtype));
 }
 
+namespace {
+/// The reference's basic init (init_weights: isinstance(m, nn.Linear)) over `module` and its
+/// submodules, in modules() order: Xavier-uniform weights, zero biases.
+void init_linears(torch::nn::Module& module) {
+  torch::NoGradGuard no_grad;
+  for (const auto& m : module.modules(/*include_self=*/true))
+    if (auto* l = m->as<torch::nn::LinearImpl>()) {
+      torch::nn::init::xavier_uniform_(l->weight);
+      if (l->bias.defined()) torch::nn::init::zeros_(l->bias);
+    }
+}
+} // namespace
+
 torch::Tensor linear(const torch::nn::Linear& layer, const torch::Tensor& x, compute_region region) {
   const auto dt = linear_compute_dtype(layer->weight, region);
   const auto& b = layer->bias;
@@ -496,19 +509,25 @@ torch::Tensor MLPProjImpl::forward(const torch::Tensor& image_embeds) {
 // WanModel
 // ------------------------------------------------------------------------------------------------
 
-WanModelImpl::WanModelImpl(const WanModelConfig& cfg) : WanModelImpl(cfg, true) {}
+WanModelImpl::WanModelImpl(const WanModelConfig& cfg, std::optional<torch::Dtype> matmul_dtype)
+    : WanModelImpl(cfg, true, matmul_dtype) {}
 
-WanModelImpl::WanModelImpl(const WanModelConfig& cfg, bool build_blocks)
+WanModelImpl::WanModelImpl(const WanModelConfig& cfg, bool build_blocks, std::optional<torch::Dtype> matmul_dtype)
     : config(cfg), model_type(cfg.model_type), patch_size(cfg.patch_size),
       text_len(cfg.text_len), in_dim(cfg.in_dim), dim(cfg.dim), ffn_dim(cfg.ffn_dim),
       freq_dim(cfg.freq_dim), text_dim(cfg.text_dim), out_dim(cfg.out_dim),
       num_heads(cfg.num_heads), num_layers(cfg.num_layers), window_size(cfg.window_size),
       qk_norm(cfg.qk_norm), cross_attn_norm(cfg.cross_attn_norm), eps(cfg.eps) {
   cfg.validate(); // before anything is allocated
-  build(build_blocks);
+  if (matmul_dtype && *matmul_dtype != torch::kBFloat16 && *matmul_dtype != torch::kFloat16)
+    throw offload::config_error("offload.wan.model.matmul_dtype",
+                                fmt::format("WanModel: matmul weights can be stored as bf16 or fp16, found {}; "
+                                            "pass torch::kBFloat16 or torch::kFloat16, or nothing for float32",
+                                            c10::toString(*matmul_dtype)));
+  build(build_blocks, matmul_dtype);
 }
 
-void WanModelImpl::build(bool build_blocks) {
+void WanModelImpl::build(bool build_blocks, std::optional<torch::Dtype> matmul_dtype) {
   // embeddings
   const auto ps = torch::ExpandingArray<3>({patch_size[0], patch_size[1], patch_size[2]});
   patch_embedding = register_module(
@@ -535,6 +554,10 @@ void WanModelImpl::build(bool build_blocks) {
     for (int64_t i = 0; i < num_layers; ++i) {
       WanAttentionBlock blk(cross_attn_type, dim, ffn_dim, num_heads, window_size, qk_norm,
                             cross_attn_norm, eps);
+      if (matmul_dtype) { // its part of init_weights(), then its matmul weights converted
+        init_linears(*blk);
+        store_matmul_weights(*blk, *matmul_dtype);
+      }
       blocks->push_back(blk);
       block_list.push_back(blk);
     }
@@ -554,18 +577,18 @@ void WanModelImpl::build(bool build_blocks) {
     img_emb = register_module("img_emb", MLPProj(config.clip_dim, dim, model_type == "flf2v"));
 
   // initialize weights
-  init_weights();
+  init_weights(/*blocks=*/!matmul_dtype);
+  if (matmul_dtype) store_matmul_weights(*this, *matmul_dtype); // the rest; the blocks' are converted
 }
 
-void WanModelImpl::init_weights() {
+void WanModelImpl::init_weights() { init_weights(/*blocks=*/true); }
+
+void WanModelImpl::init_weights(bool blocks) {
   torch::NoGradGuard no_grad;
   namespace init = torch::nn::init;
   // basic init (isinstance(m, nn.Linear) over self.modules())
-  for (const auto& m : modules(/*include_self=*/false))
-    if (auto* l = m->as<torch::nn::LinearImpl>()) {
-      init::xavier_uniform_(l->weight);
-      if (l->bias.defined()) init::zeros_(l->bias);
-    }
+  for (const auto& item : named_children())
+    if (blocks || item.key() != "blocks") init_linears(*item.value());
   // init embeddings
   init::xavier_uniform_(patch_embedding->weight.flatten(1));
   for (auto* l : {&text_embedding_0, &text_embedding_2, &time_embedding_0, &time_embedding_2})
@@ -757,15 +780,15 @@ std::vector<torch::Tensor> WanModelImpl::unpatchify(const torch::Tensor& x,
   return out;
 }
 
-WanModel load_wan_model(const std::filesystem::path& dir) {
+WanModel load_wan_model(const std::filesystem::path& dir, std::optional<torch::Dtype> matmul_dtype) {
   auto cfg = from_config_json(dir / "config.json");
   if (cfg.model_type == "vace")
     throw offload::config_error(
         "offload.wan.config.class",
         fmt::format("'{}' describes a VaceWanModel; load it with wan::load_vace_wan_model",
                     (dir / "config.json").string()));
-  WanModel model(cfg);
-  offload::load_state(*model, dir); // the error names the directory
+  WanModel model(cfg, matmul_dtype);
+  offload::load_state(*model, dir); // the error names the directory; float32 values converted as copied
   return model;
 }
 

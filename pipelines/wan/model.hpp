@@ -297,7 +297,14 @@ TORCH_MODULE(MLPProj);
 
 class WanModelImpl : public torch::nn::Module {
 public:
-  explicit WanModelImpl(const WanModelConfig& config);
+  /// Built in float32, as the reference's WanModel. With `matmul_dtype` (bf16 or fp16), its matmul
+  /// weights (store_matmul_weights' selection) are stored in it, block by block: each block is
+  /// created in float32 (LibTorch's initialisation), given the reference's init_weights() and
+  /// converted before the next, so the host never holds the float32 DiT (T2V-14B: 53 GiB in
+  /// float32, 27 with its matmul weights in bf16). Random values then differ from the float32
+  /// build's (the blocks' draws come in another order); a checkpoint loaded into it gives the bits
+  /// of the float32 build loaded and converted (load_wan_model).
+  explicit WanModelImpl(const WanModelConfig& config, std::optional<torch::Dtype> matmul_dtype = std::nullopt);
 
   /// x: B tensors [C_in, F, H, W]; t int64 [B]; context: B tensors [L_b, text_dim];
   /// clip_fea [B, 257, clip_dim] (flf2v: [2B, 257, clip_dim]) and y: B tensors [C_y, F, H, W]
@@ -353,8 +360,9 @@ public:
   offload::block_stream* block_stream = nullptr;
 
 protected:
-  /// Builds everything but `blocks` when !build_blocks (VaceWanModel registers its own blocks).
-  WanModelImpl(const WanModelConfig& config, bool build_blocks);
+  /// Builds everything but `blocks` when !build_blocks (VaceWanModel registers its own blocks),
+  /// with its matmul weights in `matmul_dtype` when given.
+  WanModelImpl(const WanModelConfig& config, bool build_blocks, std::optional<torch::Dtype> matmul_dtype);
 
   struct embedded {
     torch::Tensor x;          ///< [B, seq_len, dim]
@@ -378,13 +386,20 @@ protected:
   std::vector<WanAttentionBlock> block_list; ///< typed aliases of blocks[i]
 
 private:
-  void build(bool build_blocks);
+  void build(bool build_blocks, std::optional<torch::Dtype> matmul_dtype);
+  /// init_weights() without the blocks' linears (`blocks.*`), which a build in matmul_dtype
+  /// initialises before converting them.
+  void init_weights(bool blocks);
 };
 TORCH_MODULE(WanModel);
 
 /// WanModel from a directory holding config.json and diffusion_pytorch_model*.safetensors (single
 /// file or sharded index), strictly loaded (offload::load_state). Throws offload::config_error for
 /// a VACE config (use load_vace_wan_model) and offload::checkpoint_error for key mismatches.
-WanModel load_wan_model(const std::filesystem::path& dir);
+/// With `matmul_dtype`, the model is built with its matmul weights in it (WanModel(config,
+/// matmul_dtype)) and the checkpoint's values are converted as each is copied in: the bits of
+/// load_wan_model(dir) followed by store_matmul_weights(matmul_dtype), without the float32 DiT on
+/// the host.
+WanModel load_wan_model(const std::filesystem::path& dir, std::optional<torch::Dtype> matmul_dtype = std::nullopt);
 
 } // namespace wan

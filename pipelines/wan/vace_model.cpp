@@ -80,8 +80,8 @@ WanModelConfig checked_vace(const WanModelConfig& cfg) {
 }
 } // namespace
 
-VaceWanModelImpl::VaceWanModelImpl(const WanModelConfig& cfg)
-    : WanModelImpl(checked_vace(cfg), /*build_blocks=*/false),
+VaceWanModelImpl::VaceWanModelImpl(const WanModelConfig& cfg, std::optional<torch::Dtype> matmul_dtype)
+    : WanModelImpl(checked_vace(cfg), /*build_blocks=*/false, matmul_dtype),
       vace_layers(cfg.resolved_vace_layers()), vace_in_dim(cfg.resolved_vace_in_dim()) {
   for (size_t n = 0; n < vace_layers.size(); ++n)
     vace_layers_mapping[vace_layers[n]] = static_cast<int64_t>(n);
@@ -92,6 +92,7 @@ VaceWanModelImpl::VaceWanModelImpl(const WanModelConfig& cfg)
     if (auto it = vace_layers_mapping.find(i); it != vace_layers_mapping.end()) id = it->second;
     BaseWanAttentionBlock blk("t2v_cross_attn", dim, ffn_dim, num_heads, window_size, qk_norm,
                               cross_attn_norm, eps, id);
+    if (matmul_dtype) store_matmul_weights(*blk, *matmul_dtype); // before the next block is built
     blocks->push_back(blk);
     base_block_list.push_back(blk);
   }
@@ -101,6 +102,7 @@ VaceWanModelImpl::VaceWanModelImpl(const WanModelConfig& cfg)
   for (auto i : vace_layers) {
     VaceWanAttentionBlock blk("t2v_cross_attn", dim, ffn_dim, num_heads, window_size, qk_norm,
                               cross_attn_norm, eps, /*block_id=*/i);
+    if (matmul_dtype) store_matmul_weights(*blk, *matmul_dtype);
     vace_blocks->push_back(blk);
     vace_block_list.push_back(blk);
   }
@@ -110,6 +112,7 @@ VaceWanModelImpl::VaceWanModelImpl(const WanModelConfig& cfg)
   vace_patch_embedding = register_module(
       "vace_patch_embedding",
       torch::nn::Conv3d(torch::nn::Conv3dOptions(vace_in_dim, dim, ps).stride(ps)));
+  if (matmul_dtype) store_matmul_weights(*this, *matmul_dtype); // vace_patch_embedding; the rest is converted
 }
 
 std::vector<torch::Tensor> VaceWanModelImpl::forward_vace(
@@ -240,15 +243,15 @@ std::vector<std::vector<torch::Tensor>> VaceWanModelImpl::forward_branches(
   return head_branches(std::move(h), e, emb.grid_sizes, one);
 }
 
-VaceWanModel load_vace_wan_model(const std::filesystem::path& dir) {
+VaceWanModel load_vace_wan_model(const std::filesystem::path& dir, std::optional<torch::Dtype> matmul_dtype) {
   auto cfg = from_config_json(dir / "config.json");
   if (cfg.model_type != "vace")
     throw offload::config_error(
         "offload.wan.config.class",
         fmt::format("'{}' describes a WanModel ({}); load it with wan::load_wan_model",
                     (dir / "config.json").string(), cfg.model_type));
-  VaceWanModel model(cfg);
-  offload::load_state(*model, dir); // the error names the directory
+  VaceWanModel model(cfg, matmul_dtype);
+  offload::load_state(*model, dir); // the error names the directory; float32 values converted as copied
   return model;
 }
 

@@ -69,7 +69,8 @@ TORCH_MODULE(BaseWanAttentionBlock);
 class VaceWanModelImpl : public WanModelImpl {
 public:
   /// config.model_type must be "vace"; vace_layers / vace_in_dim default as in the reference.
-  explicit VaceWanModelImpl(const WanModelConfig& config);
+  /// `matmul_dtype` as in WanModel: each block's matmul weights converted as it is built.
+  explicit VaceWanModelImpl(const WanModelConfig& config, std::optional<torch::Dtype> matmul_dtype = std::nullopt);
 
   /// Returns the hints: one c_skip [B, seq_len, dim] per VACE block.
   std::vector<torch::Tensor> forward_vace(const torch::Tensor& x,
@@ -116,7 +117,8 @@ TORCH_MODULE(VaceWanModel);
 
 /// VaceWanModel from a directory holding config.json and diffusion_pytorch_model*.safetensors,
 /// strictly loaded (offload::load_state). Throws offload::config_error when config.json does not
-/// describe a VACE model.
-VaceWanModel load_vace_wan_model(const std::filesystem::path& dir);
+/// describe a VACE model. `matmul_dtype` as in load_wan_model.
+VaceWanModel load_vace_wan_model(const std::filesystem::path& dir,
+                                 std::optional<torch::Dtype> matmul_dtype = std::nullopt);
 
 } // namespace wan

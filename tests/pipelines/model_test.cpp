@@ -21,6 +21,8 @@
 
 #include <offload/errors.hpp>
 #include <offload/state_dict.hpp>
+#include <offload/testing/errors.hpp>
+#include <offload/testing/host_memory_probe.hpp>
 
 #include "parity_harness.hpp"
 #include "wan/attention.hpp"
@@ -343,6 +345,99 @@ BOOST_AUTO_TEST_CASE(load_wan_model_is_strict) {
   } catch (const offload::checkpoint_error& e) {
     BOOST_TEST(std::string(e.what()).find("blocks.2.") != std::string::npos, e.what());
   }
+}
+
+BOOST_AUTO_TEST_CASE(loaded_with_16_bit_matmul_weights_equals_float32_loaded_then_converted) {
+  // load_wan_model(dir, dtype) converts each checkpoint value as it is copied in: the bits of the
+  // float32 load converted by store_matmul_weights, the same tensors in float32 (norms,
+  // modulation, time embedding, head) and the same RoPE table.
+  for (const char* name : kGoldenModels) {
+    for (const auto dtype : {torch::kBFloat16, torch::kFloat16}) {
+      BOOST_TEST_CONTEXT(name << " " << c10::toString(dtype)) {
+        const bool vace = std::string(name) == "vace";
+        const auto dir = wt::checkpoint_path(name);
+        wan::WanModel expected = vace ? wan::WanModel(std::static_pointer_cast<wan::WanModelImpl>(
+                                            wan::load_vace_wan_model(dir).ptr()))
+                                      : wan::load_wan_model(dir);
+        wan::store_matmul_weights(*expected, dtype);
+        wan::WanModel loaded = vace ? wan::WanModel(std::static_pointer_cast<wan::WanModelImpl>(
+                                          wan::load_vace_wan_model(dir, dtype).ptr()))
+                                    : wan::load_wan_model(dir, dtype);
+        const auto selected = wan::matmul_weight_paths(*loaded);
+        BOOST_TEST(!selected.empty());
+        const auto a = expected->named_parameters(), b = loaded->named_parameters();
+        BOOST_REQUIRE(a.size() == b.size());
+        for (const auto& p : a) {
+          const auto& q = b[p.key()];
+          BOOST_TEST(q.scalar_type() == (selected.count(p.key()) ? dtype : torch::kFloat32), p.key());
+          BOOST_TEST(torch::equal(p.value(), q), p.key());
+        }
+        BOOST_TEST(torch::equal(expected->freqs, loaded->freqs));
+      }
+    }
+  }
+}
+
+BOOST_AUTO_TEST_CASE(built_with_bf16_matmul_weights_block_by_block_never_holding_the_float32_dit) {
+  // 8 blocks of width 256: built in float32 and then converted, the host holds the float32 DiT;
+  // block by block it holds the stored DiT, the non-block parts and one block in float32.
+  for (const char* type : {"t2v", "vace"}) {
+    BOOST_TEST_CONTEXT(type) {
+      wan::WanModelConfig cfg;
+      cfg.model_type = type;
+      cfg.dim = 256;
+      cfg.ffn_dim = 512;
+      cfg.num_heads = 2;
+      cfg.num_layers = 8;
+      cfg.text_dim = 64;
+      cfg.freq_dim = 32;
+      cfg.text_len = 16;
+      const auto make = [&](std::optional<torch::Dtype> dtype) {
+        return cfg.model_type == "vace"
+                   ? wan::WanModel(std::static_pointer_cast<wan::WanModelImpl>(wan::VaceWanModel(cfg, dtype).ptr()))
+                   : wan::WanModel(cfg, dtype);
+      };
+      const std::int64_t float32_bytes = wan::parameter_count(cfg) * 4;
+      std::int64_t whole_peak = 0, parts_peak = 0;
+      {
+        offload::testing::host_memory_probe probe;
+        auto whole = make(std::nullopt);
+        wan::store_matmul_weights(*whole, torch::kBFloat16);
+        whole_peak = probe.peak();
+      }
+      wan::WanModel parts{nullptr};
+      {
+        offload::testing::host_memory_probe probe;
+        parts = make(torch::kBFloat16);
+        parts_peak = probe.peak();
+      }
+      std::int64_t stored = 0, non_block = 0, block = 0;
+      for (const auto& p : parts->named_parameters()) {
+        stored += static_cast<std::int64_t>(p.value().nbytes());
+        const auto& k = p.key();
+        if (k.rfind("blocks.", 0) != 0 && k.rfind("vace_blocks.", 0) != 0) non_block += p.value().numel() * 4;
+        if (k.rfind("blocks.0.", 0) == 0) block += p.value().numel() * 4;
+      }
+      const std::int64_t table = static_cast<std::int64_t>(parts->freqs.nbytes());
+      BOOST_TEST_MESSAGE(type << ": float32 " << float32_bytes << " B, stored " << stored << " B; peak built whole "
+                              << whole_peak << " B, block by block " << parts_peak << " B");
+      BOOST_TEST(whole_peak >= float32_bytes);
+      // Blocks 0.. in float32 would exceed this by 7 blocks' float32 halves.
+      BOOST_TEST(parts_peak <= stored + non_block + block + 2 * table);
+      BOOST_TEST(parts_peak < float32_bytes);
+      // Stored as store_matmul_weights stores them, and initialised (init_weights zeroes the
+      // blocks' Linear biases, which LibTorch's initialisation does not).
+      const auto selected = wan::matmul_weight_paths(*parts);
+      for (const auto& p : parts->named_parameters())
+        BOOST_TEST(p.value().scalar_type() == (selected.count(p.key()) ? torch::kBFloat16 : torch::kFloat32), p.key());
+      if (cfg.model_type == "t2v")
+        for (const auto& p : parts->named_parameters())
+          if (p.key().rfind("blocks.", 0) == 0 && p.key().ends_with(".bias") && selected.count(p.key()))
+            BOOST_TEST(p.value().count_nonzero().item<std::int64_t>() == 0, p.key());
+    }
+  }
+  BOOST_TEST(offload::testing::error_id([] { (void)wan::WanModel(wan::WanModelConfig{}, torch::kFloat64); }) ==
+             "offload.wan.model.matmul_dtype");
 }
 
 // ------------------------------------------------------------------------------------------------

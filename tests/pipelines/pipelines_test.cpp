@@ -282,6 +282,44 @@ BOOST_AUTO_TEST_CASE(packed_pinned_masters_give_the_same_videos_and_their_chunks
   }
 }
 
+// `dit=...:store=bf16` with the DiT loaded in bf16 (component_options::dit_matmul_storage, what
+// wan_generate asks for such a policy): the component is what the policy's conversion makes of the
+// float32 load, to the byte, the conversion then copies nothing, and the videos are the same.
+BOOST_AUTO_TEST_CASE(a_dit_loaded_in_its_storage_dtype_gives_the_videos_of_the_converted_one) {
+  const auto policy = offload::parse_policy("t5=cpu,dit=cuda:on_demand:stream=2:store=bf16,vae=cuda:on_demand");
+  BOOST_TEST((wan::dit_matmul_storage_of(policy) == std::optional<torch::Dtype>(torch::kBFloat16)));
+  BOOST_TEST(!wan::dit_matmul_storage_of(offload::parse_policy("offload_model")).has_value());
+  for (const std::string kind : {"t2v", "i2v", "vace"}) {
+    BOOST_TEST_CONTEXT(kind) {
+      const auto converted = wt::load_tiny_components(kind);
+      const auto loaded = wt::load_tiny_components(kind, torch::kBFloat16);
+      auto& dit = loaded->get("dit");
+      const auto converted_info = offload::info_of(converted->get("dit"));
+      const auto loaded_info = offload::info_of(dit);
+      BOOST_REQUIRE(converted_info.stored_as(offload::storage_dtype::bf16) != nullptr);
+      const auto& stored = *converted_info.stored_as(offload::storage_dtype::bf16);
+      BOOST_TEST(dit.bytes() == stored.bytes);
+      BOOST_TEST(loaded_info.pinned_as(offload::storage_dtype::native) == stored.pinned_bytes);
+      BOOST_TEST((loaded_info.blocks == stored.blocks));
+      BOOST_REQUIRE(loaded_info.stored_as(offload::storage_dtype::bf16) != nullptr);
+      BOOST_TEST((*loaded_info.stored_as(offload::storage_dtype::bf16) == stored));
+      std::vector<const void*> before;
+      for (const auto& p : loaded->model->parameters()) before.push_back(p.data_ptr());
+      dit.set_storage(offload::storage_dtype::bf16); // nothing left to convert
+      std::size_t i = 0;
+      for (const auto& p : loaded->model->parameters()) BOOST_TEST(p.data_ptr() == before[i++]);
+      offload::device_set converted_devices, loaded_devices;
+      offload::testing::add_mock(converted_devices, 0);
+      offload::testing::add_mock(loaded_devices, 0);
+      const auto expected = wt::tiny_generate(kind, {&converted_devices, gpu, policy}, {}, converted);
+      const auto video = wt::tiny_generate(kind, {&loaded_devices, gpu, policy}, {}, loaded);
+      BOOST_TEST(torch::equal(video, expected), "the video differs from the one of the DiT converted by the policy");
+      const auto a = converted->model->named_parameters(), b = loaded->model->named_parameters();
+      for (const auto& p : a) BOOST_TEST(torch::equal(p.value(), b[p.key()]), p.key());
+    }
+  }
+}
+
 BOOST_AUTO_TEST_CASE(audit_catches_an_aux_tensor_replaced_by_hand) {
   expect_tamper_caught("t2v", "vae.mean", [](wan::WanComponents& c) { c.vae->mean = c.vae->mean.clone(); });
   expect_tamper_caught("i2v", "dit.freqs", [](wan::WanComponents& c) { c.model->freqs = c.model->freqs.clone(); });

@@ -9,15 +9,19 @@
 
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "parity_harness.hpp"
 
 namespace wan::testing {
 
-/// A fresh load (tests that change the components, e.g. convert their storage dtype).
-inline std::shared_ptr<wan::WanComponents> load_tiny_components(const std::string& kind) {
+/// A fresh load (tests that change the components, e.g. convert their storage dtype), the DiT's
+/// matmul weights loaded in `dit_matmul_storage` when given (component_options).
+inline std::shared_ptr<wan::WanComponents> load_tiny_components(const std::string& kind,
+                                                               std::optional<torch::Dtype> dit_matmul_storage = {}) {
   wan::component_options o;
+  o.dit_matmul_storage = dit_matmul_storage;
   // The tiny CLIP's head count (not in its weights) from the golden manifest.
   o.clip_vision_heads = manifest_entry("checkpoints/models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth")
                             .at("config").at("vision_heads").get<int64_t>();
