@@ -8,7 +8,8 @@
 # against PyTorch's bundled LibTorch with every core, then runs, each part with its own time limit
 # inside one deadline (DEADLINE seconds from the start, default 570) so that a slow or failing part
 # never stops the next:
-#   0. offload_cuda_tests (tests/cuda): offload's CUDA paths on the card, outputs bit-identical;
+#   0. offload_cuda_tests (tests/cuda): offload's CUDA paths on the card, outputs bit-identical; and
+#      offload_cuda_dit_activations: the denoise stage's DiT activation model against the allocator;
 #   1. wan_bench T2V-1.3B 832x480x81, STEPS steps (default 2), after a warm-up: resident, offload_model,
 #      offload_model+t5_cpu and the lowest-memory streamed policy (LOW_13B, with VAE tiles of 32 and
 #      of 16); then each component's
@@ -175,6 +176,7 @@ if part configure 120 20 cmake "${cmake_args[@]}"; then
   # leaves the other built.
   targets=(wan_bench)
   grep -q "offload_cuda_tests" "$BUILD/build.ninja" && targets+=(offload_cuda_tests)
+  grep -q "offload_cuda_dit_activations" "$BUILD/build.ninja" && targets+=(offload_cuda_dit_activations)
   part build 300 60 cmake --build "$BUILD" --target "${targets[@]}" -j "$JOBS" -- -k 0 || true
 fi
 grep -E "error|Error|CMake Warning" "$OUT/build.log" 2>/dev/null | head -n 20 >> "$SUMMARY" || true
@@ -187,6 +189,13 @@ if want cuda_tests; then
     tail -n +"$((mark + 1))" "$RUNS" | grep -E "^offload_cuda_tests|error|skipped|failure|No errors" | head -n 30 >> "$SUMMARY" || true
   else
     note "cuda_tests             skipped: offload_cuda_tests was not built (Boost.Test's headers? see build.log)"
+  fi
+  if [[ -x $BUILD/tests/cuda/offload_cuda_dit_activations ]]; then
+    mark=$(wc -l < "$RUNS")
+    part dit_activations 60 15 "$BUILD/tests/cuda/offload_cuda_dit_activations" || true
+    tail -n +"$((mark + 1))" "$RUNS" | grep -E "^offload_cuda_dit_activations" >> "$SUMMARY" || true
+  else
+    note "dit_activations        skipped: offload_cuda_dit_activations was not built (see build.log)"
   fi
 fi
 

@@ -34,6 +34,13 @@ std::int64_t element_bytes(c10::ScalarType t) { return static_cast<std::int64_t>
 // measurement under the GPU's dtypes at both FFN widths).
 const double workspace_constants::dit_activation_ratio = 0.48;
 
+double dit_block_bytes_per_token_dim(const WanModelConfig& cfg) {
+  using W = workspace_constants;
+  return std::max(W::dit_attention_bytes_per_token_dim,
+                  W::dit_ffn_base_bytes_per_token_dim +
+                      2.0 * static_cast<double>(cfg.ffn_dim) / static_cast<double>(cfg.dim));
+}
+
 offload::block_layout dit_block_layout(const WanModelConfig& cfg, std::int64_t element_size,
                                        std::int64_t matmul_element_size) {
   if (matmul_element_size == 0) matmul_element_size = element_size;
@@ -255,13 +262,14 @@ std::vector<offload::stage> pipeline_stages(const generation_shape& s) {
   }
   // The reference: the calibrated activations of one forward (the branches run one after the
   // other; VACE keeps every hint: one [L, dim] float32 tensor per VACE layer, + 1 for the stacked
-  // copy). This port: the same scaled by the measured block ratio, plus the other branch's
-  // residual stream (block-major) and, for VACE, the control stream and hint of each branch.
+  // copy). This port: its block's measured peak, plus the other branch's residual stream
+  // (block-major) and, for VACE, the control stream and hint of each branch.
+  const auto cfg_dit = model_config(s.task);
   const double per_token_dim =
       s.reference_activations
           ? W::dit_bytes_per_token_dim +
                 (is_vace_task(s.task) ? 4.0 * (static_cast<double>(model_config(s.task).resolved_vace_layers().size()) + 1) : 0.0)
-          : W::dit_bytes_per_token_dim * W::dit_activation_ratio + W::branch_residual_bytes_per_token_dim +
+          : dit_block_bytes_per_token_dim(cfg_dit) + W::branch_residual_bytes_per_token_dim +
                 (is_vace_task(s.task) ? W::vace_bytes_per_token_dim : 0.0);
   out.push_back({"denoise",
                  {dit},

@@ -24,9 +24,11 @@
 ///   against 14B at 720p: 75600 tokens * 5120 * k_dit = 15.9 GiB, + DiT 53.2 + VAE 0.47 = 69.5 GiB
 ///   vs 69.0 measured (+0.8%). That is the reference's (generation_shape::reference_activations).
 ///   This port computes the same operations holding fewer values at once (RoPE in chunks, each
-///   temporary freed when used): `k_dit * dit_activation_ratio` (0.48, its block's peak against the
-///   reference order's, measured on the CPU under the GPU's dtypes), + 4 bytes for the other
-///   guidance branch's float32 residual stream (both branches go through a block before the next).
+///   temporary freed when used), so its activations are modelled from its own block, measured on
+///   LibTorch's CUDA allocator: the larger of its attention phase (20 bytes per token x width) and
+///   its FFN phase (10.05 + 2 x ffn_dim / dim), its input included (dit_block_bytes_per_token_dim),
+///   + 4 bytes for the other guidance branch's float32 residual stream (both branches go through a
+///   block before the next). T2V-1.3B: 21.72 + 4; T2V-14B: 20.05 + 4.
 ///   VACE adds, per branch, its control stream c and the hint in flight ([L, dim] each, float32):
 ///   `k_vace = 2 branches x 2 x 4 = 16` bytes per token x width. VaceWanModel runs each VACE block
 ///   right before the block that adds its hint, so the hints never pile up (the reference holds
@@ -158,6 +160,11 @@ std::int64_t encode_workspace_bytes(int width, int height, int frame_num, int vi
 /// Number of DiT tokens for a shape (the reference's seq_len before padding).
 std::int64_t dit_tokens(const generation_shape& shape);
 
+/// This port's DiT block at its peak under the GPU's dtypes, bytes per token x width, its input
+/// included: max(workspace_constants::dit_attention_bytes_per_token_dim,
+/// dit_ffn_base_bytes_per_token_dim + 2 x ffn_dim / dim).
+double dit_block_bytes_per_token_dim(const WanModelConfig& cfg);
+
 /// "832*480" -> {832, 480} (generate.py's W*H); offload::config_error on bad text.
 std::pair<int, int> parse_size(std::string_view text);
 
@@ -168,10 +175,25 @@ struct workspace_constants {
   static constexpr double vae_bytes_per_pixel =
       (8.28 * 1073741824.0 - 3.0 * 81 * 480 * 832 * 4) / (832.0 * 480.0);
   static constexpr double clip_encode_bytes = 64.0 * 1048576.0;
-  /// Activations of this port's DiT block against the reference's at the same shape, under the
-  /// GPU's compute dtypes (measured on the CPU: tests/pipelines/activation_memory_test.cpp, which
-  /// checks that the measured ratio stays at or below this value).
+  /// Activations of this port's DiT block against the reference order's at the same shape, under
+  /// the GPU's compute dtypes, measured on the CPU (tests/pipelines/activation_memory_test.cpp,
+  /// which checks that the ratio stays at or below this value): a guard against a change that
+  /// holds more. The stage model itself takes the block measured on LibTorch's CUDA allocator
+  /// (dit_block_bytes_per_token_dim).
   static const double dit_activation_ratio; // defined in stages.cpp
+  /// This port's DiT block at its peak under the GPU's dtypes, per token x width, its input
+  /// included: the larger of its attention phase and its FFN phase (dit_block_bytes_per_token_dim).
+  /// Measured with LibTorch 2.6's CUDA caching allocator on the fake CUDA runtime
+  /// (tests/cuda/dit_activations.cpp, which checks both against the allocator on a CUDA device):
+  /// the attention phase holds 20.0 at the widths of T2V-1.3B and T2V-14B alike (20.01 and 20.00),
+  /// + 0.05 for values per token (a few bytes a token: norm statistics, the attention's softmax
+  /// statistics).
+  static constexpr double dit_attention_bytes_per_token_dim = 20.05;
+  /// The FFN phase: the block's input and running sum (float32), the FFN's input (bf16), and its
+  /// hidden activations (bf16, 2 x ffn_dim / dim), + 0.05 as in the attention phase for values per
+  /// token (the layer norms' statistics, 8 bytes a token): 10.05 + 2 x ffn_dim / dim (T2V-1.3B:
+  /// 21.72, measured 21.67, which binds; T2V-14B: 15.45).
+  static constexpr double dit_ffn_base_bytes_per_token_dim = 10.05;
   /// Block-major guidance (both branches through a block before the next, forward_branches) keeps
   /// the other branch's residual stream, float32 [L, dim], which the reference (one branch after
   /// the other) does not hold.
