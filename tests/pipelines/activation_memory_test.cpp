@@ -296,9 +296,9 @@ BOOST_AUTO_TEST_CASE(block_forward_matches_the_reference_order_and_holds_less) {
 }
 
 BOOST_AUTO_TEST_CASE(forward_branches_holds_one_block_and_the_other_residual_stream) {
-  // The stage model: one block's activations (the reference's calibrated k_dit, which includes the
-  // block's input) plus the other guidance branch's residual stream. Measured: block 1 of the
-  // forward runs with both residual streams live; the embedded input is gone.
+  // The stage model: one block's peak, its input included (wan::dit_block_bytes_per_token_dim),
+  // plus the other guidance branch's residual stream. Measured: block 1 of the forward runs with
+  // both residual streams live; the embedded input is gone.
   dit_case c("t2v");
   wan::WanModel model(c.cfg);
   model->eval();
