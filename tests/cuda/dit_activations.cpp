@@ -3,8 +3,8 @@
 // token counts of T2V-1.3B 832x480x81 (32,760 tokens; its FFN phase binds) and T2V-14B 1280x720x81
 // (75,600 tokens; its attention phase binds), matmul weights in bf16 as `store=bf16` and autocast
 // compute them. The block's allocator peak, its input included, must lie within 2% below the
-// model and never above it. cuBLAS's workspace (LibTorch takes it from the allocator at the first
-// matmul, 32 MiB on Hopper) is allocated before the measurement: no plan counts it.
+// model and never above it. cuBLAS's workspaces (LibTorch takes them from the allocator at the
+// first matmul, 32 MiB on Hopper) are allocated before the measurement: no plan counts them.
 //
 // CTest `cuda_dit_activations` (label cuda): exits 77 (skipped) where LibTorch finds no CUDA
 // device, as on CI. It runs on the GPU machine (examples/wan_bench/device_run.sh) and on the fake
@@ -55,8 +55,11 @@ double measure(const shape& s) {
   const auto seq_lens = torch::tensor({tokens}, torch::kLong);
   const auto grid = torch::tensor(std::vector<std::int64_t>{s.frames, s.height, s.width}, torch::kLong).view({1, 3});
   const auto context = torch::randn({1, cfg.text_len, cfg.dim}, on);
-  // cuBLAS's workspace, before the measurement.
-  (void)torch::mm(torch::ones({64, 64}, on.dtype(torch::kBFloat16)), torch::ones({64, 64}, on.dtype(torch::kBFloat16)));
+  // cuBLAS's workspaces, before the measurement: a product, and a product with a bias in bf16 as
+  // the block's linears (which LibTorch may run through cuBLASLt, with a workspace of its own).
+  const auto w = torch::ones({64, 64}, on.dtype(torch::kBFloat16));
+  (void)torch::mm(w, w);
+  (void)torch::nn::functional::linear(w.unsqueeze(0), w, w[0]);
   torch::cuda::synchronize();
   alloc::resetPeakStats(0);
   const std::int64_t before = allocated_now();
