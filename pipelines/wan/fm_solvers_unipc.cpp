@@ -36,12 +36,14 @@ struct bh_terms {
   torch::Tensor b; // float32 [order]
 };
 
+/// R and b on `device`, the sample's: the reference builds them with torch.tensor(..., device=device)
+/// and solves there. The sigma table, and so h and the rks, stay on the host.
 bh_terms bh_coefficients(const torch::Tensor& h, const std::vector<torch::Tensor>& rk_list, int64_t order,
-                         bool predict_x0, const std::string& solver_type) {
-  // rks.append(1.0); rks = torch.tensor(rks)
+                         bool predict_x0, const std::string& solver_type, const torch::Device& device) {
+  // rks.append(1.0); rks = torch.tensor(rks, device=device)
   std::vector<torch::Tensor> rk_values(rk_list);
   rk_values.push_back(torch::ones({}, h.options()));
-  auto rks = torch::stack(rk_values); // [order]
+  auto rks = torch::stack(rk_values).to(device); // [order]
 
   bh_terms t;
   t.hh = predict_x0 ? -h : h;
@@ -57,8 +59,8 @@ bh_terms bh_coefficients(const torch::Tensor& h, const std::vector<torch::Tensor
     factorial_i *= i + 1;
     h_phi_k = h_phi_k / t.hh - 1.0 / static_cast<double>(factorial_i);
   }
-  t.R = torch::stack(R); // [order, order]
-  t.b = torch::stack(b); // [order]
+  t.R = torch::stack(R);            // [order, order]
+  t.b = torch::stack(b).to(device); // [order]: b = torch.tensor(b, device=device)
   return t;
 }
 
@@ -142,7 +144,7 @@ torch::Tensor FlowUniPCMultistepScheduler::multistep_uni_p_bh_update(const torch
     rks.push_back(rk);
     D1s.push_back((mi - m0) / rk);
   }
-  auto t = bh_coefficients(h, rks, order, config_.predict_x0, config_.solver_type);
+  auto t = bh_coefficients(h, rks, order, config_.predict_x0, config_.solver_type, x.device());
 
   torch::Tensor D1, rhos_p;
   if (!D1s.empty()) {
@@ -198,7 +200,7 @@ torch::Tensor FlowUniPCMultistepScheduler::multistep_uni_c_bh_update(const torch
     rks.push_back(rk);
     D1s.push_back((mi - m0) / rk);
   }
-  auto t = bh_coefficients(h, rks, order, config_.predict_x0, config_.solver_type);
+  auto t = bh_coefficients(h, rks, order, config_.predict_x0, config_.solver_type, x.device());
 
   torch::Tensor D1;
   if (!D1s.empty())

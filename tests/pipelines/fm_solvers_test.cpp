@@ -159,6 +159,28 @@ BOOST_AUTO_TEST_CASE(solves_a_linear_flow) {
   }
 }
 
+// The pipelines keep the schedule (sigmas, timesteps) on the host and the latents on the DiT's
+// device. Every step must then compute on the latents' device, as the reference does (it builds
+// UniPC's R and b with device=sample.device): a 1-d tensor left on the host fails there. The meta
+// device stands in for a GPU on CI: its tensors refuse to mix with the host's as CUDA's do (UniPC
+// solved R b = rhos on the host and failed from its third step of five until the fix).
+BOOST_AUTO_TEST_CASE(every_step_computes_on_the_device_of_the_latents) {
+  for (const std::string solver : {"unipc", "dpm++"}) {
+    BOOST_TEST_CONTEXT(solver) {
+      auto sampler = wan::make_sampler(solver, 5, 5.0, 1000);
+      const auto meta = torch::TensorOptions().device(torch::kMeta);
+      auto x = torch::empty({1, 16, 2, 4, 4}, meta);
+      const auto timesteps = sampler->timesteps();
+      BOOST_TEST(timesteps.device().is_cpu());
+      for (int64_t i = 0; i < timesteps.size(0); ++i) {
+        BOOST_REQUIRE_NO_THROW(x = sampler->step(torch::empty_like(x), timesteps[i], x));
+        BOOST_TEST(x.device().is_meta(), "step " << i);
+        BOOST_TEST((x.sizes() == c10::IntArrayRef{1, 16, 2, 4, 4}));
+      }
+    }
+  }
+}
+
 BOOST_AUTO_TEST_CASE(unknown_solver_is_a_config_error) {
   BOOST_TEST(throws_config_error([] { (void)wan::make_sampler("euler", 50, 5.0); },
                                  "offload.wan.sampler.unknown_solver", {"'euler'", "'unipc'", "'dpm++'"}));
