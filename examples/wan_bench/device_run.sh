@@ -10,12 +10,15 @@
 # never stops the next:
 #   0. offload_cuda_tests (tests/cuda): offload's CUDA paths on the card, outputs bit-identical; and
 #      offload_cuda_dit_activations: the denoise stage's DiT activation model against the allocator;
-#   1. wan_bench T2V-1.3B 832x480x81, STEPS steps (default 2), after a warm-up: resident, offload_model,
+#   1. wan_bench T2V-1.3B 832x480x81, STEPS steps (default 3: from its third step UniPC runs its
+#      second-order corrector, with a solve on the GPU, and holds its steady-state latents), after a
+#      warm-up: resident, offload_model,
 #      offload_model+t5_cpu and the lowest-memory streamed policy (LOW_13B, with VAE tiles of 32 and
 #      of 16); then each component's
 #      whole onload from pinned masters and its eviction, timed (--onload_probe);
 #   2. the Python reference harness (wan_py_memory.py) with the same model, size, frames and steps;
-#   3. wan_bench T2V-14B 1280x720x81: the streamed policies of POLICIES_14B, then resident;
+#   3. wan_bench T2V-14B 1280x720x81, STEPS_14B steps (default 2): the streamed policies of
+#      POLICIES_14B, then resident;
 #   4. wan_bench T2V-1.3B again with resident and the EXTRA_13B policies (storage and tiling options).
 # PARTS (default "cuda_tests t2v_1_3B python t2v_14B t2v_1_3B_extra") picks which of 0-4 run, in order: a
 # second call on the still-warm machine (its build-device/ kept, so the build is a no-op) can run what
@@ -29,7 +32,8 @@ set -euo pipefail
 START=$SECONDS
 DEADLINE=${DEADLINE:-570}
 PARTS=${PARTS:-cuda_tests t2v_1_3B python t2v_14B t2v_1_3B_extra}
-STEPS=${STEPS:-2}
+STEPS=${STEPS:-3}
+STEPS_14B=${STEPS_14B:-2}
 MAX_13B=${MAX_13B:-200} # seconds one T2V-1.3B invocation may take (models, warm-up, every policy)
 MAX_14B=${MAX_14B:-330} # the same for T2V-14B
 OUT=${OUT:-/tmp/wan_bench_out}
@@ -45,7 +49,7 @@ RUNS=$OUT/runs.log
 : > "$RUNS"
 
 # ---- the policies ---------------------------------------------------------------------------------
-# The lowest-memory placement, with every stage on the GPU (planned 2.19 GiB): T5 streamed through 2
+# The lowest-memory placement, with every stage on the GPU (planned 2.23 GiB): T5 streamed through 2
 # block slots (its token embedding stays on the host), the DiT streamed in bf16 (the same bits under
 # autocast), the VAE tiled and brought in for its stage only. Last: store= converts the masters.
 LOW_13B='t5=cuda:on_demand:stream=2:pinned,dit=cuda:on_demand:stream=2:store=bf16:pinned,vae=cuda:on_demand:tile=32:pinned'
@@ -122,14 +126,14 @@ bench() {
   ((${#policies[@]})) || { note "$(printf '%-22s skipped: no policy left' "$name")"; return 0; }
   local mark
   mark=$(wc -l < "$RUNS")
-  part "$name" "$MAX_PART" "$MIN_PART" "$BENCH" --device cuda:0 --threads "$JOBS" --steps "$STEPS" \
+  part "$name" "$MAX_PART" "$MIN_PART" "$BENCH" --device cuda:0 --threads "$JOBS" --steps "$STEPS_PART" \
     --json "$OUT/$json" "$@" "${policies[@]}" || true
   tail -n +"$((mark + 1))" "$RUNS" | sed -n '/^wan_bench: /,/^hidden = /p' >> "$SUMMARY"
 }
 
 # ---- the machine ----------------------------------------------------------------------------------
 {
-  echo "wan_bench device run, $(date -u +%FT%TZ), deadline ${DEADLINE}s, ${STEPS} steps, ${JOBS} jobs"
+  echo "wan_bench device run, $(date -u +%FT%TZ), deadline ${DEADLINE}s, ${STEPS} steps (T2V-14B: ${STEPS_14B}), ${JOBS} jobs"
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv,noheader 2>&1 || true
   python3 -c 'import torch, sys; print("python", sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda, "threads", torch.get_num_threads())' 2>&1 || true
   (c++ --version 2>&1 | head -1) || true
@@ -199,7 +203,7 @@ if want cuda_tests; then
   fi
 fi
 
-MAX_PART=$MAX_13B MIN_PART=45
+MAX_PART=$MAX_13B MIN_PART=45 STEPS_PART=$STEPS
 want t2v_1_3B &&
   bench t2v_1_3B t2v_1_3B.json "${POLICIES_13B[@]}" -- --task t2v-1.3B --size 832*480 --frame_num 81 --warmup \
     --onload_probe
@@ -217,10 +221,10 @@ else
   note "python_t2v_1_3B        skipped: .device/wanref/wan_py_memory.py not carried (make_carry.sh)"
 fi
 
-MAX_PART=$MAX_14B MIN_PART=120
+MAX_PART=$MAX_14B MIN_PART=120 STEPS_PART=$STEPS_14B
 want t2v_14B && bench t2v_14B t2v_14B.json "${POLICIES_14B[@]}" -- --task t2v-14B --size 1280*720 --frame_num 81
 
-MAX_PART=$MAX_13B MIN_PART=45
+MAX_PART=$MAX_13B MIN_PART=45 STEPS_PART=$STEPS
 want t2v_1_3B_extra &&
   bench t2v_1_3B_extra t2v_1_3B_extra.json resident "${EXTRA_13B[@]}" -- --task t2v-1.3B --size 832*480 --frame_num 81
 

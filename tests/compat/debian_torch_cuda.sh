@@ -23,15 +23,17 @@
 # (--allow-shlib-undefined), and the programs run with a stand-in libcudnn.so.9 whose functions
 # abort (built here from libtorch_cuda's list; nothing calls them without a GPU).
 #
-# FAKE_CUDA=1 builds offload_cuda_tests, offload_cuda_dit_activations and wan_bench (whatever
-# TARGETS says) and runs them on the fake CUDA runtime of tests/compat/fake_cudart (CUDA runtime,
-# driver, NVML, cuBLAS and cuDNN stand-ins; build.sh there): device memory is host memory, streams
-# run in order at once, kernels do nothing. So LibTorch's CUDA device, its caching allocators,
-# streams and events work, and offload's CUDA paths run with real allocations and copies:
-# offload_cuda_tests' cases that need no kernel's result, the DiT activation model against the
-# allocator at real sizes (about 9 GB of host memory), and wan_bench on the tiny models (three
+# FAKE_CUDA=1 builds offload_cuda_tests, offload_cuda_dit_activations, wan_bench and wan_generate
+# with the tiny checkpoints (whatever TARGETS says) and runs them on the fake CUDA runtime of
+# tests/compat/fake_cudart (CUDA runtime, driver, NVML, cuBLAS, cuSOLVER and cuDNN stand-ins;
+# build.sh there): device memory is host memory, streams run in order at once, kernels do nothing.
+# So LibTorch's CUDA device, its caching allocators, streams and events work, and offload's CUDA
+# paths run with real allocations and copies: offload_cuda_tests' cases that need no kernel's
+# result, the DiT activation model against the allocator at real sizes (one block, and whole
+# forwards of T2V and VACE; about 9 GB of host memory), wan_bench on the tiny models (three
 # policies on cuda:0 and the onload probe), whose bytes copied, pinned bytes and allocator peaks
-# check_run.cmake compares with the plans.
+# check_run.cmake compares with the plans, and every pipeline through wan_generate on cuda:0
+# (fake_cudart/pipelines_on_cuda.sh: where a tensor left on the host meets one on the GPU).
 set -euo pipefail
 root=${1:-/var/tmp/offload-trixie-cuda}
 src=$(cd "$(dirname "$0")/../.." && pwd)
@@ -40,7 +42,7 @@ source "$(dirname "$0")/debian_root.sh"
 prepare_root trixie "$root" "$src"
 echo "deb http://deb.debian.org/debian trixie main contrib non-free" > "$root/etc/apt/sources.list"
 targets=${TARGETS:-wan_bench}
-[[ -n ${FAKE_CUDA:-} ]] && targets="$targets offload_cuda_tests offload_cuda_dit_activations wan_bench"
+[[ -n ${FAKE_CUDA:-} ]] && targets="$targets offload_cuda_tests offload_cuda_dit_activations wan_bench wan_generate wan_tiny_model"
 chroot "$root" env TARGETS="$targets" TESTS="${TESTS:-}" FAKE_CUDA="${FAKE_CUDA:-}" OPENBLAS_NUM_THREADS=1 bash -euo pipefail -c '
   export DEBIAN_FRONTEND=noninteractive
   # Empty stand-ins: Package, Version, Provides.
@@ -79,10 +81,11 @@ chroot "$root" env TARGETS="$targets" TESTS="${TESTS:-}" FAKE_CUDA="${FAKE_CUDA:
     bash tests/compat/fake_cudart/build.sh /opt/fake
     export LD_LIBRARY_PATH=/opt/fake:/opt/stand-in
     build/tests/cuda/offload_cuda_tests --color_output=no --log_level=test_suite
-    build/tests/cuda/offload_cuda_dit_activations
-    LD_PRELOAD=/opt/fake/no_cudnn.so build/examples/wan_bench/wan_bench --scale tiny --device cuda:0 --steps 2 \
+    LD_PRELOAD=/opt/fake/no_cudnn.so build/tests/cuda/offload_cuda_dit_activations
+    LD_PRELOAD=/opt/fake/no_cudnn.so build/examples/wan_bench/wan_bench --scale tiny --device cuda:0 --steps 3 \
       --onload_probe --policy resident --policy offload_model+t5_cpu \
       --policy "t5=cuda:on_demand:stream=2:pinned,dit=cuda:on_demand:stream=2:pinned,vae=cuda:on_demand:tile=32:pinned" \
       --json /tmp/fake_cuda.json
     cmake -DJSON_FILE=/tmp/fake_cuda.json -P tests/compat/fake_cudart/check_run.cmake
+    LD_PRELOAD=/opt/fake/no_cudnn.so bash tests/compat/fake_cudart/pipelines_on_cuda.sh build tests/data/media
   fi'

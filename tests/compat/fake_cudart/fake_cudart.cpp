@@ -14,7 +14,10 @@
 //
 // Environment: FAKE_CUDART_MEMORY (bytes of device memory, default 80 GiB), FAKE_CUDART_DEVICES
 // (default 1), FAKE_CUDART_KERNELS=abort (abort on a kernel launch, naming it, instead of doing
-// nothing).
+// nothing), FAKE_CUDART_ZERO=1 (device allocations start zeroed: with LibTorch's caching allocator
+// off, PYTORCH_NO_CUDA_MEMORY_CACHING=1, every tensor then reads 0 where a kernel should have
+// written, so checks that read a kernel's result back, as linalg's error codes, pass; it touches
+// every page, so not for runs at real sizes).
 #include <cuda_runtime_api.h>
 
 #include <dlfcn.h>
@@ -60,6 +63,8 @@ cudaError_t fail(cudaError_t e) {
 void* allocate(std::size_t bytes, kind where) {
   void* p = nullptr;
   if (posix_memalign(&p, 4096, bytes ? bytes : 1) != 0) return nullptr;
+  static const bool zero = std::getenv("FAKE_CUDART_ZERO") != nullptr;
+  if (zero && where == kind::device) std::memset(p, 0, bytes);
   std::lock_guard<std::mutex> lock(mutex);
   allocations()[reinterpret_cast<std::uintptr_t>(p)] = {bytes, where};
   if (where == kind::device) device_in_use += bytes;
