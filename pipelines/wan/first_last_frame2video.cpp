@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <utility>
 
 namespace wan {
 
@@ -109,7 +110,7 @@ torch::Tensor WanFLF2V::run(const detail::prompt_source& prompt, const detail::p
   offload_run run(pipeline_stages(shape), *components, exec, observer);
   const torch::Device dit_device = run.device_of(DIT_COMPONENT);
 
-  const torch::Tensor noise = detail::seeded_noise({16, (F - 1) / 4 + 1, lat_h, lat_w}, seed).to(dit_device);
+  torch::Tensor noise = detail::seeded_noise({16, (F - 1) / 4 + 1, lat_h, lat_w}, seed).to(dit_device);
   detail::note(record, "noise", noise);
 
   const torch::Tensor video =
@@ -123,7 +124,7 @@ torch::Tensor WanFLF2V::run(const detail::prompt_source& prompt, const detail::p
   const detail::image_conditioning cond{
       {first_frame, last_frame}, video, detail::condition_mask(81, 1, 80, lat_h, lat_w)};
   return detail::generate_image_conditioned(
-      run, *components, prompt, neg, noise, cond, max_seq_len,
+      run, *components, prompt, neg, std::move(noise), cond, max_seq_len,
       {params.sample_solver, params.sampling_steps, params.shift, params.guide_scale, num_train_timesteps,
        dit_autocast(exec, config, dit_device)},
       record);

@@ -9,6 +9,7 @@
 #include <fmt/ranges.h> // fmt::join (in fmt/format.h before fmt 11)
 
 #include <cmath>
+#include <utility>
 
 namespace wan {
 
@@ -82,7 +83,7 @@ torch::Tensor resize_bicubic(const torch::Tensor& img, int64_t h, int64_t w) {
 
 torch::Tensor generate_image_conditioned(offload_run& run, const WanComponents& components,
                                          const prompt_source& prompt, const prompt_source& neg,
-                                         const torch::Tensor& noise, const image_conditioning& cond,
+                                         torch::Tensor noise, const image_conditioning& cond,
                                          int64_t max_seq_len, const sampling& sampling,
                                          const recorder& record) {
   const torch::Device dit_device = run.device_of(DIT_COMPONENT);
@@ -116,7 +117,7 @@ torch::Tensor generate_image_conditioned(offload_run& run, const WanComponents& 
     auto out = model->forward_branches({latent}, timestep, {{ctx[0]}, {ctx_null[0]}}, max_seq_len, clip_context, {y});
     return std::pair{out[0][0], out[1][0]};
   };
-  const torch::Tensor x0 = sample(run, call, noise, context, context_null, sampling.solver, sampling.steps,
+  const torch::Tensor x0 = sample(run, call, std::move(noise), context, context_null, sampling.solver, sampling.steps,
                                   sampling.shift, sampling.guide_scale, sampling.num_train_timesteps, record,
                                   sampling.autocast);
   note(record, "x0", x0);
@@ -184,7 +185,7 @@ torch::Tensor WanI2V::run(const detail::prompt_source& prompt, const detail::pro
   offload_run run(pipeline_stages(shape), *components, exec, observer);
   const torch::Device dit_device = run.device_of(DIT_COMPONENT);
 
-  const torch::Tensor noise = detail::seeded_noise({16, (F - 1) / 4 + 1, lat_h, lat_w}, seed).to(dit_device);
+  torch::Tensor noise = detail::seeded_noise({16, (F - 1) / 4 + 1, lat_h, lat_w}, seed).to(dit_device);
   detail::note(record, "noise", noise);
 
   const torch::Tensor video = torch::cat({detail::resize_bicubic(img, h, w), torch::zeros({3, F - 1, h, w})},
@@ -192,7 +193,7 @@ torch::Tensor WanI2V::run(const detail::prompt_source& prompt, const detail::pro
   detail::note(record, "vae_encode_input.first", video.select(1, 0));
   const detail::image_conditioning cond{{img}, video, detail::condition_mask(F, 1, F, lat_h, lat_w)};
   return detail::generate_image_conditioned(
-      run, *components, prompt, neg, noise, cond, max_seq_len,
+      run, *components, prompt, neg, std::move(noise), cond, max_seq_len,
       {params.sample_solver, params.sampling_steps, params.shift, params.guide_scale, num_train_timesteps,
        dit_autocast(exec, config, dit_device)},
       record);

@@ -77,7 +77,7 @@ struct sampling {
 };
 torch::Tensor generate_image_conditioned(offload_run& run, const WanComponents& components,
                                          const prompt_source& prompt, const prompt_source& neg,
-                                         const torch::Tensor& noise, const image_conditioning& cond,
+                                         torch::Tensor noise, const image_conditioning& cond,
                                          int64_t max_seq_len, const sampling& sampling,
                                          const recorder& record);
 

@@ -197,6 +197,24 @@ std::int64_t dit_tokens(const generation_shape& s) {
   return lat_t * (s.height / 16) * (s.width / 16);
 }
 
+std::int64_t denoise_held_bytes(const generation_shape& s) {
+  using W = workspace_constants;
+  const auto& cfg = configs::wan_config(s.task);
+  const auto dit = model_config(s.task);
+  const int clip_images = s.task.starts_with("flf2v") ? 2 : is_image_task(s.task) ? 1 : 0;
+  // Float32 latent frames [C, T_lat (+ refs), H/8, W/8], per channel.
+  const double frame_values = static_cast<double>(((s.frame_num - 1) / 4 + 1 + s.ref_images) *
+                                                  (s.height / 8) * (s.width / 8));
+  double channels = W::sampler_latents * 16.0;
+  if (is_image_task(s.task)) channels += 4.0 + 16.0; // y: the mask and the encoded frames
+  if (is_vace_task(s.task)) channels += static_cast<double>(dit.resolved_vace_in_dim());
+  const double text = 2.0 * static_cast<double>(cfg.text_len * dit.text_dim * element_bytes(cfg.t5_dtype));
+  const double clip = clip_images * W::clip_tokens_per_image * static_cast<double>(dit.clip_dim) * 4.0;
+  const double embedded = 2.0 * static_cast<double>(cfg.text_len + clip_images * W::clip_tokens_per_image) *
+                          static_cast<double>(dit.dim) * 4.0;
+  return static_cast<std::int64_t>(std::llround(channels * frame_values * 4.0 + text + clip + embedded));
+}
+
 namespace {
 
 /// A VAE pass over `width x height` frames: `vae_bytes_per_pixel` x the pixels it works on at once
@@ -251,31 +269,36 @@ std::vector<offload::stage> pipeline_stages(const generation_shape& s) {
              dit = std::string(DIT_COMPONENT), vae = std::string(VAE_COMPONENT);
   auto b = [](double x) { return static_cast<std::int64_t>(std::llround(x)); };
 
+  // This port's stages also carry cuBLAS's workspace (the reference's measurements hold its own).
+  const std::int64_t lib = s.reference_activations ? 0 : W::library_workspace_bytes;
   std::vector<offload::stage> out;
-  out.push_back({"text_encode", {t5}, {{t5, b(W::text_encode_bytes)}}});
+  out.push_back({"text_encode", {t5}, {{t5, b(W::text_encode_bytes) + lib}}});
   if (is_image_task(s.task)) {
-    out.push_back({"clip_encode", {clip}, {{clip, b(W::clip_encode_bytes)}}});
-    out.push_back({"vae_encode", {vae}, {{vae, encode_workspace_bytes(s.width, s.height, s.frame_num, 1, s.vae_tiling)}}});
+    out.push_back({"clip_encode", {clip}, {{clip, b(W::clip_encode_bytes) + lib}}});
+    out.push_back({"vae_encode", {vae}, {{vae, encode_workspace_bytes(s.width, s.height, s.frame_num, 1, s.vae_tiling) + lib}}});
   } else if (is_vace_task(s.task)) {
     // vace_encode_frames encodes inactive and reactive videos (+ reference images).
-    out.push_back({"vae_encode", {vae}, {{vae, encode_workspace_bytes(s.width, s.height, s.frame_num, 2, s.vae_tiling)}}});
+    out.push_back({"vae_encode", {vae}, {{vae, encode_workspace_bytes(s.width, s.height, s.frame_num, 2, s.vae_tiling) + lib}}});
   }
   // The reference: the calibrated activations of one forward (the branches run one after the
   // other; VACE keeps every hint: one [L, dim] float32 tensor per VACE layer, + 1 for the stacked
   // copy). This port: its block's measured peak, plus the other branch's residual stream
   // (block-major) and, for VACE, the control stream and hint of each branch.
+  // This port also holds the sampler's latents, the conditioning and the contexts
+  // (denoise_held_bytes); the reference's calibration holds its own.
   const auto cfg_dit = model_config(s.task);
   const double per_token_dim =
       s.reference_activations
           ? W::dit_bytes_per_token_dim +
-                (is_vace_task(s.task) ? 4.0 * (static_cast<double>(model_config(s.task).resolved_vace_layers().size()) + 1) : 0.0)
+                (is_vace_task(s.task) ? 4.0 * (static_cast<double>(cfg_dit.resolved_vace_layers().size()) + 1) : 0.0)
           : dit_block_bytes_per_token_dim(cfg_dit) + W::branch_residual_bytes_per_token_dim +
                 (is_vace_task(s.task) ? W::vace_bytes_per_token_dim : 0.0);
+  const std::int64_t held = s.reference_activations ? 0 : denoise_held_bytes(s);
   out.push_back({"denoise",
                  {dit},
-                 {{dit, b(per_token_dim * static_cast<double>(dit_tokens(s)) * static_cast<double>(cfg.dim))}},
+                 {{dit, b(per_token_dim * static_cast<double>(dit_tokens(s)) * static_cast<double>(cfg.dim)) + held + lib}},
                  s.sampling_steps});
-  out.push_back({"decode", {vae}, {{vae, decode_workspace_bytes(s.width, s.height, s.frame_num, s.vae_tiling)}}});
+  out.push_back({"decode", {vae}, {{vae, decode_workspace_bytes(s.width, s.height, s.frame_num, s.vae_tiling) + lib}}});
   return out;
 }
 

@@ -29,10 +29,18 @@
 ///   its FFN phase (10.05 + 2 x ffn_dim / dim), its input included (dit_block_bytes_per_token_dim),
 ///   + 4 bytes for the other guidance branch's float32 residual stream (both branches go through a
 ///   block before the next). T2V-1.3B: 21.72 + 4; T2V-14B: 20.05 + 4.
-///   VACE adds, per branch, its control stream c and the hint in flight ([L, dim] each, float32):
-///   `k_vace = 2 branches x 2 x 4 = 16` bytes per token x width. VaceWanModel runs each VACE block
+///   VACE adds, per branch, its control stream c ([L, dim] float32) and the hint in flight ([L, dim]
+///   bf16: after_proj's output under bf16 storage or autocast; added to x in float32):
+///   `k_vace = 2 branches x (4 + 2) = 12` bytes per token x width (a whole VACE-1.3B forward on the
+///   allocator measured 0.25% below the model, tests/cuda/dit_activations.cpp; 16, with float32
+///   hints, was 9.8% above). VaceWanModel runs each VACE block
 ///   right before the block that adds its hint, so the hints never pile up (the reference holds
 ///   all of them: num VACE layers x [L, dim] per call).
+///   Around the forward the denoise holds what every step reads (denoise_held_bytes): the
+///   sampler's float32 latents (the latents, UniPC's last sample and its two model outputs), the
+///   task's conditioning (I2V and FLF2V: `y`, 4 + 16 channels; VACE: its context, vace_in_dim
+///   channels), the text contexts (2 x [text_len, text_dim] in t5_dtype) and the DiT's embedded
+///   contexts (2 x [text_len + 257 per CLIP image, dim], float32 at most).
 /// - decode: the VAE decodes one latent frame at a time, so its activations scale with the pixel
 ///   count, not the frame count: `k_vae * H * W` plus the decoded video (3 x F x H x W float32);
 ///   k_vae = (8.28 GiB - 0.36 GiB video) / (832 * 480) ~ 21.3 KB per pixel.
@@ -49,6 +57,8 @@
 ///   slice the encoder makes contiguous) and the latent blend (accumulator and weights, 2 x 16 x
 ///   T_lat x H/8 x W/8 float32). See encode_workspace_bytes.
 /// - clip_encode: not measured; a ViT-H/14 at 224x224 (257 tokens) in float16: 64 MiB.
+/// - every stage of this port's model (not the reference's) also carries cuBLAS's workspace,
+///   32 MiB (workspace_constants::library_workspace_bytes).
 
 #include <offload/stage.hpp>
 
@@ -160,6 +170,16 @@ std::int64_t encode_workspace_bytes(int width, int height, int frame_num, int vi
 /// Number of DiT tokens for a shape (the reference's seq_len before padding).
 std::int64_t dit_tokens(const generation_shape& shape);
 
+/// Device bytes this port's denoise holds through a DiT forward besides the forward's own
+/// activations, on the DiT's device: workspace_constants::sampler_latents float32 latents of
+/// [16, T_lat (+ ref_images), H/8, W/8]; the conditioning every forward reads, float32 over the same
+/// frames (I2V, FLF2V: `y`, 4 + 16 channels; VACE: the context, vace_in_dim channels); the text
+/// contexts, 2 x text_len x text_dim in t5_dtype; the CLIP features (I2V 1, FLF2V 2 images of
+/// 257 x 1280 float32 at most); and the DiT's embedded contexts, 2 branches x (text_len + 257 per
+/// CLIP image) x dim float32 at most. Part of the `denoise` workspace of pipeline_stages (not with
+/// generation_shape::reference_activations, whose calibration holds the reference's own).
+std::int64_t denoise_held_bytes(const generation_shape& shape);
+
 /// This port's DiT block at its peak under the GPU's dtypes, bytes per token x width, its input
 /// included: max(workspace_constants::dit_attention_bytes_per_token_dim,
 /// dit_ffn_base_bytes_per_token_dim + 2 x ffn_dim / dim).
@@ -198,8 +218,23 @@ struct workspace_constants {
   /// the other branch's residual stream, float32 [L, dim], which the reference (one branch after
   /// the other) does not hold.
   static constexpr double branch_residual_bytes_per_token_dim = 4.0;
-  /// VACE's control stream and hint in flight, per guidance branch (analytic, see above).
-  static constexpr double vace_bytes_per_token_dim = 2 * 2 * 4.0;
+  /// VACE's control stream (float32) and hint in flight (bf16 on the GPU), per guidance branch
+  /// (see above; checked against the allocator by cuda_dit_activations).
+  static constexpr double vace_bytes_per_token_dim = 2 * (4.0 + 2.0);
+  /// Float32 latents the sampler holds through a DiT forward (denoise_held_bytes): the latents, and
+  /// FlowUniPCMultistepScheduler's last sample and model outputs (solver_order 2) from its third
+  /// step on; FlowDPMSolverMultistepScheduler holds one fewer. The noise the loop starts from is
+  /// not among them: sample() takes it by value and the scheduler lets go of it at its second step.
+  static constexpr int sampler_latents = 4;
+  /// Tokens of one CLIP image feature (ViT-H/14 at 224 x 224: 256 patches + the class token).
+  static constexpr int clip_tokens_per_image = 257;
+  /// cuBLAS's workspace, in every stage of this port's model: LibTorch 2.x takes it from the CUDA
+  /// caching allocator at the compute stream's first matmul and keeps it for the process (measured
+  /// on the fake CUDA runtime as an sm 9.0 card: 32 MiB, CUBLAS_WORKSPACE_CONFIG's default
+  /// `:4096:8` there; `:4096:2:16:8`, 8.125 MiB, on older cards, so an upper bound). Every stage
+  /// carries it because whichever stage runs the first matmul on the device leaves it allocated
+  /// for the stages after; the calibrated stages (text_encode, the VAE's) may count it twice.
+  static constexpr std::int64_t library_workspace_bytes = std::int64_t{32} << 20;
 };
 
 } // namespace wan

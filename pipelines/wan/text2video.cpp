@@ -11,6 +11,7 @@
 #include <fmt/ranges.h> // fmt::join (in fmt/format.h before fmt 11)
 
 #include <cmath>
+#include <utility>
 
 namespace wan {
 
@@ -26,7 +27,7 @@ void check_task(const std::string& task, std::initializer_list<std::string_view>
                                           pipeline, fmt::join(prefixes, " or ")));
 }
 
-torch::Tensor sample(offload_run& run, const dit_call& model, const torch::Tensor& noise,
+torch::Tensor sample(offload_run& run, const dit_call& model, torch::Tensor noise,
                      const std::vector<torch::Tensor>& context,
                      const std::vector<torch::Tensor>& context_null, const std::string& solver,
                      int64_t sampling_steps, double shift, double guide_scale,
@@ -39,7 +40,7 @@ torch::Tensor sample(offload_run& run, const dit_call& model, const torch::Tenso
   note(record, "timesteps", timesteps);
 
   const torch::Device dit_device = run.device_of(DIT_COMPONENT);
-  torch::Tensor latents = noise; // [C, T, h, w] on the DiT's device
+  torch::Tensor latents = std::move(noise); // [C, T, h, w] on the DiT's device
   note(record, "latents.0", latents);
   for (int64_t i = 0; i < timesteps.size(0); ++i) {
     auto stage = run.enter("denoise");
@@ -175,7 +176,7 @@ torch::Tensor WanT2V::run(const detail::prompt_source& prompt, const detail::pro
   const auto [context, context_null] =
       detail::text_encode_stage(run, *components, prompt, neg, dit_device, record);
 
-  const torch::Tensor noise =
+  torch::Tensor noise =
       detail::seeded_noise({target_shape[0], target_shape[1], target_shape[2], target_shape[3]}, seed)
           .to(dit_device); // [16, T, h, w]
   detail::note(record, "noise", noise);
@@ -186,7 +187,7 @@ torch::Tensor WanT2V::run(const detail::prompt_source& prompt, const detail::pro
     auto out = model->forward_branches({latent}, timestep, {ctx, ctx_null}, seq_len);
     return std::pair{out[0][0], out[1][0]};
   };
-  const torch::Tensor x0 = detail::sample(run, call, noise, context, context_null, params.sample_solver,
+  const torch::Tensor x0 = detail::sample(run, call, std::move(noise), context, context_null, params.sample_solver,
                                           params.sampling_steps, params.shift, params.guide_scale,
                                           num_train_timesteps, record, dit_autocast(exec, config, dit_device));
   detail::note(record, "x0", x0);

@@ -53,8 +53,9 @@ using dit_call = std::function<std::pair<torch::Tensor, torch::Tensor>(
 
 /// The sampling loop shared by the pipelines: scheduler set-up (unipc / dpm++), per step one
 /// `denoise` stage with the cond and uncond calls, CFG, scheduler step. `noise` on the DiT's
-/// device. The model calls run under autocast_guard(*autocast) when given (dit_autocast). Records timesteps, latents.i, noise_pred_cond.i, noise_pred_uncond.i, noise_pred.i.
-torch::Tensor sample(offload_run& run, const dit_call& model, const torch::Tensor& noise,
+/// device, taken by value: moved in, it is freed once the scheduler lets go of it (UniPC: its
+/// second step), so the denoise holds workspace_constants::sampler_latents latents. The model calls run under autocast_guard(*autocast) when given (dit_autocast). Records timesteps, latents.i, noise_pred_cond.i, noise_pred_uncond.i, noise_pred.i.
+torch::Tensor sample(offload_run& run, const dit_call& model, torch::Tensor noise,
                      const std::vector<torch::Tensor>& context,
                      const std::vector<torch::Tensor>& context_null, const std::string& solver,
                      int64_t sampling_steps, double shift, double guide_scale,

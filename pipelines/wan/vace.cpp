@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 
 #include <cmath>
+#include <utility>
 
 namespace wan {
 
@@ -245,20 +246,25 @@ torch::Tensor WanVace::run(const detail::prompt_source& prompt, const detail::pr
   const auto [context, context_null] =
       detail::text_encode_stage(run, *components, prompt, neg, dit_device, record);
 
-  // vace context encode
-  std::vector<torch::Tensor> z0, z;
+  // vace context encode. Only the context z is held through the denoise: the latents z0 and masks
+  // m0 it is made of go once it is (the reference keeps them to the end of generate()).
+  std::vector<torch::Tensor> z;
+  std::vector<int64_t> target_shape;
   {
-    auto stage = run.enter("vae_encode");
-    z0 = stage.run([&] { return vace_encode_frames(input_frames, input_ref_images, input_masks); });
+    std::vector<torch::Tensor> z0;
+    {
+      auto stage = run.enter("vae_encode");
+      z0 = stage.run([&] { return vace_encode_frames(input_frames, input_ref_images, input_masks); });
+    }
+    const std::vector<torch::Tensor> m0 = vace_encode_masks(input_masks, input_ref_images);
+    z = vace_latent(z0, m0);
+    target_shape.assign(z0[0].sizes().begin(), z0[0].sizes().end());
   }
-  const std::vector<torch::Tensor> m0 = vace_encode_masks(input_masks, input_ref_images);
-  z = vace_latent(z0, m0);
   for (auto& u : z) u = u.to(dit_device); // [96, refs + T, h, w]
   detail::note(record, "vace_context", z[0]);
 
-  std::vector<int64_t> target_shape(z0[0].sizes().begin(), z0[0].sizes().end());
   target_shape[0] = static_cast<int64_t>(static_cast<double>(target_shape[0]) / 2);
-  const torch::Tensor noise = detail::seeded_noise(target_shape, seed).to(dit_device); // [16, T', h, w]
+  torch::Tensor noise = detail::seeded_noise(target_shape, seed).to(dit_device); // [16, T', h, w]
   detail::note(record, "noise", noise);
   const int64_t seq_len =
       static_cast<int64_t>(std::ceil(static_cast<double>(target_shape[2] * target_shape[3]) /
@@ -275,7 +281,7 @@ torch::Tensor WanVace::run(const detail::prompt_source& prompt, const detail::pr
     auto out = model->forward_branches({latent}, timestep, z, {ctx, ctx_null}, seq_len, params.context_scale);
     return std::pair{out[0][0], out[1][0]};
   };
-  const torch::Tensor x0 = detail::sample(run, call, noise, context, context_null, params.sample_solver,
+  const torch::Tensor x0 = detail::sample(run, call, std::move(noise), context, context_null, params.sample_solver,
                                           params.sampling_steps, params.shift, params.guide_scale,
                                           num_train_timesteps, record, dit_autocast(exec, config, dit_device));
   detail::note(record, "x0", refs > 0 ? x0.slice(1, refs) : x0);

@@ -325,7 +325,9 @@ BOOST_AUTO_TEST_CASE(forward_branches_holds_one_block_and_the_other_residual_str
 BOOST_AUTO_TEST_CASE(vace_forward_branches_holds_one_block_and_the_branches_streams) {
   // The stage model for VACE adds, per branch, its control stream c and the hint in flight to the
   // plain model's (workspace_constants::vace_bytes_per_token_dim): at a main block that adds a
-  // hint, six streams beside the block's activations. Measured per block unit (its input and what
+  // hint, six streams beside the block's activations. Here the weights are float32, so the hints
+  // are too; with bf16 matmul weights or autocast on the GPU they are bf16 (after_proj's output),
+  // which the stage model counts and tests/cuda/dit_activations.cpp measures on the allocator. Measured per block unit (its input and what
   // it reads allocated before the probe), with the streams the forward holds while it runs, at
   // the worst branch:
   //   - VACE block 0, branch 1: the embedding (both residual streams, which it reads), the VACE

@@ -7,6 +7,8 @@
 //  * the video is bit-identical to the run with every component on the host,
 //  * after the run every component is home again, including after an error.
 #include "wan/first_last_frame2video.hpp"
+#include "wan/stages.hpp"
+#include "wan/text2video.hpp"
 #include "wan/vace.hpp"
 
 #include <torch/torch.h>
@@ -16,6 +18,7 @@
 #include <offload/errors.hpp>
 #include <offload/offloadable.hpp>
 #include <offload/testing/caching_host_allocator.hpp>
+#include <offload/testing/host_memory_probe.hpp>
 #include <offload/testing/mock_device.hpp>
 
 #include <fmt/format.h>
@@ -316,6 +319,47 @@ BOOST_AUTO_TEST_CASE(a_dit_loaded_in_its_storage_dtype_gives_the_videos_of_the_c
       BOOST_TEST(torch::equal(video, expected), "the video differs from the one of the DiT converted by the policy");
       const auto a = converted->model->named_parameters(), b = loaded->model->named_parameters();
       for (const auto& p : a) BOOST_TEST(torch::equal(p.value(), b[p.key()]), p.key());
+    }
+  }
+}
+
+// What the denoise holds between two DiT forwards, measured on the host: the live bytes before each
+// `denoise` stage (the previous step's temporaries are gone, the forward has not begun). From the
+// third step on, UniPC holds the latents, its last sample and two model outputs
+// (wan::workspace_constants::sampler_latents, part of the plan's denoise workspace), DPM++ one fewer;
+// the noise the loop started from is gone (sample() takes it by value), and after the loop only the
+// final latents remain, in the noise's place.
+BOOST_AUTO_TEST_CASE(the_denoise_holds_the_sampler_latents_and_lets_the_noise_go) {
+  const auto comps = components("t2v");
+  const std::int64_t latent_bytes = std::int64_t{16} * 3 * 8 * 8 * 4; // [16, (9 - 1) / 4 + 1, 64 / 8, 64 / 8] float32
+  for (const auto& [solver, held] : {std::pair{std::string("unipc"), wan::workspace_constants::sampler_latents},
+                                     std::pair{std::string("dpm++"), wan::workspace_constants::sampler_latents - 1}}) {
+    BOOST_TEST_CONTEXT(solver) {
+      offload::device_set devices;
+      offload::testing::add_mock(devices, 0);
+      std::vector<std::int64_t> denoise_live;
+      std::int64_t decode_live = -1;
+      offload::testing::host_memory_probe probe;
+      wan::execution exec{&devices, gpu, offload::parse_policy(host_policy("t2v"))};
+      exec.before_stage = [&](std::string_view stage) {
+        if (stage == "denoise") denoise_live.push_back(probe.current());
+        if (stage == "decode") decode_live = probe.current();
+      };
+      wan::WanT2V pipe("t2v-1.3B", comps, exec);
+      wan::t2v_params p;
+      p.size = {64, 64};
+      p.frame_num = 9;
+      p.sampling_steps = 5;
+      p.sample_solver = solver;
+      p.seed = 11;
+      (void)pipe.generate(torch::tensor({17, 250, 3, 99, 1}, torch::kLong), torch::tensor({42, 7, 1}, torch::kLong), p);
+      BOOST_REQUIRE(denoise_live.size() == 5u);
+      // Before the first step: the noise is the latents.
+      for (std::size_t i = 2; i < denoise_live.size(); ++i)
+        BOOST_TEST(denoise_live[i] - denoise_live[0] == (held - 1) * latent_bytes, "step " << i);
+      // After the loop: the final latents in the noise's place (the scheduler's few bytes of
+      // timesteps and sigmas are gone too); the noise still held would be one latent more.
+      BOOST_TEST(std::abs(decode_live - denoise_live[0]) < latent_bytes / 4, decode_live << " vs " << denoise_live[0]);
     }
   }
 }

@@ -162,7 +162,7 @@ BOOST_AUTO_TEST_CASE(the_seed_card_keeps_every_stage_on_the_gpu) {
   BOOST_TEST((r.plan.policy.of("t5").memory == offload::host_memory::pageable), r.plan.policy.str());
   BOOST_TEST(!r.plan.policy.of("dit").stream.enabled(), r.plan.policy.str());
   // 8 GiB: T5 (10.58 GiB) cannot fit whole: it streams its blocks through two slots instead of
-  // running on the host; the decode (8.75 GiB) cannot fit: the VAE runs on the host.
+  // running on the host; the decode (8.78 GiB) cannot fit: the VAE runs on the host.
   const auto small = wan::plan_generation(t2v_1_3B, budget(8_GiB));
   BOOST_TEST(!small.plan.policy.of("t5").execute_on.is_host());
   BOOST_TEST((small.plan.policy.of("t5").stream == offload::stream_options{2, 1}));
@@ -238,7 +238,8 @@ BOOST_AUTO_TEST_CASE(nothing_fits_names_stage_shortfall_and_a_shape_that_fits) {
     opt.budgets.device = e.needed();
     BOOST_TEST(wan::plan_generation(t2v_14B, opt).plan.fits());
   }
-  // T2V-1.3B on 8 GiB without host execution: T5 streams, but the decode (8.75 GiB) cannot fit and
+  // T2V-1.3B on 8 GiB without host execution: T5 streams, but the decode (8.78 GiB with cuBLAS's
+  // workspace) cannot fit and
   // no shape helps (the decode's workspace follows the frame size, and 832x480 is the smallest).
   auto small = budget(8_GiB);
   small.allow_host_execution = false;
@@ -249,7 +250,7 @@ BOOST_AUTO_TEST_CASE(nothing_fits_names_stage_shortfall_and_a_shape_that_fits) {
     const std::string m = e.what();
     BOOST_TEST(e.stage() == "decode");
     BOOST_TEST(m.find("t5=cuda:offload:stream=2:prefetch=1") != std::string::npos, m);
-    BOOST_TEST(m.find("a device budget of at least 8.75 GiB") != std::string::npos, m);
+    BOOST_TEST(m.find("a device budget of at least 8.78 GiB") != std::string::npos, m);
     BOOST_TEST(m.find("no smaller frame count or supported size of task t2v-1.3B fits") != std::string::npos, m);
   }
   // Without streaming, T5 alone (10.58 GiB) binds at text encode.
@@ -288,7 +289,8 @@ BOOST_AUTO_TEST_CASE(t2v_14B_720p_on_12_GiB_streams_the_bf16_dit_and_tiles_when_
   BOOST_TEST((t.plan.policy.of("dit").store == offload::storage_dtype::bf16), t.plan.policy.str());
   BOOST_TEST(t.device_peak_bytes <= 12_GiB);
   BOOST_TEST(t.predicted_seconds < r.predicted_seconds);
-  BOOST_TEST(t.plan.step("decode")->workspace_bytes.at(gpu) == wan::decode_workspace_bytes(1280, 720, 81, tiled.vae_tiling));
+  BOOST_TEST(t.plan.step("decode")->workspace_bytes.at(gpu) ==
+             wan::decode_workspace_bytes(1280, 720, 81, tiled.vae_tiling) + wan::workspace_constants::library_workspace_bytes);
   const auto sim = simulate(t, tiled, cost);
   BOOST_TEST(sim_peak(sim) == t.device_peak_bytes);
   BOOST_TEST(std::abs(sim.seconds - t.predicted_seconds) <= 1e-9 * t.predicted_seconds);

@@ -68,15 +68,36 @@ BOOST_AUTO_TEST_CASE(workspaces_reproduce_the_h100_measurements) {
   // This port's denoise: its block's measured peak, where T2V-1.3B's FFN binds (10.05 + 2 x 8960 /
   // 1536 bytes per token x width), plus the other guidance branch's float32 residual stream
   // (block-major); T2V-14B's FFN (13824 / 5120) is narrower: its attention phase binds.
+  // And what the denoise holds around the forward (wan::denoise_held_bytes): four float32 latents
+  // [16, 21, 60, 104], the text contexts (2 x [512, 4096] bf16) and the DiT's embedded contexts
+  // (2 x [512, 1536] float32). Every stage of this port's model carries cuBLAS's 32 MiB.
+  const std::int64_t lib = std::int64_t{32} << 20;
+  BOOST_TEST(wan::workspace_constants::library_workspace_bytes == lib);
   const auto port = wan::pipeline_stages({"t2v-1.3B", 832, 480, 81, 50});
-  BOOST_TEST(std::abs(workspace_of(port, "denoise") - (10.05 + 2.0 * 8960 / 1536 + 4.0) * 32760 * 1536) < 1e3);
+  BOOST_TEST(workspace_of(port, "text_encode") == workspace_of(st, "text_encode") + lib);
+  BOOST_TEST(workspace_of(port, "decode") == workspace_of(st, "decode") + lib);
+  const std::int64_t held13 = 4LL * 16 * 21 * 60 * 104 * 4 + 2LL * 512 * 4096 * 2 + 2LL * 512 * 1536 * 4;
+  BOOST_TEST(wan::denoise_held_bytes({"t2v-1.3B", 832, 480, 81, 50}) == held13);
+  BOOST_TEST(std::abs(workspace_of(port, "denoise") - (10.05 + 2.0 * 8960 / 1536 + 4.0) * 32760 * 1536 - held13 - lib) < 1e3);
   BOOST_TEST(wan::dit_block_bytes_per_token_dim(wan::model_config("t2v-14B")) ==
              wan::workspace_constants::dit_attention_bytes_per_token_dim);
   const auto port14 = wan::pipeline_stages({"t2v-14B", 1280, 720, 81, 50});
+  const std::int64_t held14 = 4LL * 16 * 21 * 90 * 160 * 4 + 2LL * 512 * 4096 * 2 + 2LL * 512 * 5120 * 4;
+  BOOST_TEST(wan::denoise_held_bytes({"t2v-14B", 1280, 720, 81, 50}) == held14);
   BOOST_TEST(std::abs(workspace_of(port14, "denoise") -
-                      (wan::workspace_constants::dit_attention_bytes_per_token_dim + 4.0) * 75600 * 5120) < 1e3);
+                      (wan::workspace_constants::dit_attention_bytes_per_token_dim + 4.0) * 75600 * 5120 - held14 - lib) < 1e3);
+  // I2V and FLF2V add `y` (4 + 16 channels), the CLIP features and their embedding (257 tokens an
+  // image); VACE its context (96 channels over the reference image's latent frame too).
+  BOOST_TEST(wan::denoise_held_bytes({"i2v-14B", 832, 480, 81, 40}) ==
+             (4LL * 16 + 20) * 21 * 60 * 104 * 4 + 2LL * 512 * 4096 * 2 + 257LL * 1280 * 4 + 2LL * (512 + 257) * 5120 * 4);
+  BOOST_TEST(wan::denoise_held_bytes({"flf2v-14B", 832, 480, 81, 40}) ==
+             (4LL * 16 + 20) * 21 * 60 * 104 * 4 + 2LL * 512 * 4096 * 2 + 2LL * 257 * 1280 * 4 +
+                 2LL * (512 + 2 * 257) * 5120 * 4);
+  wan::generation_shape vace{"vace-1.3B", 832, 480, 81, 50};
+  vace.ref_images = 1;
+  BOOST_TEST(wan::denoise_held_bytes(vace) ==
+             (4LL * 16 + 96) * 22 * 60 * 104 * 4 + 2LL * 512 * 4096 * 2 + 2LL * 512 * 1536 * 4);
   BOOST_TEST(workspace_of(port, "denoise") < workspace_of(st, "denoise"));
-  BOOST_TEST(workspace_of(port, "decode") == workspace_of(st, "decode"));
   // Smaller videos need less: the decode scales with pixels, the DiT with tokens.
   const auto small = wan::pipeline_stages({"t2v-1.3B", 480, 832, 17, 50});
   BOOST_TEST(workspace_of(small, "denoise") < workspace_of(st, "denoise"));
