@@ -201,17 +201,18 @@ std::int64_t denoise_held_bytes(const generation_shape& s) {
   using W = workspace_constants;
   const auto& cfg = configs::wan_config(s.task);
   const auto dit = model_config(s.task);
-  const int clip_images = s.task.starts_with("flf2v") ? 2 : is_image_task(s.task) ? 1 : 0;
+  const std::int64_t clip_images = s.task.starts_with("flf2v") ? 2 : is_image_task(s.task) ? 1 : 0;
   // Float32 latent frames [C, T_lat (+ refs), H/8, W/8], per channel.
-  const double frame_values = static_cast<double>(((s.frame_num - 1) / 4 + 1 + s.ref_images) *
-                                                  (s.height / 8) * (s.width / 8));
+  const std::int64_t latent_t = (s.frame_num - 1) / 4 + 1 + s.ref_images, latent_h = s.height / 8,
+                     latent_w = s.width / 8;
+  const auto frame_values = static_cast<double>(latent_t * latent_h * latent_w);
   double channels = W::sampler_latents * 16.0;
   if (is_image_task(s.task)) channels += 4.0 + 16.0; // y: the mask and the encoded frames
   if (is_vace_task(s.task)) channels += static_cast<double>(dit.resolved_vace_in_dim());
   const double text = 2.0 * static_cast<double>(cfg.text_len * dit.text_dim * element_bytes(cfg.t5_dtype));
-  const double clip = clip_images * W::clip_tokens_per_image * static_cast<double>(dit.clip_dim) * 4.0;
-  const double embedded = 2.0 * static_cast<double>(cfg.text_len + clip_images * W::clip_tokens_per_image) *
-                          static_cast<double>(dit.dim) * 4.0;
+  const std::int64_t clip_tokens = clip_images * W::clip_tokens_per_image;
+  const double clip = static_cast<double>(clip_tokens * dit.clip_dim) * 4.0;
+  const double embedded = 2.0 * static_cast<double>((cfg.text_len + clip_tokens) * dit.dim) * 4.0;
   return static_cast<std::int64_t>(std::llround(channels * frame_values * 4.0 + text + clip + embedded));
 }
 
